@@ -1,0 +1,149 @@
+"""Spec -> Airflow DAG: wait_for_data >> resolve_model >> prep >> predict >> publish >> record.
+
+Imports only `airflow.sdk`, pydantic, PyYAML and the bundle's own light modules: this runs in the DAG
+processor on every parse. A broken spec does not take the other pipelines down: its error is reported
+as a DAG import error (naming file, line, field, value and expectation) while the good specs load.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG, Param
+
+from mlbatch.errors import BrokenSpecsError, SpecError
+from mlbatch.operators.predict import PredictOperator
+from mlbatch.operators.prep import BeamPrepOperator
+from mlbatch.operators.publish import PublishOperator
+from mlbatch.operators.record import RecordRunOperator
+from mlbatch.operators.resolve_model import ResolveModelOperator
+from mlbatch.operators.wait_for_data import WaitForInputOperator
+from mlbatch.spec import PipelineSpec, TriggerParam
+from mlbatch.spec_loader import load_spec
+
+log = logging.getLogger(__name__)
+
+STEPS = (
+    ("wait_for_data", WaitForInputOperator),
+    ("resolve_model", ResolveModelOperator),
+    ("prep", BeamPrepOperator),
+    ("predict", PredictOperator),
+    ("publish", PublishOperator),
+    ("record", RecordRunOperator),
+)
+
+
+def build_dag(spec: PipelineSpec, spec_path: Path | None = None) -> DAG:
+    t = spec.tasks
+    dag = DAG(
+        dag_id=spec.dag_id,
+        description=(spec.description.strip().splitlines() or [""])[0][:200] or None,
+        doc_md=_doc_md(spec, spec_path),
+        schedule=spec.schedule,
+        start_date=datetime.fromisoformat(spec.start_date),
+        catchup=False,
+        max_active_runs=1,
+        tags=sorted({*spec.tags, "mlbatch", spec.predict.backend}),
+        params=trigger_form(spec),
+        default_args={
+            "owner": spec.owner,
+            "retries": t.retries,
+            "retry_delay": timedelta(minutes=t.retry_delay_minutes),
+            "execution_timeout": timedelta(minutes=t.execution_timeout_minutes),
+        },
+    )
+    previous = None
+    for task_id, operator in STEPS:
+        task = operator(task_id=task_id, spec=spec, dag=dag)
+        if task_id == "wait_for_data":  # its own clock: waiting is not running
+            task.execution_timeout = timedelta(minutes=t.wait_timeout_minutes + 5)
+        if previous is not None:
+            previous >> task
+        previous = task
+    return dag
+
+
+def trigger_form(spec: PipelineSpec) -> dict[str, Param]:
+    """Trigger-form fields from `trigger_params`: typed, with allowed values, defaulting to the spec.
+
+    Airflow validates these JSON-schema params on every trigger (UI form and REST API)."""
+    return {key: _param(spec, p) for key, p in spec.trigger_params.items()}
+
+
+def _param(spec: PipelineSpec, p: TriggerParam) -> Param:
+    schema: dict[str, Any] = {"type": [p.type, "null"] if p.field == "ds" else p.type}
+    if p.enum is not None:
+        schema["enum"] = list(p.enum) + ([None] if p.field == "ds" else [])
+    if p.format:
+        schema["format"] = p.format
+    default = None if p.field == "ds" else _value_at(spec, p.field)
+    description = p.description or f"Overrides `{p.field}` for this run."
+    return Param(default, description=description, title=p.field, **schema)
+
+
+def _value_at(spec: PipelineSpec, dotted: str) -> Any:
+    node: Any = spec
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def build_dags(pipelines_dir: str | Path) -> dict[str, DAG]:
+    """One DAG per `*.yaml` in `pipelines_dir`; plus, if any spec is broken, a sentinel that turns the
+    errors into an import error of the calling DAG file (see `SpecErrorReport`)."""
+    dags: dict[str, Any] = {}
+    errors: list[str] = []
+    for path in sorted(Path(pipelines_dir).glob("*.yaml")):
+        try:
+            spec = load_spec(path)
+            if spec.dag_id in dags:
+                raise ValueError(f"{path}: DAG id {spec.dag_id!r} is used by another spec")
+            dags[spec.dag_id] = build_dag(spec, path)
+        except (SpecError, ValueError) as exc:
+            log.error("Pipeline spec skipped: %s", exc)
+            errors.append(str(exc))
+    if errors:
+        dags["mlbatch_spec_errors"] = SpecErrorReport(errors)
+    return dags
+
+
+class SpecErrorReport(DAG):
+    """Not a real DAG: a carrier for broken-spec errors.
+
+    Airflow records an exception raised while it validates a DAG as an import error of the file that
+    defined it, and keeps the file's other DAGs. That is exactly "a broken spec shows as an import
+    error for that pipeline only", without one Python file per pipeline."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__(dag_id="mlbatch_spec_errors", schedule=None)
+        self.spec_errors = errors
+
+    def validate(self) -> None:
+        raise BrokenSpecsError(f"{len(self.spec_errors)} pipeline spec(s) could not be loaded:\n"
+                               + "\n".join(self.spec_errors))
+
+
+def _doc_md(spec: PipelineSpec, spec_path: Path | None) -> str:
+    features = ", ".join(f"`{f.name}` ({f.type})" for f in spec.input.features)
+    model = f"`{spec.model.name}` " + (f"alias `{spec.model.alias}`" if spec.model.alias
+                                       else f"version {spec.model.version}")
+    return "\n".join([
+        f"# {spec.name}",
+        spec.description.strip(),
+        "",
+        "| | |",
+        "|---|---|",
+        f"| spec | `{spec_path or '-'}` |",
+        f"| owner | {spec.owner} |",
+        f"| model | {model} (pinned to a version once per run) |",
+        f"| input | `{spec.input.uri}` ({spec.input.format}); id `{spec.input.id_column}` |",
+        f"| features | {features} |",
+        f"| backend | `{spec.predict.backend}` |",
+        f"| output | `{spec.output.uri}` ({spec.output.format}), column `{spec.output.prediction_column}` |",
+        f"| alerts | {spec.alerts.slack_channel or '-'} {spec.alerts.mention or ''} |",
+        "",
+        "Steps: wait_for_data -> resolve_model -> prep -> predict -> publish -> record.",
+    ])

@@ -1,0 +1,78 @@
+"""What every pipeline step shares: the spec with this run's trigger overrides, rendered paths, and
+resource figures pushed to XCom for the `record` step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from mlbatch.resources import measure
+from mlbatch.run_paths import RunPaths, default_dead_letter, default_work_root, run_key
+from mlbatch.spec import PipelineSpec
+from mlbatch.spec_loader import with_overrides
+
+RESOURCES_KEY = "resources"
+
+
+class PipelineStepOperator(BaseOperator):
+    """Base of the pipeline steps. Subclasses implement `run(context, spec, paths)`.
+
+    :param spec: the validated pipeline spec this DAG was built from.
+    """
+
+    ui_color = "#e8f0fe"
+
+    def __init__(self, *, spec: PipelineSpec, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.spec = spec
+
+    def execute(self, context: Any) -> Any:
+        spec = effective_spec(self.spec, context["params"])
+        paths = self.run_paths(context, spec)
+        with measure() as figures:
+            result = self.run(context, spec, paths)
+        self.log.info("Resources of %s: %s", self.task_id, figures)
+        context["ti"].xcom_push(key=RESOURCES_KEY, value=figures)
+        return result
+
+    def run(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> Any:
+        raise NotImplementedError
+
+    def run_paths(self, context: Any, spec: PipelineSpec) -> RunPaths:
+        render = self._renderer(context, spec)
+        output = render(spec.output.uri).rstrip("/")
+        work_root = render(spec.output.work_uri) if spec.output.work_uri else default_work_root(output)
+        return RunPaths(
+            input_pattern=render(spec.input.uri),
+            marker=render(spec.input.marker) if spec.input.marker else None,
+            output=output,
+            dead_letter=render(spec.output.dead_letter_uri) if spec.output.dead_letter_uri
+            else default_dead_letter(output),
+            work=f"{work_root.rstrip('/')}/{spec.name}/{run_key(context['run_id'])}",
+        )
+
+    def _renderer(self, context: Any, spec: PipelineSpec):
+        values = dict(context)
+        data_date = data_date_override(spec, context["params"])
+        if data_date:
+            values.update(ds=data_date, ds_nodash=data_date.replace("-", ""))
+        env = self.get_template_env()
+        return lambda template: env.from_string(template).render(**values)
+
+
+def effective_spec(spec: PipelineSpec, params: Any) -> PipelineSpec:
+    """The spec with the manual-trigger overrides of this run applied (validated again)."""
+    overrides = {
+        p.field: params[key]
+        for key, p in spec.trigger_params.items()
+        if p.field != "ds" and params.get(key) is not None
+    }
+    return with_overrides(spec, overrides, source=f"trigger params of {spec.name}")
+
+
+def data_date_override(spec: PipelineSpec, params: Any) -> str | None:
+    for key, p in spec.trigger_params.items():
+        if p.field == "ds" and params.get(key):
+            return str(params[key])
+    return None

@@ -1,0 +1,66 @@
+"""predict: score the prepared input with the pinned model on the spec's backend.
+
+- `local`: the batch-prediction contract (JSON Lines in, Vertex/SageMaker-shaped JSON Lines out)
+  computed on this machine, so the cloud backends' publish path is exercised locally.
+- `dataflow`: the direct-model Beam job (model loaded inside the workers through RunInference),
+  on the local FnApiRunner unless `predict.dataflow.runner` is `dataflow`.
+- `sagemaker`, `vertex`: managed batch jobs; they belong to the cloud backends issue and fail with a
+  clear message here instead of pretending.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from mlbatch.job_process import JobProcess
+from mlbatch.operators.base import PipelineStepOperator
+from mlbatch.operators.prep import beam_runner_args
+from mlbatch.run_paths import RunPaths, local_path
+from mlbatch.spec import PipelineSpec
+
+
+class PredictOperator(PipelineStepOperator):
+    ui_color = "#f3e8fd"
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._job: JobProcess | None = None
+
+    def run(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> dict:
+        model = context["ti"].xcom_pull(task_ids="resolve_model")
+        backend = spec.predict.backend
+        if backend == "local":
+            out, module, args = paths.raw_predictions, "mlbatch_beam.local_predict", [
+                "--input", f"{paths.prepared}/*",
+                "--flavor", spec.predict.local.flavor,
+                "--chunk-rows", str(spec.predict.compute.batch_rows),
+            ]
+        elif backend == "dataflow" and spec.predict.dataflow.runner == "local":
+            out, module, args = paths.output_staging, "mlbatch_beam.score", [
+                "--input", f"{paths.prepared}/*.parquet",
+                "--output-format", spec.output.format,
+                "--prediction-column", spec.output.prediction_column,
+                "--batch-rows", str(spec.predict.compute.batch_rows),
+                *beam_runner_args(spec),
+            ]
+        else:
+            raise NotImplementedError(
+                f"{spec.name}: predict.backend {backend!r} on a cloud service is not available in this "
+                "version; use backend 'local' or 'dataflow' with predict.dataflow.runner 'local'"
+            )
+        shutil.rmtree(local_path(out), ignore_errors=True)  # a retry starts clean
+        common = [
+            "--model-uri", model["artifact_uri"],
+            "--id-column", spec.input.id_column,
+            "--feature-columns", ",".join(f.name for f in spec.input.features),
+            "--output-dir", out,
+        ]
+        self._job = JobProcess(module, common + args, paths.result_file("predict"))
+        result = self._job.run()
+        self.log.info("predict (%s, model v%s): %s", backend, model["version"], result)
+        return {**result, "backend": backend, "model_version": model["version"]}
+
+    def on_kill(self) -> None:
+        if self._job:
+            self._job.kill()

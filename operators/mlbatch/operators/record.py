@@ -1,0 +1,113 @@
+"""record: one MLflow run per DAG run, in the experiment `mlbatch/<pipeline>`.
+
+It holds what a reviewer needs to compare runs: the pinned model version, input/output URIs, row
+counts, each step's wall time, CPU time and peak memory, prediction statistics and a histogram.
+A retry of this task updates the same MLflow run (found by its `airflow.run_id` tag), never a second.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlbatch.operators.base import RESOURCES_KEY, PipelineStepOperator
+from mlbatch.run_paths import RunPaths
+from mlbatch.spec import PipelineSpec
+
+MEASURED_STEPS = ("wait_for_data", "resolve_model", "prep", "predict", "publish")
+
+
+class RecordRunOperator(PipelineStepOperator):
+    ui_color = "#fef7e0"
+
+    def run(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> dict:
+        import mlflow
+        from mlflow import MlflowClient
+
+        ti = context["ti"]
+        model = ti.xcom_pull(task_ids="resolve_model")
+        published = ti.xcom_pull(task_ids="publish")
+        predicted = ti.xcom_pull(task_ids="predict") or {}
+        if spec.model.tracking_uri:
+            mlflow.set_tracking_uri(spec.model.tracking_uri)
+        experiment = f"mlbatch/{spec.name}"
+        experiment_id = _experiment_id(experiment)
+        run_id = context["run_id"]
+        existing = MlflowClient().search_runs(
+            [experiment_id], filter_string=f"tags.`airflow.run_id` = '{run_id}'", max_results=1
+        )
+        with mlflow.start_run(
+            run_id=existing[0].info.run_id if existing else None,
+            experiment_id=experiment_id,
+            run_name=f"{spec.name} {context['ds']}",
+        ) as run:
+            mlflow.set_tags({
+                "airflow.dag_id": context["dag"].dag_id,
+                "airflow.run_id": run_id,
+                "pipeline": spec.name,
+                "backend": spec.predict.backend,
+                "model.name": model["name"],
+                "model.version": str(model["version"]),
+            })
+            mlflow.log_params({
+                "model_uri": model["uri"],
+                "model_alias": model["alias"],
+                "model_version": model["version"],
+                "model_source_run_id": model["source_run_id"],
+                "backend": spec.predict.backend,
+                "input_uri": published["input_uri"],
+                "output_uri": published["output_uri"],
+                "dead_letter_uri": published["dead_letter_uri"],
+                "logical_date": context["ds"],
+            })
+            metrics = {k: published[k] for k in ("rows_in", "rows_scored", "rows_rejected")}
+            for key, value in published["stats"].items():
+                if isinstance(value, (int, float)):
+                    metrics[f"prediction_{key}"] = value
+            for step in MEASURED_STEPS:
+                for key, value in (ti.xcom_pull(task_ids=step, key=RESOURCES_KEY) or {}).items():
+                    metrics[f"{step}.{key}"] = value
+            if "model_loads" in predicted:
+                metrics["predict.model_loads"] = predicted["model_loads"]
+            mlflow.log_metrics(metrics)
+            with tempfile.TemporaryDirectory() as tmp:
+                plot = _histogram_png(published["stats"], spec, Path(tmp) / "prediction_histogram.png")
+                if plot:
+                    mlflow.log_artifact(str(plot))
+                summary = Path(tmp) / "run_summary.json"
+                summary.write_text(json.dumps({"model": model, "publish": published, "predict": predicted},
+                                              indent=2, default=str))
+                mlflow.log_artifact(str(summary))
+            self.log.info("MLflow run %s in experiment %s", run.info.run_id, experiment)
+            return {"mlflow_run_id": run.info.run_id, "experiment": experiment,
+                    "experiment_id": experiment_id, "tracking_uri": mlflow.get_tracking_uri()}
+
+
+def _experiment_id(name: str) -> str:
+    import mlflow
+
+    found = mlflow.get_experiment_by_name(name)
+    return found.experiment_id if found else mlflow.create_experiment(name)
+
+
+def _histogram_png(stats: dict, spec: PipelineSpec, path: Path) -> Path | None:
+    hist = stats.get("histogram")
+    if not hist:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    edges, counts = hist["edges"], hist["counts"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(edges[:-1], counts, width=[b - a for a, b in zip(edges[:-1], edges[1:])], align="edge")
+    ax.set_xlabel(spec.output.prediction_column)
+    ax.set_ylabel("rows")
+    ax.set_title(f"{spec.name}: {stats['count']:,} predictions (mean {stats['mean']:.3f})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
