@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mlbatch.mlflow_experiments import ensure_experiment
 from mlbatch.operators.base import RESOURCES_KEY, PipelineStepOperator
 from mlbatch.run_paths import RunPaths
 from mlbatch.spec import PipelineSpec
@@ -33,7 +34,7 @@ class RecordRunOperator(PipelineStepOperator):
         if spec.model.tracking_uri:
             mlflow.set_tracking_uri(spec.model.tracking_uri)
         experiment = f"mlbatch/{spec.name}"
-        experiment_id = _experiment_id(experiment)
+        experiment_id = ensure_experiment(experiment)
         run_id = context["run_id"]
         existing = MlflowClient().search_runs(
             [experiment_id], filter_string=f"tags.`airflow.run_id` = '{run_id}'", max_results=1
@@ -83,13 +84,6 @@ class RecordRunOperator(PipelineStepOperator):
             self.log.info("MLflow run %s in experiment %s", run.info.run_id, experiment)
             return {"mlflow_run_id": run.info.run_id, "experiment": experiment,
                     "experiment_id": experiment_id, "tracking_uri": mlflow.get_tracking_uri()}
-
-
-def _experiment_id(name: str) -> str:
-    import mlflow
-
-    found = mlflow.get_experiment_by_name(name)
-    return found.experiment_id if found else mlflow.create_experiment(name)
 
 
 def _histogram_png(stats: dict, spec: PipelineSpec, path: Path) -> Path | None:

@@ -1,0 +1,33 @@
+# `make demo` and `make test` each create or update the environment in .venv/ first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.8
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv lock validate clean-demo
+
+demo: $(STAMP)
+	$(BIN)/python -m mlbatch.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt operators/pyproject.toml include/beam_jobs/setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
+	$(BIN)/uv pip sync -q --python $(BIN)/python requirements.txt
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e operators -e include/beam_jobs
+	touch $(STAMP)
+
+# Re-resolve requirements.txt from the short top-level list in requirements.in.
+lock: $(STAMP)
+	$(BIN)/uv pip compile requirements.in --python-version 3.11 -o requirements.txt
+
+validate: $(STAMP)
+	$(BIN)/mlbatch validate include/pipelines/*.yaml
+
+clean-demo:
+	rm -rf .demo

@@ -1,0 +1,23 @@
+"""Create MLflow experiments with a predictable artifact location.
+
+With a database tracking URI, MLflow otherwise puts artifacts under `./mlruns` of whatever folder the
+process happens to run in (an Airflow worker's, say). `MLBATCH_MLFLOW_ARTIFACT_ROOT` pins it.
+"""
+
+from __future__ import annotations
+
+import os
+
+ARTIFACT_ROOT_ENV = "MLBATCH_MLFLOW_ARTIFACT_ROOT"
+
+
+def ensure_experiment(name: str) -> str:
+    """Return the id of experiment `name`, creating it if needed."""
+    import mlflow
+
+    found = mlflow.get_experiment_by_name(name)
+    if found:
+        return found.experiment_id
+    root = os.environ.get(ARTIFACT_ROOT_ENV)
+    location = f"{root.rstrip('/')}/{name.replace('/', '_')}" if root else None
+    return mlflow.create_experiment(name, artifact_location=location)

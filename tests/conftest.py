@@ -1,0 +1,55 @@
+"""Test environment: a private Airflow home (SQLite), MLflow registry and data root per test session.
+
+Environment variables are set at import time, before anything imports Airflow or MLflow, because both
+read their configuration once, on first import.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="mlbatch-tests-"))
+
+os.environ.update({
+    "AIRFLOW_HOME": str(_SESSION_DIR / "airflow"),
+    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_SESSION_DIR}/airflow/airflow.db",
+    "MLFLOW_TRACKING_URI": f"sqlite:///{_SESSION_DIR}/mlflow.db",
+    "MLBATCH_MLFLOW_ARTIFACT_ROOT": str(_SESSION_DIR / "mlartifacts"),
+    "MLBATCH_DATA_ROOT": str(_SESSION_DIR / "data"),
+    "MLBATCH_PIPELINES_DIR": str(REPO / "include" / "pipelines"),
+    "MLBATCH_ENV": "dev",
+    "NO_PROXY": "*",
+})
+(_SESSION_DIR / "airflow").mkdir(parents=True, exist_ok=True)
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated Airflow metadata database (SQLite) for dag.test() runs."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return _SESSION_DIR / "airflow" / "airflow.db"
+
+
+@pytest.fixture(scope="session")
+def registered_model() -> dict:
+    """The demo's natality model, trained small and registered with alias `champion`."""
+    from mlbatch.demo.natality import train_and_register
+
+    version = train_and_register("natality_weight", rows=20_000)
+    return {"name": "natality_weight", "version": version}
