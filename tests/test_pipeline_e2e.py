@@ -1,0 +1,107 @@
+"""End to end: the example pipeline through `dag.test()` on small real data, both local backends."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+DATE = "2026-11-20"
+ROWS = 6_000
+
+
+@pytest.fixture(scope="module")
+def partition(session_dir: Path) -> dict:
+    from mlbatch.demo.natality import make_frame, write_partition
+
+    folder = write_partition(session_dir / "data" / "natality" / f"ds={DATE}", ROWS, files=2, seed=7,
+                             row_group_rows=1_000)
+    # The same rows the generator wrote, to know how many are invalid on purpose.
+    frames = [make_frame(3_000, seed=7 + i, id_offset=i * 3_000) for i in range(2)]
+    bad = sum(int((f.gestation_weeks.isna() | (f.mother_age > 60) | (f.plurality < 1)).sum()) for f in frames)
+    return {"folder": folder, "rows": ROWS, "bad": bad}
+
+
+@pytest.fixture(scope="module")
+def dag(airflow_db, registered_model):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags"))
+    assert bag.import_errors == {}
+    return bag.dags["natality_daily"]
+
+
+def run(dag, conf: dict):
+    from datetime import datetime, timezone
+
+    return dag.test(logical_date=datetime.fromisoformat(DATE).replace(tzinfo=timezone.utc), run_conf=conf)
+
+
+def output_dir(session_dir: Path) -> Path:
+    return session_dir / "data" / "predictions" / "natality_daily" / f"ds={DATE}"
+
+
+def read_output(folder: Path):
+    files = sorted(p for p in folder.iterdir() if p.suffix == ".parquet")
+    return pq.read_table(files).to_pandas() if files else None
+
+
+@pytest.mark.parametrize("backend", ["dataflow", "local"])
+def test_pipeline_scores_every_valid_row_and_records_the_run(dag, partition, session_dir, backend,
+                                                             registered_model):
+    import mlflow
+
+    dagrun = run(dag, {"backend": backend})
+    assert dagrun.state == "success", f"{backend}: {dagrun.state}"
+
+    out = output_dir(session_dir)
+    manifest = json.loads((out / "_SUCCESS").read_text())
+    expected_valid = partition["rows"] - partition["bad"]
+    assert manifest["rows_in"] == partition["rows"]
+    assert manifest["rows_rejected"] == partition["bad"] > 0
+    assert manifest["rows_scored"] == expected_valid
+    assert manifest["model"] == f"models:/natality_weight/{registered_model['version']}"
+
+    table = read_output(out)
+    assert list(table.columns) == ["id", "predicted_weight_pounds"]
+    assert len(table) == expected_valid and table.id.is_unique
+    assert table.predicted_weight_pounds.between(0, 15).all()
+
+    rejected_dir = session_dir / "data" / "predictions" / "natality_daily" / "_rejected" / f"ds={DATE}"
+    reasons = [json.loads(line)["reason"] for f in rejected_dir.glob("*.jsonl") for line in f.open()]
+    assert len(reasons) == partition["bad"]
+    assert any("above max 60" in r for r in reasons)
+
+    runs = mlflow.search_runs(experiment_names=["mlbatch/natality_daily"],
+                              filter_string=f"tags.backend = '{backend}'", output_format="list")
+    latest = max(runs, key=lambda r: r.info.start_time)
+    m = latest.data.metrics
+    assert m["rows_in"] == partition["rows"] and m["rows_rejected"] == partition["bad"]
+    for step in ("prep", "predict", "publish"):
+        assert m[f"{step}.wall_s"] > 0 and m[f"{step}.peak_rss_mb"] > 0 and f"{step}.cpu_s" in m
+    assert latest.data.params["model_version"] == str(registered_model["version"])
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(latest.info.run_id)}
+    assert {"prediction_histogram.png", "run_summary.json"} <= artifacts
+
+
+def test_rerun_of_the_same_date_replaces_its_partition(dag, partition, session_dir):
+    out = output_dir(session_dir)
+    assert run(dag, {"backend": "local"}).state == "success"
+    (out / "stray-from-an-old-run.parquet").write_bytes(b"not parquet")
+    first_run = json.loads((out / "_SUCCESS").read_text())["run_id"]
+
+    assert run(dag, {"backend": "dataflow"}).state == "success"
+    assert not (out / "stray-from-an-old-run.parquet").exists()
+    assert len(read_output(out)) == partition["rows"] - partition["bad"]
+    assert json.loads((out / "_SUCCESS").read_text())["run_id"] == first_run  # same logical date
+    siblings = [p.name for p in out.parent.iterdir()]
+    assert not [s for s in siblings if ".replaced-" in s], siblings
+
+
+def test_invalid_trigger_params_are_refused(dag):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        run(dag, {"backend": "gpu"})

@@ -1,0 +1,81 @@
+"""publish: refuses to commit when rows in != rows scored + rows rejected; commits atomically otherwise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mlbatch.errors import CountMismatchError, TooManyRejectedError
+from mlbatch.operators.publish import PublishOperator
+from mlbatch.run_paths import RunPaths
+from mlbatch.spec_loader import load_spec, with_overrides
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "include" / "pipelines" / "natality_daily.yaml"
+
+
+class XComOnly:
+    """The one TaskInstance call publish makes: reading resolve_model's pinned version."""
+
+    def xcom_pull(self, task_ids: str, key: str = "return_value"):
+        assert task_ids == "resolve_model"
+        return {"uri": "models:/natality_weight/3", "version": 3}
+
+
+def staged_run(tmp_path: Path, rows_in: int, rows_out: int, rows_rejected: int) -> RunPaths:
+    paths = RunPaths(
+        input_pattern=str(tmp_path / "in" / "*.parquet"), marker=None,
+        output=str(tmp_path / "out" / "ds=2026-11-20"),
+        dead_letter=str(tmp_path / "out" / "_rejected" / "ds=2026-11-20"),
+        work=str(tmp_path / "work" / "run1"),
+    )
+    for folder in ("in", "work/run1/output", "work/run1/rejected"):
+        (tmp_path / folder).mkdir(parents=True)
+    pd.DataFrame({"id": range(rows_in), "x": 1.0}).to_parquet(tmp_path / "in" / "part-0.parquet")
+    pd.DataFrame({"id": range(rows_out), "predicted_weight_pounds": 7.0}).to_parquet(
+        tmp_path / "work/run1/output/part-0.parquet")
+    (tmp_path / "work/run1/rejected/dead.jsonl").write_text(
+        "".join(json.dumps({"row": {"id": i}, "reason": "x: null not allowed"}) + "\n"
+                for i in range(rows_rejected)))
+    return paths
+
+
+def publish(spec, paths):
+    op = PublishOperator(task_id="publish", spec=spec)
+    return op.run({"ti": XComOnly(), "run_id": "run1"}, spec, paths)
+
+
+def test_count_mismatch_fails_and_publishes_nothing(tmp_path):
+    spec = load_spec(EXAMPLE)
+    paths = staged_run(tmp_path, rows_in=100, rows_out=90, rows_rejected=5)
+    with pytest.raises(CountMismatchError, match=r"rows in \(100\) != rows scored \(90\) \+ rows rejected "
+                                                 r"\(5\): 5 rows missing"):
+        publish(spec, paths)
+    assert not Path(paths.output).exists() and not Path(paths.dead_letter).exists()
+
+
+def test_too_many_rows_in_output_also_fails(tmp_path):
+    paths = staged_run(tmp_path, rows_in=100, rows_out=100, rows_rejected=2)
+    with pytest.raises(CountMismatchError, match="2 rows too many"):
+        publish(load_spec(EXAMPLE), paths)
+
+
+def test_rejected_share_above_the_limit_fails(tmp_path):
+    spec = with_overrides(load_spec(EXAMPLE), {"prep.max_rejected_fraction": 0.1})
+    paths = staged_run(tmp_path, rows_in=100, rows_out=80, rows_rejected=20)
+    with pytest.raises(TooManyRejectedError, match=r"20 of 100 rows rejected \(20.00%\)"):
+        publish(spec, paths)
+    assert not Path(paths.output).exists()
+
+
+def test_balanced_counts_commit_output_and_dead_letters(tmp_path):
+    paths = staged_run(tmp_path, rows_in=100, rows_out=97, rows_rejected=3)
+    result = publish(load_spec(EXAMPLE), paths)
+    assert (result["rows_in"], result["rows_scored"], result["rows_rejected"]) == (100, 97, 3)
+    assert result["stats"]["count"] == 97 and result["stats"]["mean"] == pytest.approx(7.0)
+    manifest = json.loads((Path(paths.output) / "_SUCCESS").read_text())
+    assert manifest["model"] == "models:/natality_weight/3" and manifest["rows_scored"] == 97
+    assert (Path(paths.dead_letter) / "dead.jsonl").exists()
+    assert not (Path(paths.work) / "output").exists()  # moved, not copied
