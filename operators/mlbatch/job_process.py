@@ -28,6 +28,7 @@ class JobProcess:
         self.command = [sys.executable, "-u", "-m", module, *args, "--result-file", result_file]
         self.result_file = Path(result_file)
         self._proc: subprocess.Popen | None = None
+        self.peak_rss_mb = 0.0
 
     def run(self) -> dict:
         """Run to completion; return the job's result JSON or raise `RemoteJobError` with its last lines."""
@@ -47,13 +48,20 @@ class JobProcess:
             line = line.rstrip("\n")
             tail.append(line)
             log.info("[job] %s", line)
-        code = self._proc.wait()
+        code = self._wait()
         if code != 0:
             last = "\n".join(tail)
             raise RemoteJobError(f"{self.command[3]} exited with code {code}; last lines:\n{last}")
         if not self.result_file.exists():
             raise RemoteJobError(f"{self.command[3]} finished but wrote no result file {self.result_file}")
         return json.loads(self.result_file.read_text())
+
+    def _wait(self) -> int:
+        """Reap the job with wait4 to read the peak memory of that process alone."""
+        _, status, usage = os.wait4(self._proc.pid, 0)
+        self._proc.returncode = os.waitstatus_to_exitcode(status)
+        self.peak_rss_mb = usage.ru_maxrss / 1024  # KiB on Linux
+        return self._proc.returncode
 
     def kill(self) -> None:
         if self._proc and self._proc.poll() is None:

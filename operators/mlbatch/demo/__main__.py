@@ -26,6 +26,8 @@ SHOWN = re.compile(
     r"Marking task as|ERROR|Traceback|Error:)"
 )
 
+STRUCTURED = re.compile(r"\[(\w+)\s*\] (.*?)(?: \[[\w.]+\](?: loc=\S+)?)?\s*$")
+
 
 def demo_env(home: Path, repo: Path) -> dict[str, str]:
     return {
@@ -40,6 +42,13 @@ def demo_env(home: Path, repo: Path) -> dict[str, str]:
         "MLBATCH_PIPELINES_DIR": str(repo / "include" / "pipelines"),
         "MLBATCH_ENV": "dev",
     }
+
+
+def readable(line: str) -> str:
+    """`<time> [info ] message [logger] loc=...` -> `message` (Airflow's structured log lines)."""
+    found = STRUCTURED.search(line)
+    text = found.group(2) if found else line.rstrip()
+    return (f"{found.group(1).upper()}: " if found and found.group(1) != "info" else "") + text[:300]
 
 
 def step(title: str) -> float:
@@ -98,7 +107,7 @@ def run_pipeline(home: Path, env: dict[str, str], backend: str) -> bool:
         for line in proc.stdout:
             sink.write(line)
             if SHOWN.search(line):
-                print("   " + line.rstrip()[-220:], flush=True)
+                print("   " + readable(line), flush=True)
         code = proc.wait()
     done(t, f"full log: {log_file} ")
     if code != 0:

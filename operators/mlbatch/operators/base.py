@@ -32,6 +32,9 @@ class PipelineStepOperator(BaseOperator):
         paths = self.run_paths(context, spec)
         with measure() as figures:
             result = self.run(context, spec, paths)
+            job = getattr(self, "_job", None)  # steps that ran a job process report its peak too
+            if job is not None:
+                figures["child_peak_rss_mb"] = job.peak_rss_mb
         self.log.info("Resources of %s: %s", self.task_id, figures)
         context["ti"].xcom_push(key=RESOURCES_KEY, value=figures)
         return result

@@ -1,0 +1,22 @@
+"""Beam pipeline options with a local-friendly default runner.
+
+Beam's DirectRunner default now downloads the Prism binary, which fails
+offline; FnApiRunner runs in-process (or multi-process with
+--direct_running_mode=multi_processing) with nothing to download.
+"""
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+
+DEFAULT_RUNNER = "FnApiRunner"
+
+
+def pipeline_options(beam_args: list[str] | None = None) -> PipelineOptions:
+    """PipelineOptions from leftover CLI args; FnApiRunner unless --runner is given."""
+    args = list(beam_args or [])
+    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+        args.append(f"--runner={DEFAULT_RUNNER}")
+    options = PipelineOptions(args)
+    # Workers import mlbatch_beam as an installed package, not from a pickled __main__.
+    options.view_as(SetupOptions).save_main_session = False
+    return options

@@ -1,0 +1,115 @@
+"""The prep job: read raw input, validate it, write model-ready files.
+
+Valid rows go to ``--output-dir`` (parquet with declared types, or flat
+JSON Lines that cloud batch-prediction services read); rejected rows go to
+``--dead-letter-dir`` as JSON Lines with a reason each; counts go to the
+``--result-file`` JSON so Airflow can decide whether to continue.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+from apache_beam.runners.runner import PipelineState
+
+from mlbatch_beam.arrow_io import (
+    INPUT_FORMATS, DeadLetterWrite, ReadArrowBatches, WriteArrowBatches,
+    match_paths, piece_of, source_of, with_origin,
+)
+from mlbatch_beam.options import pipeline_options
+from mlbatch_beam.results import NAMESPACE, counter_totals, write_result
+from mlbatch_beam.schema import FeatureSchema
+from mlbatch_beam.validate import split_valid
+
+PREP_OUTPUT_FORMATS = ("parquet", "jsonl")
+
+
+class _Validate(beam.DoFn):
+    def __init__(self, schema: FeatureSchema):
+        self._schema = schema
+        self._rows_in = Metrics.counter(NAMESPACE, "rows_in")
+        self._rows_valid = Metrics.counter(NAMESPACE, "rows_valid")
+        self._rows_rejected = Metrics.counter(NAMESPACE, "rows_rejected")
+
+    def process(self, batch):
+        source = source_of(batch)
+        valid, rejected = split_valid(batch, self._schema, source)
+        self._rows_in.inc(batch.num_rows)
+        self._rows_valid.inc(valid.num_rows)
+        self._rows_rejected.inc(len(rejected))
+        if valid.num_rows:
+            yield with_origin(valid, source, piece_of(batch))
+        for row in rejected:
+            yield beam.pvalue.TaggedOutput(PrepareInput.REJECTED, row)
+
+
+class PrepareInput(beam.PTransform):
+    """RecordBatches -> tagged outputs ``valid`` (typed batches) and ``rejected`` (dicts)."""
+
+    VALID = "valid"
+    REJECTED = "rejected"
+
+    def __init__(self, schema: FeatureSchema):
+        super().__init__()
+        self._schema = schema
+
+    def expand(self, batches):
+        return batches | "Validate" >> beam.ParDo(_Validate(self._schema)).with_outputs(
+            self.REJECTED, main=self.VALID)
+
+
+def csv_column_types(schema: FeatureSchema) -> dict[str, pa.DataType]:
+    """Read schema columns from CSV as text so validation decides per row."""
+    columns = schema.feature_names + ([schema.id_column] if schema.id_type else [])
+    return {name: pa.string() for name in columns}
+
+
+def build(pipeline, args, schema: FeatureSchema) -> None:
+    batches = pipeline | "Read" >> ReadArrowBatches(
+        args.input, args.input_format, args.batch_rows,
+        csv_column_types=csv_column_types(schema))
+    prepared = batches | "Prepare" >> PrepareInput(schema)
+    _ = prepared[PrepareInput.VALID] | "WriteValid" >> WriteArrowBatches(
+        args.output_dir, args.output_format, prefix="part")
+    _ = prepared[PrepareInput.REJECTED] | "WriteRejected" >> DeadLetterWrite(args.dead_letter_dir)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m mlbatch_beam.prep", description=__doc__)
+    parser.add_argument("--input", required=True, help="file pattern, e.g. gs://bucket/in/*.parquet")
+    parser.add_argument("--input-format", required=True, choices=INPUT_FORMATS)
+    parser.add_argument("--schema-json", required=True, help="FeatureSchema as JSON text")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--output-format", required=True, choices=PREP_OUTPUT_FORMATS)
+    parser.add_argument("--dead-letter-dir", required=True)
+    parser.add_argument("--result-file", required=True)
+    parser.add_argument("--batch-rows", type=int, default=65536)
+    return parser.parse_known_args(argv)
+
+
+def run(argv=None) -> dict:
+    """Run the prep pipeline to completion and return (and write) its counts."""
+    args, beam_args = parse_args(argv)
+    schema = FeatureSchema.from_json(args.schema_json)
+    match_paths(args.input)  # fail fast, before starting workers
+    pipeline = beam.Pipeline(options=pipeline_options(beam_args))
+    build(pipeline, args, schema)
+    result = pipeline.run()
+    state = result.wait_until_finish()
+    if state not in (None, PipelineState.DONE):
+        raise RuntimeError(f"prep pipeline finished in state {state}")
+    counts = counter_totals(result, ["rows_in", "rows_valid", "rows_rejected"])
+    return write_result(args.result_file, {
+        **counts,
+        "output_dir": args.output_dir,
+        "dead_letter_dir": args.dead_letter_dir,
+    })
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.INFO)
+    print(json.dumps(run()))

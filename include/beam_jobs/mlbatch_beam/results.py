@@ -1,0 +1,32 @@
+"""Job results: Beam counter totals and the small JSON file Airflow reads back.
+
+Counts come from Beam Metrics rather than a second pass over the output,
+so they cost nothing extra and include rows no file was written for.
+"""
+from __future__ import annotations
+
+import json
+
+from apache_beam.metrics.metric import MetricsFilter
+
+from mlbatch_beam.arrow_io import write_bytes
+
+NAMESPACE = "mlbatch"
+
+
+def counter_totals(pipeline_result, names) -> dict[str, int]:
+    """Sum each named counter over all steps (committed, else attempted)."""
+    totals = {name: 0 for name in names}
+    for name in names:
+        query = pipeline_result.metrics().query(MetricsFilter().with_name(name))
+        for counter in query["counters"]:
+            value = counter.committed if counter.committed is not None else counter.attempted
+            totals[name] += int(value or 0)
+    return totals
+
+
+def write_result(path: str | None, result: dict) -> dict:
+    """Write the result JSON (any FileSystems path) and return it."""
+    if path:
+        write_bytes(path, (json.dumps(result, indent=2, sort_keys=True) + "\n").encode())
+    return result

@@ -1,0 +1,115 @@
+"""The direct-model scoring job: prepared files -> [id, prediction] files.
+
+Used when the model is scored inside Beam (Dataflow or local runners)
+rather than by a cloud batch-prediction service.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import uuid
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.runners.runner import PipelineState
+
+from mlbatch_beam.arrow_io import (
+    INPUT_FORMATS, OUTPUT_FORMATS, ReadArrowBatches, WriteArrowBatches,
+    match_paths, piece_of, with_origin,
+)
+from mlbatch_beam.model_handler import MLflowPyfuncModelHandler
+from mlbatch_beam.options import pipeline_options
+from mlbatch_beam.results import NAMESPACE, counter_totals, write_result
+
+
+class _ToKeyedFrame(beam.DoFn):
+    """RecordBatch -> (piece, DataFrame of id + features); the key names the output file."""
+
+    def __init__(self, columns):
+        self._columns = columns
+        self._rows_in = Metrics.counter(NAMESPACE, "rows_in")
+
+    def process(self, batch):
+        missing = [c for c in self._columns if c not in batch.schema.names]
+        if missing:
+            raise ValueError(f"scoring input lacks columns {missing}; has {batch.schema.names}")
+        self._rows_in.inc(batch.num_rows)
+        yield piece_of(batch) or uuid.uuid4().hex, batch.select(self._columns).to_pandas()
+
+
+class _ToArrow(beam.DoFn):
+    def __init__(self):
+        self._rows_scored = Metrics.counter(NAMESPACE, "rows_scored")
+
+    def process(self, keyed):
+        piece, frame = keyed
+        self._rows_scored.inc(len(frame))
+        batch = pa.RecordBatch.from_pandas(frame, preserve_index=False)
+        yield with_origin(batch, "", piece)
+
+
+class ScoreBatches(beam.PTransform):
+    """RecordBatches holding id + features -> RecordBatches of [id, prediction].
+
+    Columns come from the model handler (its id_column / feature_columns),
+    so there is one place that says what the model reads.
+    """
+
+    def __init__(self, model_handler: MLflowPyfuncModelHandler):
+        super().__init__()
+        self._handler = model_handler
+
+    def expand(self, batches):
+        return (
+            batches
+            | "ToPandas" >> beam.ParDo(_ToKeyedFrame(self._handler.columns))
+            | "Predict" >> RunInference(KeyedModelHandler(self._handler))
+            | "ToArrow" >> beam.ParDo(_ToArrow())
+        )
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m mlbatch_beam.score", description=__doc__)
+    parser.add_argument("--input", required=True, help="pattern of prepared files")
+    parser.add_argument("--input-format", default="parquet", choices=INPUT_FORMATS)
+    parser.add_argument("--model-uri", required=True, help="models:/name/version or an artifact URI")
+    parser.add_argument("--id-column", required=True)
+    parser.add_argument("--feature-columns", required=True, help="comma-separated, in model order")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--output-format", required=True, choices=OUTPUT_FORMATS)
+    parser.add_argument("--prediction-column", default="prediction")
+    parser.add_argument("--batch-rows", type=int, default=65536)
+    parser.add_argument("--result-file", required=True)
+    return parser.parse_known_args(argv)
+
+
+def run(argv=None) -> dict:
+    """Run the scoring pipeline to completion and return (and write) its counts."""
+    args, beam_args = parse_args(argv)
+    features = [c.strip() for c in args.feature_columns.split(",") if c.strip()]
+    if not features:
+        raise ValueError("--feature-columns is empty")
+    match_paths(args.input)  # fail fast, before starting workers
+    handler = MLflowPyfuncModelHandler(
+        args.model_uri, args.id_column, features, prediction_column=args.prediction_column)
+    pipeline = beam.Pipeline(options=pipeline_options(beam_args))
+    _ = (
+        pipeline
+        | "Read" >> ReadArrowBatches(args.input, args.input_format, args.batch_rows)
+        | "Score" >> ScoreBatches(handler)
+        | "Write" >> WriteArrowBatches(args.output_dir, args.output_format, prefix="predictions")
+    )
+    result = pipeline.run()
+    state = result.wait_until_finish()
+    if state not in (None, PipelineState.DONE):
+        raise RuntimeError(f"score pipeline finished in state {state}")
+    counts = counter_totals(result, ["rows_in", "rows_scored", "model_loads"])
+    return write_result(args.result_file, {**counts, "output_dir": args.output_dir})
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.INFO)
+    print(json.dumps(run()))

@@ -1,0 +1,217 @@
+"""Split a batch into rows that satisfy the feature schema and rejected rows.
+
+All checks are vectorised with pyarrow.compute over whole columns; Python
+only runs for rejected rows, to explain why each was rejected.
+
+Conversion rules: text (CSV, or mixed-type JSON) is parsed into the
+declared type ("3", "3.0" -> int 3; "true"/"yes"/"1" -> bool), numbers are
+cast when exact (3.0 -> int, 3.5 -> rejected). NaN, and for non-string
+types empty/"nan"/"null"/"none" text, count as null.
+
+A missing column rejects every row of the batch with the reason
+"missing column 'x'" rather than failing the job, so one bad file among
+many shows up in the dead letter instead of killing the run. Duplicate ids
+are rejected within a batch (keeping the first); duplicates across batches
+are not detected here because that would need a per-row shuffle.
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mlbatch_beam.schema import ARROW_TYPES, Feature, FeatureSchema
+
+TRUE_TEXT = ["true", "t", "yes", "y", "1"]
+FALSE_TEXT = ["false", "f", "no", "n", "0"]
+NULL_TEXT = ["", "nan", "null", "none"]  # text that means "no value" for non-string types
+_INT_TEXT = r"^[+-]?\d{1,18}(\.0*)?$"
+_FLOAT_TEXT = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+
+
+def _mask(array) -> np.ndarray:
+    """A boolean Arrow array as numpy, null counting as False."""
+    return pc.fill_null(array, False).to_numpy(zero_copy_only=False)
+
+
+def _coerce(values: pa.Array, type_name: str) -> tuple[pa.Array, pa.Array]:
+    """Cast a column to the declared type.
+
+    Returns (typed values with null where conversion failed, normalised
+    source values); a row is a type error when the normalised source is
+    non-null but the typed value is null.
+    """
+    target = ARROW_TYPES[type_name]
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    if pa.types.is_large_string(values.type):
+        values = values.cast(pa.string())
+    if pa.types.is_decimal(values.type):
+        values = values.cast(pa.float64())
+    vtype = values.type
+
+    if pa.types.is_null(vtype):
+        return pa.nulls(len(values), target), values
+    if pa.types.is_floating(vtype):
+        values = pc.if_else(pc.is_nan(values), None, values)
+
+    if type_name == "string":
+        if pa.types.is_string(vtype):
+            return values, values
+        try:
+            return values.cast(pa.string()), values
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return pa.nulls(len(values), target), values
+
+    if pa.types.is_string(vtype):
+        text = pc.utf8_trim_whitespace(values)
+        empty = pc.is_in(pc.utf8_lower(text), pa.array(NULL_TEXT))
+        text = pc.if_else(empty, None, text)
+        if type_name == "int":
+            ok = pc.match_substring_regex(text, _INT_TEXT)
+            digits = pc.replace_substring_regex(text, r"\.0*$", "")
+            return pc.if_else(ok, digits, None).cast(target), text
+        if type_name == "float":
+            ok = pc.match_substring_regex(text, _FLOAT_TEXT)
+            return pc.if_else(ok, text, None).cast(target), text
+        lower = pc.utf8_lower(text)
+        ok = pc.is_in(lower, pa.array(TRUE_TEXT + FALSE_TEXT))
+        return pc.if_else(ok, pc.is_in(lower, pa.array(TRUE_TEXT)), None), text
+
+    numeric = pa.types.is_integer(vtype) or pa.types.is_floating(vtype)
+    if pa.types.is_boolean(vtype):
+        return values.cast(target), values
+    if not numeric:
+        return pa.nulls(len(values), target), values
+    if type_name == "bool":
+        ok = pc.is_in(values.cast(pa.float64(), safe=False), pa.array([0.0, 1.0]))
+        return pc.if_else(ok, values, None).cast(target), values
+    if type_name == "int" and pa.types.is_floating(vtype):
+        ok = pc.and_(pc.equal(pc.floor(values), values), pc.less(pc.abs(values), 2.0**63))
+        return pc.if_else(ok, values, None).cast(target), values
+    # A float feature accepts big ints with rounding; Arrow's safe cast would raise.
+    return values.cast(target, safe=type_name != "float"), values
+
+
+def _json_safe(value):
+    """Make a raw value (from any input format) serialisable as JSON."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (datetime.date, datetime.time, datetime.datetime)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    return str(value)
+
+
+class _Problems:
+    """Per-row failed checks: a boolean mask plus how to explain a failing row."""
+
+    def __init__(self, num_rows):
+        self.num_rows = num_rows
+        self.checks = []
+
+    def add(self, mask, explain):
+        mask = np.asarray(mask, dtype=bool)
+        if mask.any():
+            self.checks.append((mask, explain))
+
+    def rejected(self) -> np.ndarray:
+        out = np.zeros(self.num_rows, dtype=bool)
+        for mask, _ in self.checks:
+            out |= mask
+        return out
+
+    def reason(self, row) -> str:
+        return "; ".join(explain(row) for mask, explain in self.checks if mask[row])
+
+
+def _check_feature(feature: Feature, raw: pa.Array, problems: _Problems) -> pa.Array:
+    typed, normalised = _coerce(raw, feature.type)
+    name = feature.name
+    type_error = _mask(pc.and_(pc.is_valid(normalised), pc.is_null(typed)))
+    problems.add(type_error, lambda i: f"{name}: {raw[i].as_py()!r} is not a {feature.type}")
+
+    if not feature.nullable:
+        missing = _mask(pc.is_null(normalised))
+        problems.add(missing, lambda i: f"{name}: null not allowed")
+    if feature.min is not None:
+        low = _mask(pc.less(typed, feature.min))
+        problems.add(low, lambda i: f"{name}: {typed[i].as_py()!r} below min {feature.min!r}")
+    if feature.max is not None:
+        high = _mask(pc.greater(typed, feature.max))
+        problems.add(high, lambda i: f"{name}: {typed[i].as_py()!r} above max {feature.max!r}")
+    if feature.allowed is not None:
+        allowed = pa.array(feature.allowed, type=feature.arrow_type)
+        outside = _mask(pc.and_(pc.is_valid(typed), pc.invert(pc.is_in(typed, allowed))))
+        problems.add(outside, lambda i: f"{name}: {typed[i].as_py()!r} not in allowed {feature.allowed!r}")
+    return typed
+
+
+def _check_id(schema: FeatureSchema, raw: pa.Array, problems: _Problems) -> pa.Array:
+    id_feature = schema.id_feature()
+    if id_feature is not None:
+        ids = _check_feature(id_feature, raw, problems)
+    else:
+        ids = raw
+        problems.add(_mask(pc.is_null(ids)), lambda i: f"{schema.id_column}: null not allowed")
+    duplicate = ids.to_pandas().duplicated(keep="first").to_numpy() & _mask(pc.is_valid(ids))
+    problems.add(duplicate, lambda i: f"{schema.id_column}: duplicate id {ids[i].as_py()!r}")
+    return ids
+
+
+def split_valid(batch: pa.RecordBatch, schema: FeatureSchema, source: str = ""):
+    """Return (valid batch with [id] + features cast to declared types, rejected dicts).
+
+    A rejected dict is {"row": raw values (JSON-safe), "reason": "...",
+    "source": <file>}; several failed checks on one row are joined by "; ".
+    """
+    names = batch.schema.names
+    problems = _Problems(batch.num_rows)
+    missing = [c for c in schema.columns if c not in names]
+    if missing:
+        reason = "; ".join(f"missing column {c!r}" for c in missing)
+        problems.add(np.ones(batch.num_rows, dtype=bool), lambda i: reason)
+        columns = None
+    else:
+        columns = [_check_id(schema, batch.column(schema.id_column), problems)]
+        for feature in schema.features:
+            columns.append(_check_feature(feature, batch.column(feature.name), problems))
+
+    rejected_mask = problems.rejected()
+    rejected_rows = np.flatnonzero(rejected_mask)
+    rejected = []
+    if len(rejected_rows):
+        raw_rows = batch.take(pa.array(rejected_rows)).to_pylist()
+        for row, raw in zip(rejected_rows, raw_rows):
+            rejected.append({"row": _json_safe(raw), "reason": problems.reason(row), "source": source})
+
+    if columns is None:
+        valid = pa.RecordBatch.from_pylist([], schema=output_schema(schema, None))
+    else:
+        valid = pa.RecordBatch.from_arrays(columns, names=schema.columns)
+        if len(rejected_rows):
+            valid = valid.filter(pa.array(~rejected_mask))
+    return valid, rejected
+
+
+def output_schema(schema: FeatureSchema, id_type: pa.DataType | None) -> pa.Schema:
+    """Arrow schema of the valid output: id then the declared feature types."""
+    if schema.id_type is not None:
+        id_type = ARROW_TYPES[schema.id_type]
+    fields = [pa.field(schema.id_column, id_type or pa.string())]
+    fields += [pa.field(f.name, f.arrow_type) for f in schema.features]
+    return pa.schema(fields)
