@@ -53,3 +53,27 @@ def registered_model() -> dict:
 
     version = train_and_register("natality_weight", rows=20_000)
     return {"name": "natality_weight", "version": version}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_internet():
+    """Fail any test that tries to connect beyond this machine (tests must not reach the internet)."""
+    import ipaddress
+    import socket
+
+    real_connect = socket.socket.connect
+
+    def guarded(sock, address):
+        host = address[0] if isinstance(address, tuple) else None
+        if host is not None and host != "localhost":
+            try:
+                local = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                local = False
+            if not local:
+                raise ConnectionRefusedError(f"test tried to reach {address}: tests stay on this machine")
+        return real_connect(sock, address)
+
+    socket.socket.connect = guarded
+    yield
+    socket.socket.connect = real_connect
