@@ -5,17 +5,26 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv lock validate clean-demo
+.PHONY: demo demo-alert test bench venv lock validate clean-demo
 
 demo: $(STAMP)
 	$(BIN)/python -m mlbatch.demo
 
+# A deliberately failing pipeline; prints its Slack alert as text (local outbox unless a token is set).
+demo-alert: $(STAMP)
+	$(BIN)/python -m mlbatch.demo.alert
+
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
+# Time every way of scoring the same data with the same model (bench/results.md, bench/results.png).
+# Data and models are generated once into .bench/ and reused.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
 venv: $(STAMP)
 
-$(STAMP): requirements.txt operators/pyproject.toml include/beam_jobs/setup.py
+$(STAMP): requirements.txt operators/pyproject.toml include/beam_jobs/setup.py include/beam_jobs/worker-requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
 	$(BIN)/uv pip sync -q --python $(BIN)/python requirements.txt

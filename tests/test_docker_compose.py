@@ -45,3 +45,18 @@ def test_the_image_installs_what_the_packages_need():
     assert "requirements.txt" in dockerfile and "operators" in dockerfile and "beam_jobs" in dockerfile
     for needed in ("apache-airflow-providers-celery==", "psycopg2-binary==", "redis==", "mlflow=="):
         assert needed in requirements
+
+
+def test_slack_socket_mode_service_runs_the_entrypoint_against_the_api_server():
+    import importlib.util
+
+    compose = yaml.safe_load((REPO / "docker-compose.yaml").read_text())
+    service = compose["services"]["slack-commands"]
+    assert service["command"][:3] == ["python", "-m", "mlbatch.slack_commands.socket_mode"]
+    assert importlib.util.find_spec(service["command"][2]) is not None
+    env = service["environment"]
+    assert env["MLBATCH_AIRFLOW_API_URL"] == "http://airflow-apiserver:8080"
+    assert "SLACK_APP_TOKEN" in env and "MLBATCH_AIRFLOW_PASSWORD" in env
+    assert env["MLBATCH_SLACK_POLICY"].startswith("/opt/airflow/include/")
+    assert (REPO / "include" / env["MLBATCH_SLACK_POLICY"].removeprefix("/opt/airflow/include/")).is_file()
+    assert set(service["depends_on"]) <= set(compose["services"])

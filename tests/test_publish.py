@@ -42,9 +42,13 @@ def staged_run(tmp_path: Path, rows_in: int, rows_out: int, rows_rejected: int) 
     return paths
 
 
-def publish(spec, paths):
+def publish(spec, paths, outlet_events=None):
+    from airflow.sdk.execution_time.context import OutletEventAccessors
+
     op = PublishOperator(task_id="publish", spec=spec)
-    return op.run({"ti": XComOnly(), "run_id": "run1"}, spec, paths)
+    context = {"ti": XComOnly(), "run_id": "run1", "params": {}, "ds": "2026-11-20",
+               "outlet_events": OutletEventAccessors() if outlet_events is None else outlet_events}
+    return op.run(context, spec, paths)
 
 
 def test_count_mismatch_fails_and_publishes_nothing(tmp_path):
@@ -71,8 +75,14 @@ def test_rejected_share_above_the_limit_fails(tmp_path):
 
 
 def test_balanced_counts_commit_output_and_dead_letters(tmp_path):
+    from airflow.sdk.execution_time.context import OutletEventAccessors
+
     paths = staged_run(tmp_path, rows_in=100, rows_out=97, rows_rejected=3)
-    result = publish(load_spec(EXAMPLE), paths)
+    spec, events = load_spec(EXAMPLE), OutletEventAccessors()
+    result = publish(spec, paths, events)
+    [asset] = PublishOperator(task_id="publish", spec=spec).outlets
+    assert events[asset].extra == {"pipeline": "natality_daily", "ds": "2026-11-20", "partition": paths.output,
+                                   "rows_scored": 97, "rows_rejected": 3}  # what downstream pipelines read
     assert (result["rows_in"], result["rows_scored"], result["rows_rejected"]) == (100, 97, 3)
     assert result["stats"]["count"] == 97 and result["stats"]["mean"] == pytest.approx(7.0)
     manifest = json.loads((Path(paths.output) / "_SUCCESS").read_text())

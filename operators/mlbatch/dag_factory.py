@@ -14,6 +14,8 @@ from typing import Any
 
 from airflow.sdk import DAG, Param
 
+from mlbatch.alerts.notifier import pipeline_callbacks, success_callback
+from mlbatch.assets import output_asset, upstream_schedule
 from mlbatch.errors import BrokenSpecsError, SpecError
 from mlbatch.operators.predict import PredictOperator
 from mlbatch.operators.prep import BeamPrepOperator
@@ -36,13 +38,15 @@ STEPS = (
 )
 
 
-def build_dag(spec: PipelineSpec, spec_path: Path | None = None) -> DAG:
+def build_dag(spec: PipelineSpec, spec_path: Path | None = None,
+              pipeline_assets: dict[str, Any] | None = None) -> DAG:
+    """`pipeline_assets`: output assets of the other pipelines by name (see `assets.upstream_schedule`)."""
     t = spec.tasks
     dag = DAG(
         dag_id=spec.dag_id,
         description=(spec.description.strip().splitlines() or [""])[0][:200] or None,
         doc_md=_doc_md(spec, spec_path),
-        schedule=spec.schedule,
+        schedule=upstream_schedule(spec, pipeline_assets),  # cron, or upstream assets (wait.kind upstream_asset)
         start_date=datetime.fromisoformat(spec.start_date),
         catchup=False,
         max_active_runs=1,
@@ -56,10 +60,13 @@ def build_dag(spec: PipelineSpec, spec_path: Path | None = None) -> DAG:
         },
     )
     previous = None
+    callbacks = pipeline_callbacks(spec)  # Slack alerts on failure (and retry, if asked), log tap
     for task_id, operator in STEPS:
-        task = operator(task_id=task_id, spec=spec, dag=dag)
+        last = task_id == STEPS[-1][0] and spec.alerts.on_success
+        success = {"on_success_callback": [success_callback(spec)]} if last else {}
+        task = operator(task_id=task_id, spec=spec, dag=dag, **callbacks, **success)
         if task_id == "wait_for_data":  # its own clock: waiting is not running
-            task.execution_timeout = timedelta(minutes=t.wait_timeout_minutes + 5)
+            task.execution_timeout = timedelta(minutes=spec.wait.timeout_minutes + 5)
         if previous is not None:
             previous >> task
         previous = task
@@ -96,12 +103,20 @@ def build_dags(pipelines_dir: str | Path) -> dict[str, DAG]:
     errors into an import error of the calling DAG file (see `SpecErrorReport`)."""
     dags: dict[str, Any] = {}
     errors: list[str] = []
+    specs: dict[str, tuple[Path, PipelineSpec]] = {}
     for path in sorted(Path(pipelines_dir).glob("*.yaml")):
         try:
             spec = load_spec(path)
-            if spec.dag_id in dags:
+            if spec.dag_id in specs:
                 raise ValueError(f"{path}: DAG id {spec.dag_id!r} is used by another spec")
-            dags[spec.dag_id] = build_dag(spec, path)
+            specs[spec.dag_id] = (path, spec)
+        except (SpecError, ValueError) as exc:
+            log.error("Pipeline spec skipped: %s", exc)
+            errors.append(str(exc))
+    known = {spec.name: output_asset(spec) for _, spec in specs.values()}  # for upstream_asset waits
+    for path, spec in specs.values():
+        try:
+            dags[spec.dag_id] = build_dag(spec, path, pipeline_assets=known)
         except (SpecError, ValueError) as exc:
             log.error("Pipeline spec skipped: %s", exc)
             errors.append(str(exc))

@@ -47,6 +47,11 @@ class RemoteJobError(RuntimeError):
     """A Beam or batch-prediction job ended in failure."""
 
 
+class WaitFailedError(RuntimeError):
+    """Waiting for the input ended without it: the trigger reported an error, or the upstream task or
+    DAG run it waited for failed or was skipped."""
+
+
 def _nearest_line(where: str, lines: dict[str, int]) -> int | None:
     parts = where.split(".") if where else []
     while parts:

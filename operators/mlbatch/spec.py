@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-Backend = Literal["local", "dataflow", "sagemaker", "vertex"]
+Backend = Literal["local", "dataflow", "sagemaker", "vertex", "auto"]
 DataFormat = Literal["parquet", "csv", "jsonl"]
 FeatureType = Literal["int", "float", "bool", "string"]
 
@@ -24,10 +24,16 @@ class _Model(BaseModel):
 
 
 class Alerts(_Model):
+    """Slack alerts (mlbatch.alerts): a failure alert per failed task; optional retry/success notices."""
+
     slack_channel: str | None = None
     mention: str | None = None
     on_success: bool = False
     notify_retries: bool = False
+    slack_conn_id: str = "slack_api_default"
+    webhook_conn_id: str | None = None
+    log_lines: int = Field(default=40, ge=5, le=200)
+    thread_window_minutes: float = Field(default=360, ge=0)
 
 
 class ModelRef(_Model):
@@ -60,7 +66,8 @@ class Input(_Model):
     id_column: str
     features: list[Feature] = Field(min_length=1)
     marker: str | None = Field(
-        default=None, description="File that must exist before the run starts, e.g. a _SUCCESS marker."
+        default=None, description="File that must exist before the run starts, e.g. a _SUCCESS marker "
+                                  "(the default target of `wait`)."
     )
 
     @model_validator(mode="after")
@@ -87,6 +94,12 @@ class Compute(_Model):
     accelerator_count: int = Field(default=0, ge=0)
     batch_rows: int = Field(default=65_536, ge=1)
     local_workers: int = Field(default=1, ge=1, description="Processes for local Beam runs.")
+    large_model: bool = Field(
+        default=False, description="Direct-model jobs: one model copy per machine, shared by its worker processes.")
+    model_copies: int | None = Field(
+        default=None, ge=1, description="Direct-model jobs: exactly this many model copies per machine.")
+    one_process_per_worker: bool = Field(
+        default=False, description="Dataflow: one SDK process per worker VM (experiments=no_use_multiple_sdk_containers).")
 
     @model_validator(mode="after")
     def _workers(self) -> Compute:
@@ -121,20 +134,39 @@ class DataflowBackend(_Model):
     temp_location: str | None = None
     staging_location: str | None = None
     sdk_container_image: str | None = None
+    experiments: list[str] = Field(default=[], description="Extra Dataflow experiments, e.g. use_runner_v2.")
+    service_options: list[str] = Field(
+        default=[], description="Extra Dataflow service options (GPUs come from compute.accelerator_*).")
+    gcp_conn_id: str = Field(
+        default="google_cloud_default",
+        description="Airflow connection for the Dataflow API and GCS staging (runner 'dataflow').")
 
 
 class SageMakerBackend(_Model):
+    """SageMaker Batch Transform; `compute:`/`network:` are translated in mlbatch.backends.sagemaker."""
+
     region: str | None = None
-    role_arn: str | None = None
-    image_uri: str | None = None
-    s3_staging_uri: str | None = None
+    role_arn: str | None = Field(default=None, description="Execution role of the SageMaker Model.")
+    image_uri: str | None = Field(
+        default=None, description="Serving image, e.g. built by `mlflow sagemaker build-and-push-container`.")
+    s3_staging_uri: str | None = Field(
+        default=None, description="s3:// prefix for the model artifact and the job's input and output.")
+    aws_conn_id: str = "aws_default"
+    max_payload_mb: int = Field(default=6, ge=1, le=100)
+    max_concurrent_transforms: int | None = Field(default=None, ge=1)
 
 
 class VertexBackend(_Model):
+    """Vertex AI batch prediction; `compute:`/`network:` are translated in mlbatch.backends.vertex."""
+
     project: str | None = None
     region: str | None = None
     serving_container_image_uri: str | None = None
-    gcs_staging_uri: str | None = None
+    gcs_staging_uri: str | None = Field(
+        default=None, description="gs:// prefix for the model artifact and the job's input and output.")
+    gcp_conn_id: str = "google_cloud_default"
+    predict_route: str = "/invocations"
+    health_route: str = "/ping"
 
 
 class Predict(_Model):
@@ -145,6 +177,9 @@ class Predict(_Model):
     dataflow: DataflowBackend = DataflowBackend()
     sagemaker: SageMakerBackend = SageMakerBackend()
     vertex: VertexBackend = VertexBackend()
+    labels: dict[str, str] = Field(
+        default={}, description="Cloud labels/tags of remote jobs and models (plus pipeline and run).")
+    _auto_reason: str | None = PrivateAttr(default=None)  # why `auto` chose the backend, for the log
 
 
 class Output(_Model):
@@ -165,12 +200,74 @@ class TriggerParam(_Model):
     format: Literal["date"] | None = None
 
 
+WaitKind = Literal["object", "bigquery_partition", "upstream_task", "upstream_asset"]
+
+
+class WaitChecks(_Model):
+    """Completeness of the input files (`input.uri`), checked once the wait condition holds; until they
+    pass, the step keeps waiting (deferred), and `on_timeout` applies at the deadline."""
+
+    min_rows: int | None = Field(default=None, ge=1, description="Rows over all input files at least.")
+    min_bytes: int | None = Field(default=None, ge=1, description="Bytes over all input files at least.")
+    max_age_minutes: float | None = Field(default=None, gt=0, description="Newest input file at most this old.")
+
+    @property
+    def any(self) -> bool:
+        return any(v is not None for v in (self.min_rows, self.min_bytes, self.max_age_minutes))
+
+
+class Wait(_Model):
+    """What `wait_for_data` waits for before the run proceeds; every kind defers (no worker slot)."""
+
+    kind: WaitKind = "object"
+    targets: list[str] = Field(
+        default=[], description="kind object: paths/globs (local, file://, s3://, gs://), all must exist; "
+                                "default `input.marker`, else `input.uri`. Templated.")
+    table: str | None = Field(default=None, description="kind bigquery_partition: project.dataset.table.")
+    partition: str | None = Field(
+        default=None, description="kind bigquery_partition: partition id, templated (e.g. {{ ds_nodash }}); "
+                                  "null = the table must exist.")
+    dag_id: str | None = Field(default=None, description="kind upstream_task: the upstream DAG.")
+    task_ids: list[str] = Field(default=[], description="kind upstream_task: tasks; empty = the whole DAG run.")
+    assets: list[str] = Field(
+        default=[], description="kind upstream_asset: pipeline names (their predictions) or asset URIs.")
+    assets_mode: Literal["all", "any"] = "all"
+    aws_conn_id: str = "aws_default"
+    gcp_conn_id: str = "google_cloud_default"
+    timeout_minutes: float = Field(default=60, gt=0)
+    poke_seconds: float = Field(default=30, gt=0)
+    on_timeout: Literal["fail", "skip"] = "fail"
+    checks: WaitChecks = WaitChecks()
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> Wait:
+        needs = {"bigquery_partition": ("table",), "upstream_task": ("dag_id",), "upstream_asset": ("assets",)}
+        owner = {"targets": "object", "table": "bigquery_partition", "partition": "bigquery_partition",
+                 "dag_id": "upstream_task", "task_ids": "upstream_task", "assets": "upstream_asset"}
+        for field in needs.get(self.kind, ()):
+            if not getattr(self, field):
+                raise ValueError(f"kind {self.kind!r} needs 'wait.{field}'")
+        for field, kind in owner.items():
+            if getattr(self, field) and kind != self.kind:
+                raise ValueError(f"'wait.{field}' belongs to kind {kind!r}, not {self.kind!r}")
+        if self.table is not None and len(self.table.split(".")) != 3:
+            raise ValueError(f"'wait.table' {self.table!r}: expected project.dataset.table")
+        return self
+
+
 class Tasks(_Model):
     retries: int = Field(default=1, ge=0)
     retry_delay_minutes: float = Field(default=5, gt=0)
     execution_timeout_minutes: float = Field(default=120, gt=0)
-    wait_timeout_minutes: float = Field(default=60, gt=0)
-    wait_poke_seconds: float = Field(default=30, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_fields(cls, data: Any) -> Any:
+        moved = {"wait_timeout_minutes": "wait.timeout_minutes", "wait_poke_seconds": "wait.poke_seconds"}
+        for old, new in moved.items():
+            if isinstance(data, dict) and old in data:
+                raise ValueError(f"'tasks.{old}' moved to '{new}'")
+        return data
 
 
 class PipelineSpec(_Model):
@@ -188,6 +285,27 @@ class PipelineSpec(_Model):
     output: Output
     trigger_params: dict[str, TriggerParam] = {}
     tasks: Tasks = Tasks()
+    wait: Wait = Wait()
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> PipelineSpec:
+        if self.wait.kind == "upstream_asset" and self.schedule is not None:
+            raise ValueError(f"schedule {self.schedule!r} and wait.kind 'upstream_asset' exclude each other: "
+                             "the upstream assets are the schedule (set schedule: null)")
+        if self.wait.checks.min_rows is not None and "://" in self.input.uri.replace("file://", ""):
+            raise ValueError("wait.checks.min_rows counts rows in local input files only; for "
+                             f"{self.input.uri.split('://')[0]}:// input use min_bytes")
+        return self
+
+    @model_validator(mode="after")
+    def _resolve_auto_backend(self) -> PipelineSpec:
+        """`backend: auto` becomes a concrete backend here, so every later step sees a real one."""
+        if self.predict.backend == "auto":
+            from mlbatch.backends.auto import choose_backend
+
+            self.predict.backend, why = choose_backend(self.input.uri, self.input.format, self.predict)
+            self.predict._auto_reason = why
+        return self
 
     @model_validator(mode="after")
     def _trigger_fields_exist(self) -> PipelineSpec:

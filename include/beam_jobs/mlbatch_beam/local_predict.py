@@ -16,6 +16,7 @@ No Beam pipeline: a plain loop over files and bounded chunks of rows.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import posixpath
 
@@ -25,7 +26,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from mlbatch_beam.arrow_io import match_paths, read_file_batches, table_to_jsonl, write_bytes
-from mlbatch_beam.model_handler import prediction_array
+from mlbatch_beam.model_handler import MLflowPyfuncModelHandler
 
 FLAVORS = ("vertex", "sagemaker")
 VERTEX_PREFIX = "prediction.results-"
@@ -61,10 +62,8 @@ def predict_files(input_pattern: str, model_uri: str, id_column: str, feature_co
     """Score every matching JSON Lines file; one output file per input file."""
     if flavor not in FLAVORS:
         raise ValueError(f"unknown flavor {flavor!r}; expected one of {FLAVORS}")
-    import mlflow.pyfunc
-
     paths = match_paths(input_pattern)
-    model = mlflow.pyfunc.load_model(model_uri)
+    model = MLflowPyfuncModelHandler(model_uri, id_column, feature_columns).load_model()
     rows_in = rows_scored = 0
     for index, path in enumerate(paths):
         target = FileSystems.join(output_dir, output_name(flavor, path, index, len(paths)))
@@ -72,7 +71,7 @@ def predict_files(input_pattern: str, model_uri: str, id_column: str, feature_co
             for batch in read_file_batches(path, "jsonl", chunk_rows):
                 rows_in += batch.num_rows
                 features = batch.select(feature_columns).to_pandas()
-                predictions = prediction_array(model.predict(features), batch.num_rows)
+                predictions = model.predict(features)
                 out.write(encode_predictions(batch, predictions, flavor, id_column, feature_columns))
                 rows_scored += batch.num_rows
     return {"rows_in": rows_in, "rows_scored": rows_scored}
@@ -102,4 +101,6 @@ def run(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run()))
+    gc.freeze()  # as in mlbatch_beam.score: spare the collector the imports' objects
+    print(json.dumps(run()), flush=True)
+    gc.freeze()

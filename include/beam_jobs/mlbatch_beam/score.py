@@ -6,6 +6,7 @@ rather than by a cloud batch-prediction service.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import uuid
@@ -20,7 +21,7 @@ from mlbatch_beam.arrow_io import (
     INPUT_FORMATS, OUTPUT_FORMATS, ReadArrowBatches, WriteArrowBatches,
     match_paths, piece_of, with_origin,
 )
-from mlbatch_beam.model_handler import MLflowPyfuncModelHandler
+from mlbatch_beam.model_handler import DEFAULT_BATCH_ROWS, MLflowPyfuncModelHandler
 from mlbatch_beam.options import pipeline_options
 from mlbatch_beam.results import NAMESPACE, counter_totals, write_result
 
@@ -81,20 +82,34 @@ def parse_args(argv=None):
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--output-format", required=True, choices=OUTPUT_FORMATS)
     parser.add_argument("--prediction-column", default="prediction")
-    parser.add_argument("--batch-rows", type=int, default=65536)
+    parser.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS,
+                        help="rows per model call (see mlbatch_beam.model_handler for the measurements)")
+    parser.add_argument("--large-model", action="store_true",
+                        help="load the model once per machine in a shared process, not once per worker process")
+    parser.add_argument("--model-copies", type=int, default=None,
+                        help="exactly this many model copies per machine, shared by its worker processes")
     parser.add_argument("--result-file", required=True)
-    return parser.parse_known_args(argv)
+    args, beam_args = parser.parse_known_args(argv)
+    if args.model_copies is not None and args.model_copies < 1:
+        parser.error(f"--model-copies must be at least 1, got {args.model_copies}")
+    return args, beam_args
+
+
+def model_handler_from_args(args) -> MLflowPyfuncModelHandler:
+    """The ModelHandler the CLI arguments describe (model, columns, sharing across processes)."""
+    features = [c.strip() for c in args.feature_columns.split(",") if c.strip()]
+    if not features:
+        raise ValueError("--feature-columns is empty")
+    return MLflowPyfuncModelHandler(
+        args.model_uri, args.id_column, features, prediction_column=args.prediction_column,
+        large_model=args.large_model, model_copies=args.model_copies)
 
 
 def run(argv=None) -> dict:
     """Run the scoring pipeline to completion and return (and write) its counts."""
     args, beam_args = parse_args(argv)
-    features = [c.strip() for c in args.feature_columns.split(",") if c.strip()]
-    if not features:
-        raise ValueError("--feature-columns is empty")
+    handler = model_handler_from_args(args)
     match_paths(args.input)  # fail fast, before starting workers
-    handler = MLflowPyfuncModelHandler(
-        args.model_uri, args.id_column, features, prediction_column=args.prediction_column)
     pipeline = beam.Pipeline(options=pipeline_options(beam_args))
     _ = (
         pipeline
@@ -112,4 +127,9 @@ def run(argv=None) -> dict:
 
 if __name__ == "__main__":
     logging.getLogger().setLevel(logging.INFO)
-    print(json.dumps(run()))
+    # Beam, MLflow and sklearn leave millions of long-lived objects from their imports; freezing
+    # them keeps the garbage collector from rescanning them during the run and at exit (~0.8 s
+    # of a 1M-row job here).
+    gc.freeze()
+    print(json.dumps(run()), flush=True)
+    gc.freeze()

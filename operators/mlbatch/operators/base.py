@@ -7,6 +7,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from mlbatch.assets import fill_data_date
 from mlbatch.resources import measure
 from mlbatch.run_paths import RunPaths, default_dead_letter, default_work_root, run_key
 from mlbatch.spec import PipelineSpec
@@ -29,6 +30,7 @@ class PipelineStepOperator(BaseOperator):
 
     def execute(self, context: Any) -> Any:
         spec = effective_spec(self.spec, context["params"])
+        fill_data_date(context)  # asset-triggered runs have no logical date: take it from the asset event
         paths = self.run_paths(context, spec)
         with measure() as figures:
             result = self.run(context, spec, paths)

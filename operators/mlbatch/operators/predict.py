@@ -4,8 +4,9 @@
   computed on this machine, so the cloud backends' publish path is exercised locally.
 - `dataflow`: the direct-model Beam job (model loaded inside the workers through RunInference),
   on the local FnApiRunner unless `predict.dataflow.runner` is `dataflow`.
-- `sagemaker`, `vertex`: managed batch jobs; they belong to the cloud backends issue and fail with a
-  clear message here instead of pretending.
+- `sagemaker`, `vertex`: managed batch jobs through the official providers (mlbatch.backends.*):
+  submitted or re-attached idempotently, deferred while they run, stopped when the task is killed.
+- `dataflow` with `predict.dataflow.runner: dataflow`: the same direct-model Beam job on Google Dataflow.
 """
 
 from __future__ import annotations
@@ -13,15 +14,19 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
+from mlbatch.backends.dataflow_options import model_sharing_args
 from mlbatch.job_process import JobProcess
+from mlbatch.links import RemoteJobConsoleLink
 from mlbatch.operators.base import PipelineStepOperator
+from mlbatch.operators.remote_job import RemoteJobMixin
 from mlbatch.operators.prep import beam_runner_args
 from mlbatch.run_paths import RunPaths, local_path
 from mlbatch.spec import PipelineSpec
 
 
-class PredictOperator(PipelineStepOperator):
+class PredictOperator(RemoteJobMixin, PipelineStepOperator):
     ui_color = "#f3e8fd"
+    operator_extra_links = (RemoteJobConsoleLink(),)
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -42,13 +47,13 @@ class PredictOperator(PipelineStepOperator):
                 "--output-format", spec.output.format,
                 "--prediction-column", spec.output.prediction_column,
                 "--batch-rows", str(spec.predict.compute.batch_rows),
+                *model_sharing_args(spec),
                 *beam_runner_args(spec),
             ]
-        else:
-            raise NotImplementedError(
-                f"{spec.name}: predict.backend {backend!r} on a cloud service is not available in this "
-                "version; use backend 'local' or 'dataflow' with predict.dataflow.runner 'local'"
-            )
+        else:  # a cloud service: submit or re-attach, then defer (see mlbatch.operators.remote_job)
+            if spec.predict._auto_reason:
+                self.log.info("predict.backend auto -> %s: %s", backend, spec.predict._auto_reason)
+            return self.run_remote(backend, context, spec, paths, model)
         shutil.rmtree(local_path(out), ignore_errors=True)  # a retry starts clean
         common = [
             "--model-uri", model["artifact_uri"],
@@ -64,3 +69,4 @@ class PredictOperator(PipelineStepOperator):
     def on_kill(self) -> None:
         if self._job:
             self._job.kill()
+        super().on_kill()  # stops the remote job, if one was started

@@ -8,6 +8,7 @@ import json
 import shutil
 from typing import Any
 
+from mlbatch.backends.dataflow_options import local_runner_args
 from mlbatch.job_process import JobProcess
 from mlbatch.operators.base import PipelineStepOperator
 from mlbatch.run_paths import RunPaths, local_path
@@ -24,14 +25,7 @@ def schema_json(spec: PipelineSpec) -> str:
     )
 
 
-def beam_runner_args(spec: PipelineSpec) -> list[str]:
-    """Local runs use FnApiRunner explicitly: Beam's default DirectRunner downloads Prism, which fails
-    offline."""
-    workers = spec.predict.compute.local_workers
-    args = ["--runner=FnApiRunner"]
-    if workers > 1:
-        args += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
-    return args
+beam_runner_args = local_runner_args  # the local FnApiRunner's flags; kept under this name for callers
 
 
 class BeamPrepOperator(PipelineStepOperator):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mlbatch.assets import event_extra, output_asset
 from mlbatch.errors import CountMismatchError, TooManyRejectedError
 from mlbatch.operators.base import PipelineStepOperator
 from mlbatch.partition_commit import commit_partition
@@ -20,6 +21,10 @@ from mlbatch.spec import PipelineSpec
 
 class PublishOperator(PipelineStepOperator):
     ui_color = "#e0f7fa"
+
+    def __init__(self, *, spec: PipelineSpec, **kwargs: Any):
+        kwargs.setdefault("outlets", [output_asset(spec)])  # the pipeline's predictions, as an asset
+        super().__init__(spec=spec, **kwargs)
 
     def run(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> dict:
         import shutil
@@ -62,8 +67,17 @@ class PublishOperator(PipelineStepOperator):
             shutil.rmtree(local_path(scratch), ignore_errors=True)
         self.log.info("Published %s (%d rows) and %s (%d rows)", paths.output, rows_scored,
                       paths.dead_letter, rows_rejected)
-        return {**counts, "output_uri": paths.output, "dead_letter_uri": paths.dead_letter,
-                "input_uri": paths.input_pattern, "stats": stats}
+        published = {**counts, "output_uri": paths.output, "dead_letter_uri": paths.dead_letter,
+                     "input_uri": paths.input_pattern, "stats": stats}
+        self._asset_event(context, spec, published)
+        return published
+
+    def _asset_event(self, context: Any, spec: PipelineSpec, published: dict) -> None:
+        """Say which partition this run published in the asset event: downstream pipelines scheduled on
+        this asset take their data date (`ds`) and input partition from it."""
+        ds = self._renderer(context, spec)("{{ ds }}")
+        for asset in self.outlets:
+            context["outlet_events"][asset].extra.update(event_extra(spec, ds, published))
 
     def _convert_batch_predictions(self, spec: PipelineSpec, paths: RunPaths) -> None:
         """Batch-prediction results (Vertex/SageMaker JSON Lines) -> the spec's output format."""

@@ -1,0 +1,39 @@
+"""`predict.backend: auto`: the rule from seed document 004 (Google Cloud, "comparing ML model calls in
+Dataflow pipelines").
+
+For batch scoring the direct model inside the Dataflow workers was fastest end to end, so it is the
+default. A managed batch-prediction job is worth its start-up cost only when
+  1. the input already sits in cloud storage in prediction format (JSON Lines in s3:// or gs://): no
+     prep pass is needed to reshape it, or
+  2. GPUs are asked for (`compute.accelerator_count > 0`): batch prediction serves them, Beam workers
+     would each load the model onto a shared accelerator.
+The managed service is the one of the input's cloud (s3:// -> sagemaker, gs:// -> vertex), else the
+one whose block is filled in. Pure function: runs at DAG-parse time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MANAGED_BY_SCHEME = {"s3": "sagemaker", "gs": "vertex"}
+
+
+def choose_backend(input_uri: str, input_format: str, predict: Any) -> tuple[str, str]:
+    """(backend, why) for a spec whose `predict.backend` is `auto`."""
+    scheme = input_uri.split("://", 1)[0] if "://" in input_uri else ""
+    in_cloud_storage = scheme in MANAGED_BY_SCHEME
+    if in_cloud_storage and input_format == "jsonl":
+        return MANAGED_BY_SCHEME[scheme], f"input is already JSON Lines in {scheme}:// storage"
+    if predict.compute.accelerator_count > 0:
+        if in_cloud_storage:
+            return MANAGED_BY_SCHEME[scheme], f"GPUs asked for, input in {scheme}:// storage"
+        configured = [name for name, block in (("sagemaker", predict.sagemaker.image_uri),
+                                               ("vertex", predict.vertex.serving_container_image_uri))
+                      if block]
+        if len(configured) != 1:
+            raise ValueError(
+                "predict.backend 'auto' with GPUs needs a batch-prediction service: put the input in "
+                "s3:// or gs://, or fill exactly one of predict.sagemaker.image_uri / "
+                f"predict.vertex.serving_container_image_uri (filled: {configured or 'none'})")
+        return configured[0], f"GPUs asked for, {configured[0]} is the configured service"
+    return "dataflow", "batch scoring: the direct model in the Beam workers is fastest end to end"

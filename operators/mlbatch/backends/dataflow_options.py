@@ -1,0 +1,125 @@
+"""Beam pipeline arguments from a spec: the local FnApiRunner, or Google Dataflow.
+
+The spec says what it needs in backend-neutral words (`predict.compute`, `predict.network`); this
+module is where they become Beam/Dataflow flags. Only strings are built here (no Beam import), so
+operators can call it at DAG-parse time; `tests/beam/test_dataflow_ready.py` parses every flag with
+Beam's own `PipelineOptions` to prove Beam knows it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+from mlbatch.spec import PipelineSpec
+
+LOCAL_RUNNER = "FnApiRunner"
+DATAFLOW_RUNNER = "DataflowRunner"
+ONE_SDK_PROCESS_EXPERIMENT = "no_use_multiple_sdk_containers"
+# Dataflow job names: lowercase letter first, then lowercase letters, digits and hyphens.
+_JOB_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,1022}[a-z0-9])?$")
+
+
+def local_runner_args(spec: PipelineSpec) -> list[str]:
+    """Local runs use FnApiRunner explicitly: Beam's default DirectRunner downloads Prism, which fails
+    offline. `compute.local_workers` > 1 runs that many worker processes."""
+    workers = spec.predict.compute.local_workers
+    args = [f"--runner={LOCAL_RUNNER}"]
+    if workers > 1:
+        args += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+    return args
+
+
+def model_sharing_args(spec: PipelineSpec) -> list[str]:
+    """Flags of `mlbatch_beam.score` that say how worker processes share the model."""
+    compute = spec.predict.compute
+    args = ["--large-model"] if compute.large_model else []
+    if compute.model_copies is not None:
+        args += ["--model-copies", str(compute.model_copies)]
+    return args
+
+
+def beam_jobs_setup_file() -> str:
+    """include/beam_jobs/setup.py, found through the installed `mlbatch_beam` package (no import)."""
+    found = importlib.util.find_spec("mlbatch_beam")
+    if found is None or found.origin is None:
+        raise FileNotFoundError("package mlbatch_beam is not installed; `make venv` installs it")
+    setup = Path(found.origin).resolve().parents[1] / "setup.py"
+    if not setup.exists():
+        raise FileNotFoundError(f"no setup.py next to the installed mlbatch_beam package (looked for {setup})")
+    return str(setup)
+
+
+def _gpu_service_option(accelerator_type: str, count: int) -> str:
+    # Dataflow GPUs: https://cloud.google.com/dataflow/docs/gpu/use-gpus (driver installed by Dataflow).
+    return f"worker_accelerator=type:{accelerator_type};count:{count};install-nvidia-driver"
+
+
+def _subnetwork(subnetwork: str, region: str) -> str:
+    """Dataflow wants a full or `regions/<region>/subnetworks/<name>` path; a bare name is expanded."""
+    if "/" in subnetwork:
+        return subnetwork
+    return f"regions/{region}/subnetworks/{subnetwork}"
+
+
+def dataflow_pipeline_args(spec: PipelineSpec, *, job_name: str, setup_file: str | None = None) -> list[str]:
+    """DataflowRunner arguments for the spec's direct-model job.
+
+    :param job_name: the Dataflow job name (unique per run; see mlbatch.backends.job_names).
+    :param setup_file: the Beam jobs' setup.py staged to the workers; defaults to the installed
+        package's, and is left out when `predict.dataflow.sdk_container_image` is set (the image
+        has the package already, and installing it again at every worker start costs minutes).
+    """
+    where = f"{spec.name}: predict.dataflow"
+    dataflow, compute, network = spec.predict.dataflow, spec.predict.compute, spec.predict.network
+    missing = [name for name in ("project", "region", "temp_location") if not getattr(dataflow, name)]
+    if missing:
+        raise ValueError(f"{where}: runner 'dataflow' needs {', '.join(missing)}")
+    if not dataflow.temp_location.startswith("gs://"):
+        raise ValueError(f"{where}.temp_location = {dataflow.temp_location!r}: expected a gs:// path")
+    if not _JOB_NAME.match(job_name):
+        raise ValueError(f"{spec.name}: Dataflow job name {job_name!r} must be lowercase letters, digits "
+                         "and hyphens, starting with a letter and not ending with a hyphen")
+
+    args = [
+        f"--runner={DATAFLOW_RUNNER}",
+        f"--project={dataflow.project}",
+        f"--region={dataflow.region}",
+        f"--job_name={job_name}",
+        f"--temp_location={dataflow.temp_location}",
+        f"--staging_location={dataflow.staging_location or dataflow.temp_location.rstrip('/') + '/staging'}",
+        f"--num_workers={compute.min_workers}",
+        f"--max_num_workers={compute.max_workers}",
+        "--autoscaling_algorithm=" + ("THROUGHPUT_BASED" if compute.max_workers > compute.min_workers else "NONE"),
+    ]
+    if compute.machine_type:
+        args.append(f"--machine_type={compute.machine_type}")
+    if network.service_account:
+        args.append(f"--service_account_email={network.service_account}")
+    if network.network:
+        args.append(f"--network={network.network}")
+    if network.subnetwork:
+        args.append(f"--subnetwork={_subnetwork(network.subnetwork, dataflow.region)}")
+    if not network.public_ips:
+        args.append("--no_use_public_ips")
+    if network.kms_key:
+        args.append(f"--dataflow_kms_key={network.kms_key}")
+
+    if dataflow.sdk_container_image:
+        args.append(f"--sdk_container_image={dataflow.sdk_container_image}")
+    else:
+        args.append(f"--setup_file={setup_file or beam_jobs_setup_file()}")
+
+    service_options = list(dataflow.service_options)
+    if compute.accelerator_type:
+        service_options.append(_gpu_service_option(compute.accelerator_type, compute.accelerator_count))
+    if service_options:
+        args.append("--dataflow_service_options=" + ",".join(service_options))
+
+    experiments = list(dataflow.experiments)
+    if compute.one_process_per_worker and ONE_SDK_PROCESS_EXPERIMENT not in experiments:
+        experiments.append(ONE_SDK_PROCESS_EXPERIMENT)
+    if experiments:
+        args.append("--experiments=" + ",".join(experiments))
+    return args

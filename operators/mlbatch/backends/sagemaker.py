@@ -1,0 +1,296 @@
+"""SageMaker Batch Transform: the pinned MLflow model as a SageMaker Model, the prepared JSON Lines in S3,
+one transform job per (pipeline, run, attempt) run by the amazon provider's SageMakerTransformOperator
+in deferrable mode.
+
+What this module adds around the provider, and why:
+- **Idempotent names** (`job_names`): the provider's `check_if_job_exists` would submit a *second*,
+  timestamp-suffixed job on a retry; here a retry re-attaches to the job already running or finished.
+- **Model synced once**: named from model name + version and created only if missing (the provider's
+  `check_if_model_exists` would create a timestamp-suffixed copy on every run).
+- **Cancel while deferred**: the provider's SageMakerTrigger is swapped for `SageMakerTransformTrigger`,
+  whose `on_kill` stops the job when a user marks the deferred task failed/success or clears it.
+- **Status check on completion**: `complete` refuses any event that is not "success" *and* re-reads the
+  job status (a provider bug once reported a failed deferred transform job as a success).
+Imports of boto/providers happen inside functions or in this module, which only task processes and the
+triggerer import (never the DAG processor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
+
+from mlbatch.backends.job_names import Verdict, find_attempt, job_name
+from mlbatch.backends.object_store import ObjectStore, join
+from mlbatch.errors import RemoteJobError
+from mlbatch.run_paths import RunPaths, local_path, run_key
+from mlbatch.spec import PipelineSpec
+
+BACKEND = "sagemaker"
+LOG_GROUP = "/aws/sagemaker/TransformJobs"
+ACTIVE = {"InProgress", "Stopping"}
+FAILED = {"Failed", "Stopped"}
+CONSOLE = "https://console.{domain}/sagemaker/home?region={region}#/transform-jobs/{name}"
+POLL_SECONDS = 30
+
+
+class SageMakerTransformTrigger(SageMakerTrigger):
+    """The provider's transform-job trigger plus `on_kill`: stop the job when a user kills the
+    deferred task (mark failed/success, clear). Not on triggerer restarts: Airflow calls `on_kill`
+    only for user actions (airflow.triggers.base.BaseTrigger.on_kill)."""
+
+    async def on_kill(self) -> None:
+        await asyncio.to_thread(stop_job, self.job_name, self.aws_conn_id, self.region_name)
+
+
+def _hook(conn_id: str, region: str | None):
+    from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
+
+    return SageMakerHook(aws_conn_id=conn_id, region_name=region)
+
+
+def describe(hook, name: str) -> tuple[Verdict, dict | None]:
+    from botocore.exceptions import ClientError
+
+    try:
+        job = hook.describe_transform_job(name)
+    except ClientError as exc:
+        if "Could not find" in str(exc) or exc.response["Error"]["Code"] in ("ValidationException",
+                                                                             "ResourceNotFound"):
+            return "absent", None
+        raise
+    status = job["TransformJobStatus"]
+    if status == "Completed":
+        return "succeeded", job
+    return ("failed" if status in FAILED else "active"), job
+
+
+def _require(spec: PipelineSpec) -> None:
+    cfg = spec.predict.sagemaker
+    missing = [f"predict.sagemaker.{f}" for f in ("role_arn", "image_uri", "s3_staging_uri")
+               if not getattr(cfg, f)]
+    if missing:
+        raise ValueError(f"{spec.name}: backend sagemaker needs {', '.join(missing)}")
+
+
+def model_name(model: dict) -> str:
+    """One SageMaker Model per MLflow model version: `mlb-<model>-v<version>`, at most 63 characters."""
+    base = re.sub(r"[^a-zA-Z0-9]+", "-", model["name"]).strip("-")
+    suffix = f"-v{model['version']}"
+    return f"mlb-{base}"[: 63 - len(suffix)].rstrip("-") + suffix
+
+
+def staging_uri(spec: PipelineSpec, run_id: str) -> str:
+    return join(spec.predict.sagemaker.s3_staging_uri, spec.name, run_key(run_id))
+
+
+def tags(spec: PipelineSpec, run_id: str) -> list[dict]:
+    values = {**spec.predict.labels, "mlbatch-pipeline": spec.name, "mlbatch-run-id": run_id[:256]}
+    return [{"Key": k, "Value": str(v)} for k, v in sorted(values.items())]
+
+
+def model_config(spec: PipelineSpec, model: dict, model_data_url: str) -> dict:
+    """CreateModel request: MLflow's SageMaker serving contract (pyfunc flavor), the spec's network."""
+    net = spec.predict.network
+    config: dict[str, Any] = {
+        "ModelName": model_name(model),
+        "ExecutionRoleArn": spec.predict.sagemaker.role_arn,
+        "PrimaryContainer": {
+            "Image": spec.predict.sagemaker.image_uri,
+            "ModelDataUrl": model_data_url,
+            "Environment": {"MLFLOW_DEPLOYMENT_FLAVOR_NAME": "python_function",
+                            "SERVING_ENVIRONMENT": "SageMaker"},
+        },
+        "Tags": [{"Key": "mlbatch-model", "Value": f"{model['name']}/{model['version']}"}],
+    }
+    if net.subnetwork or net.security_group_ids:
+        if not (net.subnetwork and net.security_group_ids):
+            raise ValueError(f"{spec.name}: on sagemaker a VPC needs both network.subnetwork and "
+                             "network.security_group_ids")
+        config["VpcConfig"] = {"Subnets": [s.strip() for s in net.subnetwork.split(",")],
+                               "SecurityGroupIds": list(net.security_group_ids)}
+    if not net.public_ips:
+        config["EnableNetworkIsolation"] = True
+    return config
+
+
+def transform_config(spec: PipelineSpec, name: str, model: dict, input_uri: str, output_uri: str,
+                     run_id: str) -> dict:
+    """CreateTransformJob request from `compute:`/`network:`: JSON Lines in, the input joined to each
+    prediction out (`SageMakerOutput`), which the publish step reads back."""
+    compute, net, cfg = spec.predict.compute, spec.predict.network, spec.predict.sagemaker
+    if compute.accelerator_count and not (compute.machine_type or "").startswith(("ml.g", "ml.p")):
+        raise ValueError(f"{spec.name}: on sagemaker, accelerators come with the instance type; "
+                         f"compute.machine_type {compute.machine_type!r} is not a GPU type (ml.g*/ml.p*)")
+    config: dict[str, Any] = {
+        "TransformJobName": name,
+        "ModelName": model_name(model),
+        "MaxPayloadInMB": cfg.max_payload_mb,
+        "BatchStrategy": "MultiRecord",
+        "TransformInput": {
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input_uri}},
+            "ContentType": "application/jsonlines",
+            "SplitType": "Line",
+        },
+        "TransformOutput": {"S3OutputPath": output_uri, "Accept": "application/jsonlines",
+                            "AssembleWith": "Line"},
+        "TransformResources": {"InstanceType": compute.machine_type or "ml.m5.large",
+                               "InstanceCount": compute.max_workers},
+        "DataProcessing": {"JoinSource": "Input"},
+        "Tags": tags(spec, run_id),
+    }
+    if cfg.max_concurrent_transforms:
+        config["MaxConcurrentTransforms"] = cfg.max_concurrent_transforms
+    if net.kms_key:
+        config["TransformOutput"]["KmsKeyId"] = net.kms_key
+        config["TransformResources"]["VolumeKmsKeyId"] = net.kms_key
+    return config
+
+
+def sync_model(hook, spec: PipelineSpec, model: dict) -> str:
+    """Create the SageMaker Model of this MLflow version unless it exists: artifact as model.tar.gz."""
+    from botocore.exceptions import ClientError
+
+    name = model_name(model)
+    try:
+        hook.describe_model(name)
+        return name
+    except ClientError as exc:
+        if "Could not find" not in str(exc):
+            raise
+    import mlflow
+
+    artifact_uri = join(spec.predict.sagemaker.s3_staging_uri, "models", model["name"],
+                        f"v{model['version']}", "model.tar.gz")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model["artifact_uri"], dst_path=tmp))
+        archive = Path(tmp) / "model.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            for item in sorted(local.iterdir()):
+                tar.add(item, arcname=item.name)
+        ObjectStore("s3", spec.predict.sagemaker.aws_conn_id).upload_file(archive, artifact_uri)
+    try:
+        hook.create_model(model_config(spec, model, artifact_uri))
+    except ClientError as exc:  # another run created it in between: fine, it is the same version
+        if "already existing" not in str(exc) and "already exists" not in str(exc):
+            raise
+    return name
+
+
+def console_url(name: str, region: str, partition: str = "aws") -> str:
+    domain = {"aws": "aws.amazon.com", "aws-cn": "amazonaws.cn",
+              "aws-us-gov": "amazonaws-us-gov.com"}.get(partition, "aws.amazon.com")
+    return CONSOLE.format(domain=domain, region=region, name=quote(name, safe=""))
+
+
+def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: dict) -> dict:
+    """Submit the transform job, or re-attach to this run's job; defers while it runs."""
+    from airflow.sdk.exceptions import TaskDeferred
+    from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTransformOperator
+
+    _require(spec)
+    cfg = spec.predict.sagemaker
+    hook = _hook(cfg.aws_conn_id, cfg.region)
+    run_id = context["run_id"]
+    attempt = find_attempt(lambda n: job_name(spec.name, run_id, operator.task_id, n),
+                           lambda name: describe(hook, name))
+    region = cfg.region or hook.conn_region_name
+    output_uri = join(staging_uri(spec, run_id), attempt.name, "output")
+    remote = {"backend": BACKEND, "job_name": attempt.name, "region": region,
+              "aws_conn_id": cfg.aws_conn_id, "attempt": attempt.number, "output_uri": output_uri,
+              "console_url": console_url(attempt.name, region, hook.conn_partition)}
+    operator.remote_job_started(context, remote)
+    if attempt.verdict == "succeeded":
+        operator.log.info("Transform job %s already completed: re-using its output", attempt.name)
+        return complete(operator, context, spec, paths, model, {"status": "success",
+                                                                "job_name": attempt.name})
+    if attempt.verdict == "active":
+        operator.log.info("Re-attaching to running transform job %s (%s)", attempt.name,
+                          remote["console_url"])
+        operator.defer(trigger=trigger(remote), method_name="execute_complete")
+
+    model_ref = sync_model(hook, spec, model)
+    input_uri = join(staging_uri(spec, run_id), attempt.name, "input")
+    ObjectStore("s3", cfg.aws_conn_id).upload_dir(local_path(paths.prepared), input_uri,
+                                                  pattern="*.jsonl")
+    config = transform_config(spec, attempt.name, {**model, "sagemaker_model": model_ref},
+                              input_uri + "/", output_uri, run_id)
+    provider = SageMakerTransformOperator(
+        task_id=operator.task_id, config=config, aws_conn_id=cfg.aws_conn_id, region_name=cfg.region,
+        check_if_job_exists=False, check_if_model_exists=False, deferrable=True,
+        check_interval=POLL_SECONDS, max_ingestion_time=None,
+    )
+    try:
+        provider.execute(context)
+    except TaskDeferred:  # swap in the trigger that can cancel the job while deferred
+        operator.defer(trigger=trigger(remote), method_name="execute_complete",
+                       timeout=operator.execution_timeout)
+    # The provider returns without deferring when the job finished already.
+    return complete(operator, context, spec, paths, model, {"status": "success", "job_name": attempt.name})
+
+
+def trigger(remote: dict) -> SageMakerTransformTrigger:
+    return SageMakerTransformTrigger(job_name=remote["job_name"], job_type="Transform",
+                                     waiter_delay=POLL_SECONDS, waiter_max_attempts=100_000,
+                                     aws_conn_id=remote["aws_conn_id"], region_name=remote["region"])
+
+
+def complete(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: dict,
+             event: dict | None) -> dict:
+    """Check the event *and* the job's own status, then bring its output next to the run's staging."""
+    import shutil
+
+    remote = operator.remote_job(context)
+    if not event or event.get("status") != "success":
+        raise RemoteJobError(f"{spec.name}: SageMaker transform job {remote['job_name']} did not succeed: "
+                             f"{event!r}; see {remote['console_url']}")
+    job = _hook(remote["aws_conn_id"], remote["region"]).describe_transform_job(remote["job_name"])
+    if job["TransformJobStatus"] != "Completed":
+        raise RemoteJobError(f"{spec.name}: the trigger reported success but transform job "
+                             f"{remote['job_name']} is {job['TransformJobStatus']}: "
+                             f"{job.get('FailureReason', '')}; see {remote['console_url']}")
+    out = local_path(paths.raw_predictions)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    files = ObjectStore("s3", remote["aws_conn_id"]).download_dir(remote["output_uri"], out)
+    if not files:
+        raise RemoteJobError(f"{spec.name}: transform job {remote['job_name']} completed but wrote nothing "
+                             f"under {remote['output_uri']}")
+    return {"backend": BACKEND, "model_version": model["version"], "job_name": remote["job_name"],
+            "output_files": len(files)}
+
+
+def stop_job(name: str, aws_conn_id: str | None, region: str | None) -> None:
+    """Stop a transform job unless it already ended (StopTransformJob on an ended job is an error)."""
+    hook = _hook(aws_conn_id, region)
+    verdict, _ = describe(hook, name)
+    if verdict == "active":
+        hook.conn.stop_transform_job(TransformJobName=name)
+
+
+def cancel(remote: dict) -> None:
+    stop_job(remote["job_name"], remote["aws_conn_id"], remote["region"])
+
+
+def log_tail(remote_job: dict, lines: int) -> list[str]:
+    """The last `lines` lines of the job's CloudWatch Logs (all instances' streams, by time)."""
+    from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
+
+    logs = AwsLogsHook(aws_conn_id=remote_job.get("aws_conn_id", "aws_default"),
+                       region_name=remote_job.get("region")).conn
+    streams = logs.describe_log_streams(logGroupName=LOG_GROUP,
+                                        logStreamNamePrefix=remote_job["job_name"] + "/")["logStreams"]
+    events = []
+    for stream in streams:
+        got = logs.get_log_events(logGroupName=LOG_GROUP, logStreamName=stream["logStreamName"],
+                                  limit=lines, startFromHead=False)
+        events += [(e["timestamp"], stream["logStreamName"], e["message"]) for e in got["events"]]
+    events.sort()
+    return [f"[{s.split('/', 1)[-1]}] {m.rstrip()}" for _, s, m in events[-lines:]]

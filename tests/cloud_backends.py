@@ -1,0 +1,89 @@
+"""Helpers shared by the cloud-backend tests: an Airflow connection to the moto server, the two
+SageMaker behaviours moto lacks, and the task-instance surface the operators use.
+
+moto (5.2) creates transform jobs already `Completed` and has no StopTransformJob. To test waiting,
+re-attaching and cancelling, `sagemaker_lifecycle` makes new jobs start `InProgress` and adds
+StopTransformJob (-> `Stopped`) to the in-process moto server. Everything else is moto's own
+behaviour behind real HTTP, with botocore validating each request against the real API model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+ACCOUNT = "123456789012"
+
+
+@pytest.fixture
+def aws_conn(moto_server, monkeypatch):
+    """Every AWS hook (S3, SageMaker, CloudWatch Logs) reaches the moto server over HTTP."""
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
+        "conn_type": "aws", "login": "testing", "password": "testing",
+        "extra": {"endpoint_url": moto_server.endpoint_url, "region_name": moto_server.region}}))
+    monkeypatch.setenv("AWS_DEFAULT_REGION", moto_server.region)
+    before = set(moto_transform_jobs(moto_server.region))
+    yield moto_server
+    jobs = moto_transform_jobs(moto_server.region)  # moto has no DeleteTransformJob: clean up here
+    for name in set(jobs) - before:
+        del jobs[name]
+
+
+def moto_transform_jobs(region: str = "us-east-1") -> dict:
+    from moto.sagemaker.models import sagemaker_backends
+
+    return sagemaker_backends[ACCOUNT][region].transform_jobs
+
+
+@pytest.fixture
+def sagemaker_lifecycle(monkeypatch):
+    """Jobs start InProgress (as on AWS) and can be stopped; tests end a job with `finish(name, s)`."""
+    from moto.core.responses import EmptyResult
+    from moto.sagemaker.models import FakeTransformJob
+    from moto.sagemaker.responses import SageMakerResponse
+
+    original = FakeTransformJob.__init__
+
+    def in_progress(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.transform_job_status = "InProgress"
+
+    def stop_transform_job(self):
+        job = self.sagemaker_backend.transform_jobs[self._get_param("TransformJobName")]
+        job.transform_job_status = "Stopped"
+        return EmptyResult()
+
+    monkeypatch.setattr(FakeTransformJob, "__init__", in_progress)
+    monkeypatch.setattr(SageMakerResponse, "stop_transform_job", stop_transform_job, raising=False)
+
+    def finish(name: str, status: str, reason: str = "") -> None:
+        job = moto_transform_jobs()[name]
+        job.transform_job_status, job.failure_reason = status, reason
+
+    return finish
+
+
+@dataclass
+class TaskInstanceXCom:
+    """The XCom surface of a task instance (push/pull), for driving one operator outside a DAG run.
+    The end-to-end tests use real task instances through dag.test()."""
+
+    upstream: dict[str, Any]
+    pushed: dict[str, Any] = field(default_factory=dict)
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.pushed[key] = value
+
+    def xcom_pull(self, task_ids: str | None = None, key: str = "return_value", **_: Any) -> Any:
+        if key == "return_value" and task_ids in self.upstream:
+            return self.upstream[task_ids]
+        return self.pushed.get(key)
+
+
+def task_context(run_id: str, ds: str, model: dict) -> dict:
+    ti = TaskInstanceXCom(upstream={"resolve_model": model})
+    return {"run_id": run_id, "ds": ds, "ds_nodash": ds.replace("-", ""), "params": {}, "ti": ti,
+            "task_instance": ti}

@@ -1,0 +1,60 @@
+"""`predict.backend: auto` (seed document 004's rule) and deterministic job names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SPEC = Path(__file__).resolve().parents[1] / "include" / "pipelines" / "natality_sagemaker.yaml"
+
+
+def auto_spec(**overrides):
+    from mlbatch.spec_loader import load_spec, with_overrides
+
+    return with_overrides(load_spec(SPEC), {"predict.backend": "auto", **overrides})
+
+
+@pytest.mark.parametrize(("overrides", "backend"), [
+    ({}, "dataflow"),                                                            # batch: direct model
+    ({"input.uri": "s3://b/in/*.jsonl", "input.format": "jsonl"}, "sagemaker"),  # already prediction format
+    ({"input.uri": "gs://b/in/*.jsonl", "input.format": "jsonl"}, "vertex"),
+    ({"input.uri": "gs://b/in/*.parquet"}, "dataflow"),                          # needs prep: direct model
+    ({"predict.compute.accelerator_type": "NVIDIA_TESLA_T4",                     # GPUs: the configured
+      "predict.compute.accelerator_count": 1}, "sagemaker"),                     # batch service
+])
+def test_auto_picks_the_backend_by_the_seed_rule(overrides, backend):
+    spec = auto_spec(**overrides)
+    assert spec.predict.backend == backend
+    assert spec.predict._auto_reason
+
+
+def test_auto_with_gpus_and_no_batch_service_is_a_spec_error():
+    from mlbatch.errors import SpecError
+
+    with pytest.raises(SpecError, match="needs a batch-prediction service"):
+        auto_spec(**{"predict.compute.accelerator_type": "NVIDIA_TESLA_T4",
+                     "predict.compute.accelerator_count": 1, "predict.sagemaker.image_uri": None})
+
+
+def test_job_names_are_deterministic_valid_and_distinct_per_attempt():
+    import re
+
+    from mlbatch.backends.job_names import job_name
+
+    run_id = "manual__2026-11-20T10:00:00.123456+00:00"
+    a1 = job_name("natality_sagemaker_with_a_very_long_pipeline_name_indeed", run_id, "predict", 1)
+    assert a1 == job_name("natality_sagemaker_with_a_very_long_pipeline_name_indeed", run_id, "predict", 1)
+    assert re.fullmatch(r"[a-z][a-z0-9-]{0,62}", a1) and a1.endswith("-a1")
+    assert job_name("p", run_id, "predict", 2) != job_name("p", run_id, "predict", 1)
+    assert job_name("p", run_id, "predict", 1) != job_name("p", run_id + "x", "predict", 1)
+
+
+def test_find_attempt_skips_failed_jobs_only():
+    from mlbatch.backends.job_names import find_attempt
+
+    states = {"j-1": "failed", "j-2": "active"}
+    attempt = find_attempt(lambda n: f"j-{n}", lambda name: (states.get(name, "absent"), None))
+    assert (attempt.number, attempt.verdict) == (2, "active")
+    states["j-2"] = "failed"
+    assert find_attempt(lambda n: f"j-{n}", lambda name: (states.get(name, "absent"), None)).number == 3

@@ -1,0 +1,322 @@
+"""Dataflow backend (`predict.dataflow.runner: dataflow`): GCS through the GCS emulator over HTTP; the
+Dataflow service has no emulator, so it is faked at its boundaries:
+
+- the REST API behind DataflowHook: the *real* googleapiclient discovery client (static v1b3 document:
+  unknown parameters and missing path parameters fail) over a fake HTTP transport that parses request
+  bodies as `google.cloud.dataflow_v1beta3` types (unknown fields fail) and answers with jobs
+  serialized from those types;
+- the async API behind the provider's trigger: a fake JobsV1Beta3AsyncClient taking real GetJobRequests;
+- the launcher process BeamHook starts (`python -m mlbatch_beam.score`, which would call Google):
+  `run_beam_command` is replaced by a fake that parses the command line with the job's own parser and
+  Beam's PipelineOptions, registers the job the way Dataflow would and logs Beam's "Created job" line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from cloud_backends import task_context
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = REPO / "include" / "pipelines" / "natality_daily.yaml"
+BUCKET = "example-ml-prod-dataflow"
+DS = "2026-11-21"
+
+
+class FakeDataflowService:
+    """Dataflow jobs as the service keeps them (dataflow_v1beta3.Job), served as REST JSON."""
+
+    def __init__(self):
+        self.jobs: dict = {}
+        self.launches: list[list[str]] = []
+        self.cancel_requests: list[str] = []
+
+    # --- REST transport used by googleapiclient (http.request) ---
+    def request(self, uri, method="GET", body=None, headers=None, **_):
+        import httplib2
+        from google.cloud.dataflow_v1beta3 import types
+
+        url = urlparse(uri)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        query.pop("alt", None)
+        m = re.fullmatch(r"/v1b3/projects/([^/]+)/locations/([^/]+)/jobs(?:/([^/]+))?", url.path)
+        assert m, uri
+        project, location, job_id = m.groups()
+        if method == "GET" and job_id is None:
+            request = types.ListJobsRequest(project_id=project, location=location, **_snake(query))
+            jobs = [j for j in self.jobs.values() if j.project_id == project and j.location == location
+                    and (not request.name or j.name == request.name)]
+            payload = types.ListJobsResponse.to_json(types.ListJobsResponse(jobs=jobs),
+                                                     use_integers_for_enums=False)
+        elif method == "GET":
+            request = types.GetJobRequest(project_id=project, location=location, job_id=job_id, **_snake(query))
+            payload = self._job_json(self.jobs[request.job_id])
+        elif method == "PUT":
+            update = types.Job.from_json(body)  # unknown fields raise ParseError
+            request = types.UpdateJobRequest(project_id=project, location=location, job_id=job_id, job=update)
+            if request.job.requested_state == types.JobState.JOB_STATE_CANCELLED:
+                self.cancel_requests.append(job_id)
+                self.jobs[job_id].current_state = types.JobState.JOB_STATE_CANCELLING
+            payload = self._job_json(self.jobs[job_id])
+        else:
+            raise AssertionError(f"unexpected {method} {uri}")
+        return httplib2.Response({"status": "200", "content-type": "application/json"}), payload.encode()
+
+    @staticmethod
+    def _job_json(job) -> str:
+        from google.cloud.dataflow_v1beta3 import types
+
+        return types.Job.to_json(job, use_integers_for_enums=False)
+
+    # --- the async client behind AsyncDataflowHook (trigger) ---
+    def async_client(self):
+        service = self
+
+        class FakeJobsAsyncClient:
+            async def get_job(self, request):
+                from google.cloud.dataflow_v1beta3 import types
+
+                assert type(request) is types.GetJobRequest
+                return service.jobs[request.job_id]
+
+        return FakeJobsAsyncClient()
+
+    # --- the launcher process ---
+    def launch(self, cmd, log, process_line_callback=None, working_directory=None,
+               is_dataflow_job_id_exist_callback=None):
+        from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+        from google.cloud.dataflow_v1beta3 import types
+        from google.protobuf import timestamp_pb2
+        from mlbatch_beam.score import parse_args
+
+        self.launches.append(cmd)
+        assert cmd[1:3] == ["-m", "mlbatch_beam.score"]
+        args, beam_args = parse_args(cmd[3:])  # the job's own parser accepts every argument
+        options = PipelineOptions(beam_args)
+        gcp = options.view_as(GoogleCloudOptions)
+        assert options.view_as(StandardOptions).runner == "DataflowRunner"
+        job = types.Job(id=f"2026-11-21_00_00_{len(self.jobs):02d}-{1000 + len(self.jobs)}", name=gcp.job_name,
+                        project_id=gcp.project, location=gcp.region,
+                        type_=types.JobType.JOB_TYPE_BATCH, current_state=types.JobState.JOB_STATE_PENDING,
+                        create_time=timestamp_pb2.Timestamp(seconds=1_700_000_000 + len(self.jobs)))
+        self.jobs[job.id] = job
+        self.output_dirs = getattr(self, "output_dirs", {})
+        self.output_dirs[job.id] = args.output_dir
+        process_line_callback(f"INFO:apache_beam.runners.dataflow.internal.apiclient:"
+                              f"Created job with id: [{job.id}]\n")
+        assert is_dataflow_job_id_exist_callback()
+
+    def finish(self, job_id, state_name):
+        from google.cloud.dataflow_v1beta3 import types
+
+        self.jobs[job_id].current_state = types.JobState[state_name]
+
+
+def _snake(query: dict) -> dict:
+    return {re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), k): v for k, v in query.items()}
+
+
+@pytest.fixture
+def dataflow(gcs_emulator, monkeypatch):
+    from airflow.providers.apache.beam.hooks import beam as beam_hooks
+    from airflow.providers.google.cloud.hooks.dataflow import AsyncDataflowHook, DataflowHook
+    from googleapiclient.discovery import build
+
+    monkeypatch.setenv("AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT", json.dumps({
+        "conn_type": "google_cloud_platform", "extra": {"is_anonymous": True, "project": "example-ml-prod"}}))
+    client = gcs_emulator.client("example-ml-prod")
+    if not client.lookup_bucket(BUCKET):
+        client.create_bucket(BUCKET)
+    service = FakeDataflowService()
+    monkeypatch.setattr(DataflowHook, "get_conn", lambda self: build(
+        "dataflow", "v1b3", http=service, static_discovery=True, cache_discovery=False))
+
+    async def initialize_client(self, client_class):
+        return service.async_client()
+
+    monkeypatch.setattr(AsyncDataflowHook, "initialize_client", initialize_client)
+    monkeypatch.setattr(beam_hooks, "run_beam_command", service.launch)
+
+    class LauncherPython:  # BeamHook's version probe of the launcher interpreter
+        @staticmethod
+        def check_output(cmd):
+            return b"2.77.0\n"
+
+    monkeypatch.setattr(beam_hooks, "subprocess", LauncherPython)
+    return service, gcs_emulator
+
+
+@pytest.fixture
+def spec(tmp_path):
+    from mlbatch.spec_loader import load_spec, with_overrides
+
+    return with_overrides(load_spec(SPEC), {
+        "output.uri": str(tmp_path / "out" / "ds={{ ds }}"),
+        "predict.backend": "dataflow",
+        "predict.dataflow": {"runner": "dataflow", "project": "example-ml-prod", "region": "europe-west1",
+                             "temp_location": f"gs://{BUCKET}/tmp",
+                             "sdk_container_image": "europe-docker.pkg.dev/example-ml-prod/beam/score:1"},
+    })
+
+
+@pytest.fixture
+def model(registered_model):
+    from mlflow import MlflowClient
+
+    name, version = registered_model["name"], registered_model["version"]
+    return {"name": name, "version": version, "uri": f"models:/{name}/{version}", "alias": "champion",
+            "artifact_uri": MlflowClient().get_model_version_download_uri(name, version)}
+
+
+def submit(spec, context):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from mlbatch.operators.predict import PredictOperator
+    from mlbatch.run_paths import local_path
+
+    op = PredictOperator(task_id="predict", spec=spec)
+    prepared = local_path(op.run_paths(context, spec).prepared)
+    prepared.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"id": [1], "is_male": [True], "mother_age": [30.0], "plurality": [1],
+                             "gestation_weeks": [39.0]}), prepared / "part-00000.parquet")
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context)
+    return op, deferred.value
+
+
+def test_submit_launches_the_score_job_on_dataflow_and_records_it(dataflow, spec, model):
+    from mlbatch.backends.dataflow import DataflowJobTrigger
+
+    service, gcs = dataflow
+    context = task_context("manual__dataflow_submit", DS, model)
+    _, deferred = submit(spec, context)
+    [cmd] = service.launches
+    [job] = service.jobs.values()
+
+    assert cmd.count("--runner=DataflowRunner") == 1
+    assert "--project=example-ml-prod" in cmd and "--region=europe-west1" in cmd
+    assert f"--job_name={job.name}" in cmd
+    assert re.fullmatch(r"natality-daily-predict-[0-9a-f]{10}-a1", job.name)
+    args = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in cmd if "=" in a}
+    staging = f"gs://{BUCKET}/tmp/mlbatch/natality_daily/manual__dataflow_submit/{job.name}"
+    assert args["--input"] == f"{staging}/input/*.parquet"
+    assert args["--output-dir"] == f"{staging}/output"
+    assert args["--model-uri"] == f"gs://{BUCKET}/tmp/mlbatch/models/{model['name']}/v{model['version']}"
+    uploaded = {b.name for b in gcs.client().list_blobs(BUCKET)}
+    assert f"tmp/mlbatch/natality_daily/manual__dataflow_submit/{job.name}/input/part-00000.parquet" in uploaded
+    assert f"tmp/mlbatch/models/{model['name']}/v{model['version']}/MLmodel" in uploaded
+
+    remote = context["ti"].pushed["remote_job"]
+    assert {k: remote[k] for k in ("backend", "job_id", "job_name", "project", "region")} == {
+        "backend": "dataflow", "job_id": job.id, "job_name": job.name, "project": "example-ml-prod",
+        "region": "europe-west1"}
+    assert remote["console_url"] == (f"https://console.cloud.google.com/dataflow/jobs/europe-west1/{job.id}"
+                                     "?project=example-ml-prod")
+    assert isinstance(deferred.trigger, DataflowJobTrigger)
+    classpath, kwargs = deferred.trigger.serialize()
+    assert classpath == "mlbatch.backends.dataflow.DataflowJobTrigger"
+    assert kwargs["job_id"] == job.id and kwargs["expected_statuses"] == ["JOB_STATE_DONE"]
+
+
+def test_retry_reattaches_and_a_failed_job_gets_a_new_attempt(dataflow, spec, model):
+    service, _ = dataflow
+    run_id = "scheduled__dataflow_retry"
+    _, first = submit(spec, task_context(run_id, DS, model))
+    service.finish(first.trigger.job_id, "JOB_STATE_RUNNING")
+    _, again = submit(spec, task_context(run_id, DS, model))  # worker crash while deferred, retry
+    assert again.trigger.job_id == first.trigger.job_id
+    assert len(service.launches) == 1 and len(service.jobs) == 1
+
+    service.finish(first.trigger.job_id, "JOB_STATE_FAILED")
+    _, third = submit(spec, task_context(run_id, DS, model))
+    assert third.trigger.job_id != first.trigger.job_id and len(service.jobs) == 2
+    assert service.jobs[third.trigger.job_id].name.endswith("-a2")
+
+
+def test_kill_while_deferred_and_while_running_cancels_the_job(dataflow, spec, model):
+    from mlbatch.backends.dataflow import DataflowJobTrigger
+
+    service, _ = dataflow
+    _, deferred = submit(spec, task_context("manual__dataflow_kill", DS, model))
+    classpath, kwargs = deferred.trigger.serialize()
+    asyncio.run(DataflowJobTrigger(**kwargs).on_kill())
+    assert service.cancel_requests == [deferred.trigger.job_id]
+
+    op, second = submit(spec, task_context("manual__dataflow_kill_running", DS, model))
+    op.on_kill()
+    assert service.cancel_requests[-1] == second.trigger.job_id
+    service.finish(second.trigger.job_id, "JOB_STATE_CANCELLED")
+    op.on_kill()  # already ended: nothing more is asked of the service
+    assert len(service.cancel_requests) == 2
+
+
+def test_trigger_reports_the_jobs_end_from_the_service(dataflow, spec, model):
+    from mlbatch.backends.dataflow import DataflowJobTrigger
+
+    service, _ = dataflow
+    _, deferred = submit(spec, task_context("manual__dataflow_trigger", DS, model))
+
+    async def first_event():
+        trigger = DataflowJobTrigger(**deferred.trigger.serialize()[1])
+        return (await anext(trigger.run())).payload
+
+    service.finish(deferred.trigger.job_id, "JOB_STATE_CANCELLED")
+    assert asyncio.run(first_event())["status"] == "error"
+    service.finish(deferred.trigger.job_id, "JOB_STATE_DONE")
+    assert asyncio.run(first_event())["status"] == "success"
+
+
+def test_execute_complete_checks_the_event_and_the_job_state_then_fetches_the_output(dataflow, spec, model):
+    from mlbatch.errors import RemoteJobError
+    from mlbatch.operators.predict import PredictOperator
+    from mlbatch.run_paths import local_path
+
+    service, gcs = dataflow
+    context = task_context("manual__dataflow_complete", DS, model)
+    _, deferred = submit(spec, context)
+    job_id = deferred.trigger.job_id
+    op = PredictOperator(task_id="predict", spec=spec)
+    with pytest.raises(RemoteJobError, match="did not succeed: .*terminal state: JOB_STATE_FAILED"):
+        op.execute_complete(context, {"status": "error", "message": f"Job with id '{job_id}' is already in "
+                                                                   "terminal state: JOB_STATE_FAILED"})
+    service.finish(job_id, "JOB_STATE_FAILED")
+    with pytest.raises(RemoteJobError, match="is JOB_STATE_FAILED"):
+        op.execute_complete(context, {"status": "success", "message": "reached an expected state"})
+
+    service.finish(job_id, "JOB_STATE_DONE")
+    out_prefix = service.output_dirs[job_id].removeprefix(f"gs://{BUCKET}/")
+    gcs.client().bucket(BUCKET).blob(f"{out_prefix}/predictions-00000-of-00001.parquet").upload_from_string(b"x")
+    result = op.execute_complete(context, {"status": "success"})
+    assert result["job_id"] == job_id and result["output_files"] == 1
+    staging = local_path(op.run_paths(context, spec).output_staging)
+    assert [p.name for p in staging.iterdir()] == ["predictions-00000-of-00001.parquet"]
+
+
+def test_log_tail_asks_cloud_logging_for_the_jobs_steps(monkeypatch):
+    from google.cloud.logging_v2.types import ListLogEntriesRequest, LogEntry
+    from google.logging.type.log_severity_pb2 import ERROR
+
+    from mlbatch.backends import cloud_logging
+    from mlbatch.remote_logs import remote_log_tail
+
+    seen = []
+
+    class FakeLogging:
+        def list_log_entries(self, *, request):
+            assert type(request) is ListLogEntriesRequest
+            seen.append(request)
+            return iter([LogEntry(text_payload=f"line {i}", severity=ERROR) for i in (9, 8, 7)])
+
+    monkeypatch.setattr(cloud_logging, "logging_client", lambda conn_id: FakeLogging())
+    tail = remote_log_tail({"backend": "dataflow", "project": "p", "region": "r",
+                            "job_id": "2026-11-21_00_00_00-123"}, lines=2)
+    assert tail == ["ERROR line 8", "ERROR line 9"]
+    assert seen[0].resource_names == ["projects/p"]
+    assert seen[0].filter == 'resource.type="dataflow_step" AND resource.labels.job_id="2026-11-21_00_00_00-123"'
