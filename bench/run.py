@@ -287,7 +287,7 @@ def chart(results: list[Measurement], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sets = list(dict.fromkeys(m.dataset for m in results))
-    fig, axes = plt.subplots(1, len(sets), figsize=(5.2 * len(sets), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(sets), figsize=(5.2 * len(sets), 4.2), squeeze=False, sharex=True)
     for ax, name in zip(axes[0], sets):
         rows = [m for m in results if m.dataset == name]
         labels = [LABELS[m.case].split(" (")[0].replace("FnApiRunner ", "") for m in rows]
@@ -295,6 +295,7 @@ def chart(results: list[Measurement], path: Path) -> None:
                   "#1a73e8" if m.case.startswith("ours") else "#5f6368" for m in rows]
         ax.barh(labels, [m.rows_per_s for m in rows], color=colors)
         ax.set_xscale("log")
+        ax.set_xlim(1e3, 1e6)  # one scale for every panel, so bar lengths compare across data sets
         ax.set_title(f"{name} — rows/s (job time)")
         ax.invert_yaxis()
         ax.tick_params(axis="y", labelsize=8)
