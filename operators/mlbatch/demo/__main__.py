@@ -22,7 +22,7 @@ PIPELINE = "natality_daily"
 MODEL = "natality_weight"
 DATE = "2026-11-20"
 SHOWN = re.compile(
-    r"(Pinned models:|Resources of|Reconciliation|Published|prep: \{|predict \(|MLflow run |"
+    r"(Input is there|Waiting \(kind|Deferring until|Arrived:|Pinned models:|Resources of|Reconciliation|Published|prep: \{|predict \(|MLflow run |"
     r"Marking task as|ERROR|Traceback|Error:)"
 )
 
