@@ -6,7 +6,8 @@ Dataflow service has no emulator, so it is faked at its boundaries:
   bodies as `google.cloud.dataflow_v1beta3` types (unknown fields fail) and answers with jobs
   serialized from those types;
 - the async API behind the provider's trigger: a fake JobsV1Beta3AsyncClient taking real GetJobRequests;
-- the launcher process BeamHook starts (`python -m mlbatch_beam.score`, which would call Google):
+- the launcher process BeamHook starts (`python -m mlbatch_beam.score` or `mlbatch_beam.prep`, which
+  would call Google):
   `run_beam_command` is replaced by a fake that parses the command line with the job's own parser and
   Beam's PipelineOptions, registers the job the way Dataflow would and logs Beam's "Created job" line.
 """
@@ -92,11 +93,11 @@ class FakeDataflowService:
         from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
         from google.cloud.dataflow_v1beta3 import types
         from google.protobuf import timestamp_pb2
-        from mlbatch_beam.score import parse_args
+        import importlib
 
         self.launches.append(cmd)
-        assert cmd[1:3] == ["-m", "mlbatch_beam.score"]
-        args, beam_args = parse_args(cmd[3:])  # the job's own parser accepts every argument
+        assert cmd[1] == "-m" and cmd[2] in ("mlbatch_beam.score", "mlbatch_beam.prep")
+        args, beam_args = importlib.import_module(cmd[2]).parse_args(cmd[3:])  # the job's own parser accepts every argument
         options = PipelineOptions(beam_args)
         gcp = options.view_as(GoogleCloudOptions)
         assert options.view_as(StandardOptions).runner == "DataflowRunner"
@@ -107,6 +108,8 @@ class FakeDataflowService:
         self.jobs[job.id] = job
         self.output_dirs = getattr(self, "output_dirs", {})
         self.output_dirs[job.id] = args.output_dir
+        self.dead_letter_dirs = getattr(self, "dead_letter_dirs", {})
+        self.dead_letter_dirs[job.id] = getattr(args, "dead_letter_dir", None)
         process_line_callback(f"INFO:apache_beam.runners.dataflow.internal.apiclient:"
                               f"Created job with id: [{job.id}]\n")
         assert is_dataflow_job_id_exist_callback()
@@ -320,3 +323,148 @@ def test_log_tail_asks_cloud_logging_for_the_jobs_steps(monkeypatch):
     assert tail == ["ERROR line 8", "ERROR line 9"]
     assert seen[0].resource_names == ["projects/p"]
     assert seen[0].filter == 'resource.type="dataflow_step" AND resource.labels.job_id="2026-11-21_00_00_00-123"'
+
+
+# --- prep on Dataflow (predict.backend dataflow, runner dataflow) ---
+
+@pytest.fixture
+def prep_spec(spec, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mlbatch.spec_loader import with_overrides
+
+    folder = tmp_path / "in" / f"ds={DS}"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"id": [1, 2], "is_male": [True, False], "mother_age": [30.0, 99.0],
+                             "plurality": [1, 1], "gestation_weeks": [39.0, 40.0]}), folder / "part-0.parquet")
+    return with_overrides(spec, {"input.uri": str(tmp_path / "in" / "ds={{ ds }}" / "*.parquet")})
+
+
+def submit_prep(spec, context):
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from mlbatch.operators.prep import BeamPrepOperator
+
+    op = BeamPrepOperator(task_id="prep", spec=spec)
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context)
+    return op, deferred.value
+
+
+def test_prep_runs_on_dataflow_and_predict_reads_its_prepared_files(dataflow, prep_spec, model):
+    from mlbatch.backends.dataflow import DataflowJobTrigger
+    from mlbatch.operators.prep import BeamPrepOperator, schema_json
+    from mlbatch.run_paths import local_path
+
+    service, gcs = dataflow
+    run_id = "manual__dataflow_prep"
+    context = task_context(run_id, DS, model)
+    op, deferred = submit_prep(prep_spec, context)
+    [cmd] = service.launches
+    [job] = service.jobs.values()
+    assert cmd[1:3] == ["-m", "mlbatch_beam.prep"]
+    assert cmd.count("--runner=DataflowRunner") == 1
+    assert "--project=example-ml-prod" in cmd and "--region=europe-west1" in cmd
+    assert f"--job_name={job.name}" in cmd
+    assert re.fullmatch(r"natality-daily-prep-[0-9a-f]{10}-a1", job.name)
+    args = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in cmd if "=" in a}
+    staging = f"gs://{BUCKET}/tmp/mlbatch/natality_daily/{run_id}/{job.name}"
+    assert json.loads(args["--schema-json"]) == json.loads(schema_json(prep_spec))
+    assert args["--input"] == f"{staging}/input/*.parquet"
+    assert args["--input-format"] == "parquet" and args["--output-format"] == "parquet"
+    assert args["--output-dir"] == f"{staging}/prepared"
+    assert args["--dead-letter-dir"] == f"{staging}/rejected"
+    assert not any("worker_accelerator" in a for a in cmd)
+    uploaded = {b.name for b in gcs.client().list_blobs(BUCKET)}
+    assert f"tmp/mlbatch/natality_daily/{run_id}/{job.name}/input/part-0.parquet" in uploaded
+    remote = context["ti"].pushed["remote_job"]
+    assert remote["kind"] == "prep" and remote["job_id"] == job.id
+    assert isinstance(deferred.trigger, DataflowJobTrigger) and deferred.trigger.job_id == job.id
+
+    # the job ends: dead letters come home to rejected_staging, prepared files stay on GCS
+    service.finish(job.id, "JOB_STATE_DONE")
+    bucket = gcs.client().bucket(BUCKET)
+    prefix = f"tmp/mlbatch/natality_daily/{run_id}/{job.name}"
+    bucket.blob(f"{prefix}/prepared/part-abc.parquet").upload_from_string(b"x")
+    bucket.blob(f"{prefix}/rejected/rejected-0.jsonl").upload_from_string(
+        b'{"id": 2, "reason": "mother_age 99.0 > 60"}\n')
+    result = BeamPrepOperator(task_id="prep", spec=prep_spec).execute_complete(context, {"status": "success"})
+    assert result["prepared_uri"] == f"{staging}/prepared" and result["prepared_files"] == 1
+    assert result["rows_rejected"] == 1
+    rejected = local_path(op.run_paths(context, prep_spec).rejected_staging)
+    assert [p.name for p in rejected.iterdir()] == ["rejected-0.jsonl"]
+
+    # predict (its own, distinct job) reads the prepared prefix and uploads nothing
+    predict_context = task_context(run_id, DS, model)
+    predict_context["ti"].upstream["prep"] = result
+    _, predicted = submit(prep_spec, predict_context)
+    predict_cmd = service.launches[-1]
+    predict_job = service.jobs[predicted.trigger.job_id]
+    assert predict_cmd[1:3] == ["-m", "mlbatch_beam.score"] and predict_job.name != job.name
+    assert f"--input={staging}/prepared/*.parquet" in predict_cmd
+    assert not [b for b in gcs.client().list_blobs(BUCKET, prefix=f"tmp/mlbatch/natality_daily/{run_id}/"
+                                                   f"{predict_job.name}/input/")]
+
+
+def test_prep_retry_reattaches_a_failed_job_gets_a_new_attempt_and_kill_cancels(dataflow, prep_spec, model):
+    from mlbatch.backends.dataflow import DataflowJobTrigger
+
+    service, _ = dataflow
+    run_id = "scheduled__dataflow_prep_retry"
+    _, first = submit_prep(prep_spec, task_context(run_id, DS, model))
+    service.finish(first.trigger.job_id, "JOB_STATE_RUNNING")
+    _, again = submit_prep(prep_spec, task_context(run_id, DS, model))
+    assert again.trigger.job_id == first.trigger.job_id
+    assert len(service.launches) == 1 and len(service.jobs) == 1
+
+    service.finish(first.trigger.job_id, "JOB_STATE_FAILED")
+    op, third = submit_prep(prep_spec, task_context(run_id, DS, model))
+    assert third.trigger.job_id != first.trigger.job_id and len(service.jobs) == 2
+    assert service.jobs[third.trigger.job_id].name.endswith("-a2")
+
+    asyncio.run(DataflowJobTrigger(**third.trigger.serialize()[1]).on_kill())  # killed while deferred
+    assert service.cancel_requests == [third.trigger.job_id]
+    service.finish(third.trigger.job_id, "JOB_STATE_RUNNING")
+    op.on_kill()  # killed while running on the worker
+    assert service.cancel_requests == [third.trigger.job_id] * 2
+
+
+def test_prep_execute_complete_refuses_a_failed_event_or_job(dataflow, prep_spec, model):
+    from mlbatch.errors import RemoteJobError
+    from mlbatch.operators.prep import BeamPrepOperator
+
+    service, _ = dataflow
+    context = task_context("manual__dataflow_prep_complete", DS, model)
+    _, deferred = submit_prep(prep_spec, context)
+    op = BeamPrepOperator(task_id="prep", spec=prep_spec)
+    with pytest.raises(RemoteJobError, match="did not succeed"):
+        op.execute_complete(context, {"status": "error", "message": "JOB_STATE_FAILED"})
+    service.finish(deferred.trigger.job_id, "JOB_STATE_FAILED")
+    with pytest.raises(RemoteJobError, match="is JOB_STATE_FAILED"):
+        op.execute_complete(context, {"status": "success"})
+
+
+def test_prep_stays_local_unless_predict_runs_on_dataflow(spec):
+    from mlbatch.operators.prep import runs_on_dataflow
+    from mlbatch.spec_loader import with_overrides
+
+    assert runs_on_dataflow(spec)
+    assert not runs_on_dataflow(with_overrides(spec, {"predict.dataflow.runner": "local"}))
+    assert not runs_on_dataflow(with_overrides(spec, {"predict.backend": "local"}))
+
+
+def test_prep_workers_get_no_gpus(spec):
+    from mlbatch.backends.dataflow import launch_variables, prep_launch_variables
+    from mlbatch.spec_loader import with_overrides
+
+    gpu = with_overrides(spec, {"predict.compute.accelerator_type": "nvidia-tesla-t4",
+                                "predict.compute.accelerator_count": 1})
+    common = {"result_file": "/tmp/r.json"}
+    predict = launch_variables(gpu, "p-predict-a1", input_uri="gs://b/i", model_uri="gs://b/m",
+                               output_uri="gs://b/o", **common)
+    prep = prep_launch_variables(gpu, "p-prep-a1", input_pattern="gs://b/in/*.parquet",
+                                 prepared_uri="gs://b/p", rejected_uri="gs://b/r", **common)
+    assert "worker_accelerator" in predict.get("dataflow_service_options", "")
+    assert "worker_accelerator" not in prep.get("dataflow_service_options", "")
+    assert prep["job_name"] == "p-prep-a1" and prep["project"] == "example-ml-prod"

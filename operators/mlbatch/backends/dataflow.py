@@ -1,16 +1,23 @@
-"""Google Dataflow: the direct-model Beam job (`python -m mlbatch_beam.score`) on DataflowRunner,
-one Dataflow job per (pipeline, run, task, attempt), launched through the apache-beam provider's
-BeamHook and waited for with the google provider's DataflowJobStatusTrigger.
+"""Google Dataflow: the prep job (`python -m mlbatch_beam.prep`) and the direct-model job
+(`python -m mlbatch_beam.score`) on DataflowRunner, one Dataflow job per (pipeline, run, task,
+attempt), launched through the apache-beam provider's BeamHook and waited for with the google
+provider's DataflowJobStatusTrigger. The operator says which job it runs (`dataflow_job_kind`,
+"prep" or "predict"); the kind is kept in XCom `remote_job` so `complete` knows it after deferral.
 
 What this module adds around the providers, and why:
 - **Idempotent names** (`job_names`): BeamRunPythonPipelineOperator appends a random suffix to the job
   name, so a retry would launch a second job. Here the name is deterministic and, before launching,
   the jobs list (DataflowHook's REST client, `name=` filter, exact match) says whether that job already
   runs or finished: a retry re-attaches; a failed/cancelled job moves on to the next attempt's name.
-- **Data on GCS**: prep and publish work on local staging folders; the job's input (the prepared
-  Parquet files), the model artifact (uploaded once per model version unless it already is on GCS) and
-  its output live under `<predict.dataflow.temp_location>/mlbatch/`. `complete` downloads the output
-  to `paths.output_staging`, where publish expects it.
+- **Data on GCS**: publish works on local staging folders; everything the jobs read and write lives
+  under `<predict.dataflow.temp_location>/mlbatch/<pipeline>/<run>/<job name>/`. The prep job reads
+  the input (uploaded to `.../input` first when it is local; a gs:// input is read in place) and writes
+  the prepared Parquet files to `.../prepared` and the dead letters to `.../rejected`; its `complete`
+  downloads the dead letters to `paths.rejected_staging` (publish counts them there) and returns the
+  gs:// prepared prefix, which the predict job reads directly. Without it (prep ran elsewhere) the
+  local prepared files are uploaded to the predict job's `.../input`. The model artifact is uploaded
+  once per model version unless it already is on GCS. The predict job's `complete` downloads its
+  output to `paths.output_staging`, where publish expects it.
 - **Cancel while deferred**: the provider's trigger is subclassed with an `on_kill` that cancels the
   job; the task's `on_kill` and a deferral timeout cancel it through RemoteJobMixin.
 - **Status check on completion**: `complete` refuses any event that is not "success" *and* re-reads
@@ -27,6 +34,7 @@ Credentials, as with the provider's operator; API calls (list, get, cancel) use 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from airflow.providers.google.cloud.triggers.dataflow import DataflowJobStatusTrigger
@@ -40,6 +48,8 @@ from mlbatch.run_paths import RunPaths, local_path, run_key
 from mlbatch.spec import PipelineSpec
 
 BACKEND = "dataflow"
+PREP_TASK_ID = "prep"  # the DAG's prep step (dag_factory); predict reads its prepared_uri from XCom
+MODULES = {"prep": "mlbatch_beam.prep", "predict": "mlbatch_beam.score"}
 POLL_SECONDS = 30
 MAX_NAME = 63  # Dataflow allows 1024; kept as short as the other backends' names
 CONSOLE = "https://console.cloud.google.com/dataflow/jobs/{region}/{job_id}?project={project}"
@@ -145,27 +155,44 @@ def launch_variables(spec: PipelineSpec, name: str, *, input_uri: str, model_uri
                   "--prediction-column", spec.output.prediction_column,
                   "--batch-rows", str(compute.batch_rows), *model_sharing_args(spec),
                   "--result-file", result_file]
+    return _variables(spec, name, score_args, model_workers=True)
+
+
+def prep_launch_variables(spec: PipelineSpec, name: str, *, input_pattern: str, prepared_uri: str,
+                          rejected_uri: str, result_file: str) -> dict:
+    """BeamHook `variables` for `python -m mlbatch_beam.prep` (same flags as the local prep job, with
+    gs:// folders), then the DataflowRunner flags, without the model workers' GPUs."""
+    from mlbatch.operators.prep import prepared_format, schema_json
+
+    prep_args = ["--input", input_pattern, "--input-format", spec.input.format,
+                 "--schema-json", schema_json(spec), "--output-dir", prepared_uri,
+                 "--output-format", prepared_format(spec), "--dead-letter-dir", rejected_uri,
+                 "--batch-rows", str(spec.prep.batch_rows), "--result-file", result_file]
+    return _variables(spec, name, prep_args, model_workers=False)
+
+
+def _variables(spec: PipelineSpec, name: str, job_args: list[str], *, model_workers: bool) -> dict:
     variables: dict[str, Any] = {}
     i = 0
-    while i < len(score_args):
-        key = score_args[i][2:]
-        if i + 1 < len(score_args) and not score_args[i + 1].startswith("--"):
-            variables[key], i = score_args[i + 1], i + 2
+    while i < len(job_args):
+        key = job_args[i][2:]
+        if i + 1 < len(job_args) and not job_args[i + 1].startswith("--"):
+            variables[key], i = job_args[i + 1], i + 2
         else:
             variables[key], i = True, i + 1
-    for flag in dataflow_pipeline_args(spec, job_name=name):
+    for flag in dataflow_pipeline_args(spec, job_name=name, model_workers=model_workers):
         key, has_value, value = flag[2:].partition("=")
         if key == "runner":
             if value != DATAFLOW_RUNNER:
                 raise ValueError(f"unexpected runner {value!r}")
             continue
         if key in variables:
-            raise ValueError(f"Dataflow flag --{key} clashes with a score argument")
+            raise ValueError(f"Dataflow flag --{key} clashes with an argument of the job")
         variables[key] = value if has_value else True
     return variables
 
 
-def launch(spec: PipelineSpec, name: str, variables: dict, log) -> str | None:
+def launch(spec: PipelineSpec, name: str, variables: dict, log, module: str = MODULES["predict"]) -> str | None:
     """Run the launcher through BeamHook until Beam logs the new job's id; returns it (or None)."""
     import sys
 
@@ -174,7 +201,7 @@ def launch(spec: PipelineSpec, name: str, variables: dict, log) -> str | None:
 
     found: list[str] = []
     beam_hook().start_python_pipeline(
-        variables=variables, py_file="mlbatch_beam.score", py_options=["-m"], py_interpreter=sys.executable,
+        variables=variables, py_file=module, py_options=["-m"], py_interpreter=sys.executable,
         process_line_callback=process_line_and_extract_dataflow_job_id_callback(found.append),
         is_dataflow_job_id_exist_callback=lambda: bool(found))
     log.info("Launched Dataflow job %s: %s", name, found[0] if found else "(id not seen in the launcher log)")
@@ -185,22 +212,76 @@ def console_url(job_id: str, project: str, region: str) -> str:
     return CONSOLE.format(region=region, job_id=job_id, project=project)
 
 
+def job_kind(operator) -> str:
+    """Which job the operator runs: "prep" or "predict" (the default)."""
+    kind = getattr(operator, "dataflow_job_kind", "predict")
+    if kind not in MODULES:
+        raise ValueError(f"{operator.task_id}: unknown Dataflow job kind {kind!r}")
+    return kind
+
+
+def _glob_root(pattern: str) -> tuple[Path, str]:
+    """'/data/ds=1/*.parquet' -> (Path('/data/ds=1'), '*.parquet'): the folder before the first
+    wildcard, and the rest of the pattern, which is kept for the uploaded copy."""
+    parts = Path(pattern).parts
+    for i, part in enumerate(parts):
+        if any(c in part for c in "*?["):
+            return (Path(*parts[:i]) if i else Path(".")), "/".join(parts[i:])
+    return Path(pattern).parent, Path(pattern).name
+
+
+def staged_input(spec: PipelineSpec, paths: RunPaths, staging: str) -> str:
+    """The prep job's input pattern on GCS: a gs:// input as it is, a local one uploaded first."""
+    import glob
+
+    pattern = paths.input_pattern
+    if pattern.startswith("gs://"):
+        return pattern
+    root, rest = _glob_root(str(local_path(pattern)))
+    files = sorted(Path(p) for p in glob.glob(str(root / rest), recursive=True) if Path(p).is_file())
+    if not files:
+        raise FileNotFoundError(f"{spec.name}: no input files match {pattern}")
+    store = ObjectStore("gs", spec.predict.dataflow.gcp_conn_id)
+    for path in files:
+        store.upload_file(path, join(staging, "input", str(path.relative_to(root))))
+    return join(staging, "input", rest)
+
+
+def prepared_on_gcs(context: Any) -> str | None:
+    """The gs:// prefix of this run's prepared files, when the prep step ran on Dataflow."""
+    prep = context["ti"].xcom_pull(task_ids=PREP_TASK_ID)
+    uri = prep.get("prepared_uri") if isinstance(prep, dict) else None
+    return uri if isinstance(uri, str) and uri.startswith("gs://") else None
+
+
 def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: dict) -> dict:
     _require(spec)
+    kind = job_kind(operator)
     cfg = spec.predict.dataflow
     run_id = context["run_id"]
     attempt = find_attempt(lambda n: job_name(spec.name, run_id, operator.task_id, n, max_len=MAX_NAME),
                            lambda name: find_job(spec, name))
     staging = join(cfg.temp_location, "mlbatch", spec.name, run_key(run_id), attempt.name)
+    result_file = str(local_path(paths.result_file(operator.task_id)))
     job = attempt.job
     if attempt.verdict == "absent":
-        store = ObjectStore("gs", cfg.gcp_conn_id)
-        store.upload_dir(local_path(paths.prepared), join(staging, "input"), pattern="*.parquet")
-        variables = launch_variables(spec, attempt.name, input_uri=join(staging, "input"),
-                                     model_uri=staged_model_uri(spec, model),
-                                     output_uri=join(staging, "output"),
-                                     result_file=str(local_path(paths.result_file(operator.task_id))))
-        job_id = launch(spec, attempt.name, variables, operator.log)
+        if kind == "prep":
+            variables = prep_launch_variables(spec, attempt.name,
+                                              input_pattern=staged_input(spec, paths, staging),
+                                              prepared_uri=join(staging, "prepared"),
+                                              rejected_uri=join(staging, "rejected"), result_file=result_file)
+        else:
+            input_uri = prepared_on_gcs(context)
+            if input_uri is None:  # prep ran on this machine: upload its output
+                input_uri = join(staging, "input")
+                ObjectStore("gs", cfg.gcp_conn_id).upload_dir(local_path(paths.prepared), input_uri,
+                                                              pattern="*.parquet")
+            else:
+                operator.log.info("Reading the prepared input of the Dataflow prep job: %s", input_uri)
+            variables = launch_variables(spec, attempt.name, input_uri=input_uri,
+                                         model_uri=staged_model_uri(spec, model),
+                                         output_uri=join(staging, "output"), result_file=result_file)
+        job_id = launch(spec, attempt.name, variables, operator.log, module=MODULES[kind])
         if job_id is None:  # the launcher ended without logging an id: ask the service by name
             verdict, job = find_job(spec, attempt.name)
             if job is None:
@@ -208,10 +289,13 @@ def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: di
                                      "submitting a job; see the task log")
         else:
             job = {"id": job_id, "name": attempt.name}
-    remote = {"backend": BACKEND, "job_id": job["id"], "job_name": attempt.name, "project": cfg.project,
-              "region": cfg.region, "gcp_conn_id": cfg.gcp_conn_id, "attempt": attempt.number,
-              "output_uri": join(staging, "output"),
-              "console_url": console_url(job["id"], cfg.project, cfg.region)}
+    remote = {"backend": BACKEND, "kind": kind, "job_id": job["id"], "job_name": attempt.name,
+              "project": cfg.project, "region": cfg.region, "gcp_conn_id": cfg.gcp_conn_id,
+              "attempt": attempt.number, "console_url": console_url(job["id"], cfg.project, cfg.region)}
+    if kind == "prep":
+        remote.update(prepared_uri=join(staging, "prepared"), rejected_uri=join(staging, "rejected"))
+    else:
+        remote["output_uri"] = join(staging, "output")
     operator.remote_job_started(context, remote)
     if attempt.verdict == "succeeded":
         operator.log.info("Dataflow job %s already succeeded: re-using its output", job["id"])
@@ -247,6 +331,8 @@ def complete(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model:
     if state not in SUCCEEDED:
         raise RemoteJobError(f"{spec.name}: the trigger reported success but Dataflow job {remote['job_id']} "
                              f"is {state}; see {remote['console_url']}")
+    if remote.get("kind", "predict") == "prep":
+        return _complete_prep(spec, paths, remote)
     out = local_path(paths.output_staging)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -256,6 +342,25 @@ def complete(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model:
                              f"under {remote['output_uri']}")
     return {"backend": BACKEND, "model_version": model["version"], "job_id": remote["job_id"],
             "output_files": len(files)}
+
+
+def _complete_prep(spec: PipelineSpec, paths: RunPaths, remote: dict) -> dict:
+    """The dead letters come home to rejected_staging (publish counts and commits them there); the
+    prepared files stay on GCS for the predict job (`prepared_uri` in this step's XCom)."""
+    import shutil
+
+    from mlbatch.row_counts import count_rows
+
+    rejected = local_path(paths.rejected_staging)
+    shutil.rmtree(rejected, ignore_errors=True)
+    rejected.mkdir(parents=True)
+    store = ObjectStore("gs", remote["gcp_conn_id"])
+    store.download_dir(remote["rejected_uri"], rejected)
+    rows_rejected, rejected_files = count_rows(f"{rejected}/*", "jsonl")
+    prepared = [uri for uri in store.list(remote["prepared_uri"]) if uri.endswith(".parquet")]
+    return {"backend": BACKEND, "job_id": remote["job_id"], "prepared_uri": remote["prepared_uri"],
+            "prepared_files": len(prepared), "rows_rejected": rows_rejected,
+            "rejected_files": rejected_files, "dead_letter_dir": paths.rejected_staging}
 
 
 def cancel(remote: dict) -> None:

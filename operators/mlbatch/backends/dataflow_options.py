@@ -63,10 +63,14 @@ def _subnetwork(subnetwork: str, region: str) -> str:
     return f"regions/{region}/subnetworks/{subnetwork}"
 
 
-def dataflow_pipeline_args(spec: PipelineSpec, *, job_name: str, setup_file: str | None = None) -> list[str]:
-    """DataflowRunner arguments for the spec's direct-model job.
+def dataflow_pipeline_args(spec: PipelineSpec, *, job_name: str, setup_file: str | None = None,
+                           model_workers: bool = True) -> list[str]:
+    """DataflowRunner arguments for the spec's direct-model job (and, with `model_workers=False`, for
+    its prep job: same project, network and sizing, but no GPUs and no one-process-per-worker).
 
     :param job_name: the Dataflow job name (unique per run; see mlbatch.backends.job_names).
+    :param model_workers: add what the workers need to hold the model (`compute.accelerator_*`,
+        `compute.one_process_per_worker`); False for the prep job, which loads no model.
     :param setup_file: the Beam jobs' setup.py staged to the workers; defaults to the installed
         package's, and is left out when `predict.dataflow.sdk_container_image` is set (the image
         has the package already, and installing it again at every worker start costs minutes).
@@ -112,13 +116,13 @@ def dataflow_pipeline_args(spec: PipelineSpec, *, job_name: str, setup_file: str
         args.append(f"--setup_file={setup_file or beam_jobs_setup_file()}")
 
     service_options = list(dataflow.service_options)
-    if compute.accelerator_type:
+    if compute.accelerator_type and model_workers:
         service_options.append(_gpu_service_option(compute.accelerator_type, compute.accelerator_count))
     if service_options:
         args.append("--dataflow_service_options=" + ",".join(service_options))
 
     experiments = list(dataflow.experiments)
-    if compute.one_process_per_worker and ONE_SDK_PROCESS_EXPERIMENT not in experiments:
+    if model_workers and compute.one_process_per_worker and ONE_SDK_PROCESS_EXPERIMENT not in experiments:
         experiments.append(ONE_SDK_PROCESS_EXPERIMENT)
     if experiments:
         args.append("--experiments=" + ",".join(experiments))

@@ -1,6 +1,11 @@
 """prep: the Beam job that reads the input, validates rows against the feature schema, sends bad rows
 to a dead-letter folder with their reason, and writes the prepared input in the predict backend's
-format (Parquet for the direct-model job, JSON Lines for batch-prediction backends)."""
+format (Parquet for the direct-model job, JSON Lines for batch-prediction backends).
+
+It runs on the local FnApiRunner (a child process), except with `predict.backend: dataflow` and
+`predict.dataflow.runner: dataflow`: then it is a Google Dataflow job like predict's (submitted or
+re-attached, deferred, cancelled on kill; see mlbatch.backends.dataflow), which leaves the prepared
+Parquet files on GCS for the predict job and brings the dead letters back to `rejected_staging`."""
 
 from __future__ import annotations
 
@@ -10,7 +15,9 @@ from typing import Any
 
 from mlbatch.backends.dataflow_options import local_runner_args
 from mlbatch.job_process import JobProcess
+from mlbatch.links import RemoteJobConsoleLink
 from mlbatch.operators.base import PipelineStepOperator
+from mlbatch.operators.remote_job import RemoteJobMixin
 from mlbatch.run_paths import RunPaths, local_path
 from mlbatch.spec import PipelineSpec
 
@@ -28,8 +35,14 @@ def schema_json(spec: PipelineSpec) -> str:
 beam_runner_args = local_runner_args  # the local FnApiRunner's flags; kept under this name for callers
 
 
-class BeamPrepOperator(PipelineStepOperator):
+def runs_on_dataflow(spec: PipelineSpec) -> bool:
+    return spec.predict.backend == "dataflow" and spec.predict.dataflow.runner == "dataflow"
+
+
+class BeamPrepOperator(RemoteJobMixin, PipelineStepOperator):
     ui_color = "#fce8e6"
+    operator_extra_links = (RemoteJobConsoleLink(),)
+    dataflow_job_kind = "prep"  # which job mlbatch.backends.dataflow runs for this step
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -39,6 +52,9 @@ class BeamPrepOperator(PipelineStepOperator):
         for folder in (paths.prepared, paths.rejected_staging):  # a retry starts clean
             shutil.rmtree(local_path(folder), ignore_errors=True)
         local_path(paths.work).mkdir(parents=True, exist_ok=True)
+        if runs_on_dataflow(spec):  # submit or re-attach, then defer (see mlbatch.operators.remote_job)
+            model = context["ti"].xcom_pull(task_ids="resolve_model")
+            return self.run_remote("dataflow", context, spec, paths, model)
         args = [
             "--input", paths.input_pattern,
             "--input-format", spec.input.format,
@@ -57,3 +73,4 @@ class BeamPrepOperator(PipelineStepOperator):
     def on_kill(self) -> None:
         if self._job:
             self._job.kill()
+        super().on_kill()  # stops the Dataflow job, if one was started
