@@ -57,6 +57,16 @@ def registered_model() -> dict:
     return {"name": "natality_weight", "version": version}
 
 
+@pytest.fixture
+def model(registered_model) -> dict:
+    """The registered model as resolve_model pins it (its XCom), for tests that start a step directly."""
+    from mlflow import MlflowClient
+
+    name, version = registered_model["name"], registered_model["version"]
+    return {"name": name, "version": version, "uri": f"models:/{name}/{version}", "alias": "champion",
+            "artifact_uri": MlflowClient().get_model_version_download_uri(name, version)}
+
+
 @pytest.fixture(autouse=True, scope="session")
 def no_internet():
     """Fail any test that tries to connect beyond this machine (tests must not reach the internet)."""

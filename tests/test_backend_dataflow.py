@@ -167,15 +167,6 @@ def spec(tmp_path):
     })
 
 
-@pytest.fixture
-def model(registered_model):
-    from mlflow import MlflowClient
-
-    name, version = registered_model["name"], registered_model["version"]
-    return {"name": name, "version": version, "uri": f"models:/{name}/{version}", "alias": "champion",
-            "artifact_uri": MlflowClient().get_model_version_download_uri(name, version)}
-
-
 def submit(spec, context):
     import pyarrow as pa
     import pyarrow.parquet as pq

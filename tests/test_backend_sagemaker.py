@@ -33,15 +33,6 @@ def spec(staging_bucket, tmp_path):
     return with_overrides(load_spec(SPEC), {"output.uri": str(tmp_path / "out" / "ds={{ ds }}")})
 
 
-@pytest.fixture
-def model(registered_model):
-    from mlflow import MlflowClient
-
-    name, version = registered_model["name"], registered_model["version"]
-    return {"name": name, "version": version, "uri": f"models:/{name}/{version}", "alias": "champion",
-            "artifact_uri": MlflowClient().get_model_version_download_uri(name, version)}
-
-
 def prepare(op, spec, context) -> None:
     """What the prep step leaves behind for a batch backend: JSON Lines files."""
     from mlbatch.run_paths import local_path

@@ -67,3 +67,13 @@ def local_path(uri: str) -> Path:
     if "://" in uri:
         raise ValueError(f"{uri!r}: only local paths are supported by this step on the local runner")
     return Path(uri)
+
+
+def empty_local_dir(uri: str) -> Path:
+    """The local folder of `uri`, emptied (or created): a retry must not mix in an earlier try's files."""
+    import shutil
+
+    path = local_path(uri)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path

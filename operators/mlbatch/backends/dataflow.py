@@ -41,10 +41,11 @@ from airflow.providers.google.cloud.triggers.dataflow import DataflowJobStatusTr
 
 from mlbatch.backends import cloud_logging
 from mlbatch.backends.dataflow_options import DATAFLOW_RUNNER, dataflow_pipeline_args, model_sharing_args
+from mlbatch.backends.completion import require_success_event
 from mlbatch.backends.job_names import Verdict, find_attempt, job_name
 from mlbatch.backends.object_store import ObjectStore, join
 from mlbatch.errors import RemoteJobError
-from mlbatch.run_paths import RunPaths, local_path, run_key
+from mlbatch.run_paths import RunPaths, empty_local_dir, local_path, run_key
 from mlbatch.spec import PipelineSpec
 
 BACKEND = "dataflow"
@@ -320,12 +321,8 @@ def get_job(remote: dict) -> dict:
 def complete(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: dict,
              event: dict | None) -> dict:
     """Check the event *and* the job's own state, then download its output to output_staging."""
-    import shutil
-
     remote = operator.remote_job(context)
-    if not event or event.get("status") != "success":
-        raise RemoteJobError(f"{spec.name}: Dataflow job {remote['job_id']} did not succeed: "
-                             f"{(event or {}).get('message', event)!r}; see {remote['console_url']}")
+    require_success_event(spec.name, f"Dataflow job {remote['job_id']}", event, remote["console_url"])
     job = get_job(remote)
     state = job.get("currentState", "JOB_STATE_UNKNOWN")
     if state not in SUCCEEDED:
@@ -333,9 +330,7 @@ def complete(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model:
                              f"is {state}; see {remote['console_url']}")
     if remote.get("kind", "predict") == "prep":
         return _complete_prep(spec, paths, remote)
-    out = local_path(paths.output_staging)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    out = empty_local_dir(paths.output_staging)
     files = ObjectStore("gs", remote["gcp_conn_id"]).download_dir(remote["output_uri"], out)
     if not files:
         raise RemoteJobError(f"{spec.name}: Dataflow job {remote['job_id']} succeeded but wrote nothing "
@@ -347,13 +342,9 @@ def complete(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model:
 def _complete_prep(spec: PipelineSpec, paths: RunPaths, remote: dict) -> dict:
     """The dead letters come home to rejected_staging (publish counts and commits them there); the
     prepared files stay on GCS for the predict job (`prepared_uri` in this step's XCom)."""
-    import shutil
-
     from mlbatch.row_counts import count_rows
 
-    rejected = local_path(paths.rejected_staging)
-    shutil.rmtree(rejected, ignore_errors=True)
-    rejected.mkdir(parents=True)
+    rejected = empty_local_dir(paths.rejected_staging)
     store = ObjectStore("gs", remote["gcp_conn_id"])
     store.download_dir(remote["rejected_uri"], rejected)
     rows_rejected, rejected_files = count_rows(f"{rejected}/*", "jsonl")

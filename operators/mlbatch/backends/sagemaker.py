@@ -27,10 +27,11 @@ from urllib.parse import quote
 
 from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
 
+from mlbatch.backends.completion import require_success_event
 from mlbatch.backends.job_names import Verdict, find_attempt, job_name
 from mlbatch.backends.object_store import ObjectStore, join
 from mlbatch.errors import RemoteJobError
-from mlbatch.run_paths import RunPaths, local_path, run_key
+from mlbatch.run_paths import RunPaths, empty_local_dir, local_path, run_key
 from mlbatch.spec import PipelineSpec
 
 BACKEND = "sagemaker"
@@ -245,20 +246,15 @@ def trigger(remote: dict) -> SageMakerTransformTrigger:
 def complete(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: dict,
              event: dict | None) -> dict:
     """Check the event *and* the job's own status, then bring its output next to the run's staging."""
-    import shutil
-
     remote = operator.remote_job(context)
-    if not event or event.get("status") != "success":
-        raise RemoteJobError(f"{spec.name}: SageMaker transform job {remote['job_name']} did not succeed: "
-                             f"{event!r}; see {remote['console_url']}")
+    require_success_event(spec.name, f"SageMaker transform job {remote['job_name']}", event,
+                          remote["console_url"])
     job = _hook(remote["aws_conn_id"], remote["region"]).describe_transform_job(remote["job_name"])
     if job["TransformJobStatus"] != "Completed":
         raise RemoteJobError(f"{spec.name}: the trigger reported success but transform job "
                              f"{remote['job_name']} is {job['TransformJobStatus']}: "
                              f"{job.get('FailureReason', '')}; see {remote['console_url']}")
-    out = local_path(paths.raw_predictions)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    out = empty_local_dir(paths.raw_predictions)
     files = ObjectStore("s3", remote["aws_conn_id"]).download_dir(remote["output_uri"], out)
     if not files:
         raise RemoteJobError(f"{spec.name}: transform job {remote['job_name']} completed but wrote nothing "

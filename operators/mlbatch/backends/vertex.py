@@ -22,10 +22,11 @@ from typing import Any
 from airflow.providers.google.cloud.triggers.vertex_ai import CreateBatchPredictionJobTrigger
 
 from mlbatch.backends import cloud_logging
+from mlbatch.backends.completion import require_success_event
 from mlbatch.backends.job_names import Verdict, find_attempt, job_name
 from mlbatch.backends.object_store import ObjectStore, join
 from mlbatch.errors import RemoteJobError
-from mlbatch.run_paths import RunPaths, local_path, run_key
+from mlbatch.run_paths import RunPaths, empty_local_dir, local_path, run_key
 from mlbatch.spec import PipelineSpec
 
 BACKEND = "vertex"
@@ -215,21 +216,16 @@ def trigger(remote: dict) -> VertexBatchPredictionTrigger:
 def complete(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: dict,
              event: dict | None) -> dict:
     """Check the event *and* the job's own state, then download its prediction files."""
-    import shutil
-
     remote = operator.remote_job(context)
-    if not event or event.get("status") != "success":
-        raise RemoteJobError(f"{spec.name}: Vertex batch prediction job {remote['job_id']} did not "
-                             f"succeed: {(event or {}).get('message', event)!r}; see {remote['console_url']}")
+    require_success_event(spec.name, f"Vertex batch prediction job {remote['job_id']}", event,
+                          remote["console_url"])
     job = job_hook(remote["gcp_conn_id"]).get_batch_prediction_job(
         project_id=remote["project"], region=remote["region"],
         batch_prediction_job=remote["job_id"].rsplit("/", 1)[-1])
     if job.state.name not in SUCCEEDED:
         raise RemoteJobError(f"{spec.name}: the trigger reported success but Vertex job {job.name} is "
                              f"{job.state.name} ({job.error.message}); see {remote['console_url']}")
-    out = local_path(paths.raw_predictions)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    out = empty_local_dir(paths.raw_predictions)
     files = ObjectStore("gs", remote["gcp_conn_id"]).download_dir(job.output_info.gcs_output_directory, out)
     if not files:
         raise RemoteJobError(f"{spec.name}: Vertex job {job.name} succeeded but wrote nothing under "

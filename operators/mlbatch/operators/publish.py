@@ -15,7 +15,7 @@ from mlbatch.operators.base import PipelineStepOperator
 from mlbatch.partition_commit import commit_partition
 from mlbatch.prediction_stats import prediction_stats
 from mlbatch.row_counts import count_rows
-from mlbatch.run_paths import RunPaths, local_path
+from mlbatch.run_paths import RunPaths, empty_local_dir, local_path
 from mlbatch.spec import PipelineSpec
 
 
@@ -81,16 +81,11 @@ class PublishOperator(PipelineStepOperator):
 
     def _convert_batch_predictions(self, spec: PipelineSpec, paths: RunPaths) -> None:
         """Batch-prediction results (Vertex/SageMaker JSON Lines) -> the spec's output format."""
-        import shutil
-
         from mlbatch_beam.predictions import read_batch_predictions, write_table
 
-        staging = local_path(paths.output_staging)
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        staging = empty_local_dir(paths.output_staging)
         flavor = spec.predict.local.flavor if spec.predict.backend == "local" else spec.predict.backend
-        suffix = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}[spec.output.format]
         tables = read_batch_predictions(paths.raw_predictions, flavor, id_column=spec.input.id_column)
         for i, table in enumerate(tables):
             table = table.rename_columns([spec.input.id_column, spec.output.prediction_column])
-            write_table(table, str(staging / f"part-{i:05d}.{suffix}"), spec.output.format)
+            write_table(table, str(staging / f"part-{i:05d}.{spec.output.format}"), spec.output.format)
