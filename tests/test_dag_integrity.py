@@ -70,21 +70,31 @@ def test_trigger_form_params_are_typed_and_validated(monkeypatch):
         bad.validate()
 
 
-def test_broken_spec_is_an_import_error_and_others_still_load(tmp_path, monkeypatch):
+def test_broken_spec_is_a_marked_placeholder_dag_and_others_still_load(tmp_path, monkeypatch):
+    """No import error for the DAG file (a live dag-processor would mark every DAG of it stale)."""
     shutil.copy(PIPELINES / "natality_daily.yaml", tmp_path)
     doc = yaml.safe_load((PIPELINES / "natality_daily.yaml").read_text())
     doc["name"] = "broken_pipeline"
     doc["predict"]["backend"] = "gpu"
     (tmp_path / "broken_pipeline.yaml").write_text(yaml.safe_dump(doc))
-    (tmp_path / "not_yaml_at_all.yaml").write_text("name: [\n")
+    (tmp_path / "not yaml at all.yaml").write_text("name: [\n")
 
     bag = dag_bag(tmp_path, monkeypatch)
-    assert sorted(bag.dag_ids) == ["natality_daily"]
-    [(file, error)] = bag.import_errors.items()
-    assert file.endswith("dags/mlbatch_pipelines.py")
-    assert "2 pipeline spec(s) could not be loaded" in error
-    assert f"{tmp_path}/broken_pipeline.yaml" in error and "predict.backend = 'gpu'" in error
-    assert f"{tmp_path}/not_yaml_at_all.yaml" in error and "readable YAML" in error
+    assert bag.import_errors == {}
+    assert sorted(bag.dag_ids) == ["broken_pipeline", "natality_daily", "not_yaml_at_all"]
+    assert "mlbatch-broken" not in bag.dags["natality_daily"].tags
+    broken = bag.dags["broken_pipeline"]
+    assert "mlbatch-broken" in broken.tags and broken.schedule is None and broken.timetable.can_be_scheduled is False
+    assert broken.description.startswith("BROKEN SPEC")
+    assert f"{tmp_path}/broken_pipeline.yaml:" in broken.doc_md and "predict.backend = 'gpu'" in broken.doc_md
+    assert "readable YAML" in bag.dags["not_yaml_at_all"].doc_md
+
+    from mlbatch.errors import BrokenSpecError
+
+    [task] = broken.tasks
+    assert task.retries == 0
+    with pytest.raises(BrokenSpecError, match=r"broken_pipeline.yaml:\d+: predict.backend = 'gpu': expected"):
+        task.execute({})
 
 
 def _import_seconds(code: str, runs: int) -> float:

@@ -1,8 +1,8 @@
 """Spec -> Airflow DAG: wait_for_data >> resolve_model >> prep >> predict >> publish >> record.
 
 Imports only `airflow.sdk`, pydantic, PyYAML and the bundle's own light modules: this runs in the DAG
-processor on every parse. A broken spec does not take the other pipelines down: its error is reported
-as a DAG import error (naming file, line, field, value and expectation) while the good specs load.
+processor on every parse. A broken spec does not take the other pipelines down: it becomes a placeholder DAG
+tagged `mlbatch-broken` whose docs and only task give the error (file, line, field, value, expectation).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from airflow.sdk import DAG, Param
 
 from mlbatch.alerts.notifier import pipeline_callbacks, success_callback
 from mlbatch.assets import output_asset, upstream_schedule
-from mlbatch.errors import BrokenSpecsError, SpecError
+from mlbatch.broken_spec import broken_dag_id, broken_spec_dag
+from mlbatch.errors import SpecError
 from mlbatch.operators.predict import PredictOperator
 from mlbatch.operators.prep import BeamPrepOperator
 from mlbatch.operators.publish import PublishOperator
@@ -99,10 +100,11 @@ def _value_at(spec: PipelineSpec, dotted: str) -> Any:
 
 
 def build_dags(pipelines_dir: str | Path) -> dict[str, DAG]:
-    """One DAG per `*.yaml` in `pipelines_dir`; plus, if any spec is broken, a sentinel that turns the
-    errors into an import error of the calling DAG file (see `SpecErrorReport`)."""
+    """One DAG per `*.yaml` in `pipelines_dir`. Never raises for a spec: a broken one becomes a
+    placeholder DAG saying why (`mlbatch.broken_spec`), because an import error of the DAG file would
+    make a live dag-processor mark every pipeline of the file stale."""
     dags: dict[str, Any] = {}
-    errors: list[str] = []
+    broken: dict[str, tuple[Path, str]] = {}
     specs: dict[str, tuple[Path, PipelineSpec]] = {}
     for path in sorted(Path(pipelines_dir).glob("*.yaml")):
         try:
@@ -110,35 +112,25 @@ def build_dags(pipelines_dir: str | Path) -> dict[str, DAG]:
             if spec.dag_id in specs:
                 raise ValueError(f"{path}: DAG id {spec.dag_id!r} is used by another spec")
             specs[spec.dag_id] = (path, spec)
-        except (SpecError, ValueError) as exc:
-            log.error("Pipeline spec skipped: %s", exc)
-            errors.append(str(exc))
+        except Exception as exc:  # noqa: BLE001  (any failure of one spec stays with that spec)
+            broken[broken_dag_id(path)] = (path, _describe(path, exc))
     known = {spec.name: output_asset(spec) for _, spec in specs.values()}  # for upstream_asset waits
-    for path, spec in specs.values():
+    for dag_id, (path, spec) in specs.items():
         try:
-            dags[spec.dag_id] = build_dag(spec, path, pipeline_assets=known)
-        except (SpecError, ValueError) as exc:
-            log.error("Pipeline spec skipped: %s", exc)
-            errors.append(str(exc))
-    if errors:
-        dags["mlbatch_spec_errors"] = SpecErrorReport(errors)
+            dags[dag_id] = build_dag(spec, path, pipeline_assets=known)
+        except Exception as exc:  # noqa: BLE001
+            broken[dag_id] = (path, _describe(path, exc))
+    for dag_id, (path, error) in broken.items():
+        log.error("Pipeline spec cannot be loaded (placeholder DAG %s): %s", dag_id, error)
+        if dag_id in dags:
+            dag_id = f"{dag_id}__broken"
+        dags[dag_id] = broken_spec_dag(path, error, dag_id)
     return dags
 
 
-class SpecErrorReport(DAG):
-    """Not a real DAG: a carrier for broken-spec errors.
-
-    Airflow records an exception raised while it validates a DAG as an import error of the file that
-    defined it, and keeps the file's other DAGs. That is exactly "a broken spec shows as an import
-    error for that pipeline only", without one Python file per pipeline."""
-
-    def __init__(self, errors: list[str]):
-        super().__init__(dag_id="mlbatch_spec_errors", schedule=None)
-        self.spec_errors = errors
-
-    def validate(self) -> None:
-        raise BrokenSpecsError(f"{len(self.spec_errors)} pipeline spec(s) could not be loaded:\n"
-                               + "\n".join(self.spec_errors))
+def _describe(path: Path, exc: Exception) -> str:
+    text = str(exc)
+    return text if isinstance(exc, SpecError) or str(path) in text else f"{path}: {type(exc).__name__}: {text}"
 
 
 def _doc_md(spec: PipelineSpec, spec_path: Path | None) -> str:

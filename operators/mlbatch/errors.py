@@ -31,8 +31,8 @@ class SpecError(ValueError):
         super().__init__("\n".join(rendered))
 
 
-class BrokenSpecsError(ValueError):
-    """Raised by the DAG-bag sentinel so Airflow shows broken specs as an import error."""
+class BrokenSpecError(ValueError):
+    """A run of a broken spec's placeholder DAG (see `mlbatch.broken_spec`): says why it cannot run."""
 
 
 class CountMismatchError(RuntimeError):
