@@ -31,8 +31,11 @@ def test_prepare_input_tags_valid_batches_and_rejected_rows(schema, make_frame):
     with BeamTestPipeline(runner="FnApiRunner") as p:
         out = p | beam.Create([batch]) | prep.PrepareInput(schema)
         assert_that(out.valid | beam.Map(lambda b: b.num_rows), equal_to([997]), label="Valid")
+        assert_that(out.rejected | beam.Map(lambda piece_rows: piece_rows[0]),
+                    equal_to(["mem://input#0#0"]), label="OneRejectGroupPerBatch")
         assert_that(
-            out.rejected | beam.Map(lambda r: (r["row"]["id"], r["reason"], r["source"])),
+            out.rejected | beam.FlatMap(
+                lambda piece_rows: [(r["row"]["id"], r["reason"], r["source"]) for r in piece_rows[1]]),
             equal_to([
                 (10, "mother_age: 123.0 above max 60", "mem://input"),
                 (20, "gestation_weeks: null not allowed", "mem://input"),
@@ -103,7 +106,7 @@ def test_prep_cli_csv_to_jsonl_in_a_subprocess_with_two_workers(tmp_path, make_f
     assert len(lines) == 1999
     assert set(lines[0]) == {"id", "mother_age", "plurality", "gestation_weeks", "is_male"}
     assert isinstance(lines[0]["plurality"], int)
-    assert _dead_letters(tmp_path / "dead")[0]["reason"] == "plurality: 'x' is not a int"
+    assert _dead_letters(tmp_path / "dead")[0]["reason"] == "plurality: 'x' is not an int"
 
 
 def test_prep_cli_empty_input_fails_naming_the_pattern(tmp_path, schema_json):

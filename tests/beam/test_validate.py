@@ -44,15 +44,15 @@ def test_csv_text_is_parsed_and_bad_rows_get_exact_reasons(tmp_path, schema):
     reasons = {r["row"]["id"]: r["reason"] for r in rejected}
     assert reasons == {
         2: "mother_age: 123.0 above max 60",
-        3: "plurality: 'x' is not a int",
-        4: "gestation_weeks: null not allowed",
+        3: "plurality: 'x' is not an int",
+        4: "gestation_weeks: empty string not allowed",
         None: "id: null not allowed",
-        6: "mother_age: null not allowed; is_male: 'maybe' is not a bool",
-        8: "plurality: '2.5' is not a int",
+        6: "mother_age: empty string not allowed; is_male: 'maybe' is not a bool",
+        8: "plurality: '2.5' is not an int",
     }
     row3 = next(r for r in rejected if r["row"]["id"] == 3)
     assert row3["row"] == {"id": 3, "mother_age": "25", "plurality": "x",
-                           "gestation_weeks": "38", "is_male": None}
+                           "gestation_weeks": "38", "is_male": ""}
     assert row3["source"].endswith("in.csv")
 
 
@@ -74,8 +74,8 @@ def test_typed_parquet_values_are_range_checked_and_cast(tmp_path, schema):
     assert valid.column("gestation_weeks").type == pa.float64()  # int -> float
     assert [r["reason"] for r in rejected] == [
         "mother_age: 11.0 below min 12",
-        "mother_age: null not allowed",           # NaN counts as null
-        "plurality: 3.5 is not a int",
+        "mother_age: NaN not allowed",            # NaN is a missing value
+        "plurality: 3.5 is not an int",
         "plurality: 9 above max 5",
         "id: duplicate id 'a'",
     ]
@@ -100,7 +100,7 @@ def test_mixed_type_jsonl_rejects_only_the_bad_row(tmp_path, schema):
     valid, rejected = split_valid(batch, schema, "in.jsonl")
     assert valid.to_pydict()["id"] == [1, 3]
     assert valid.to_pydict()["is_male"] == [True, None]  # nullable feature, absent key
-    assert [(r["row"]["id"], r["reason"]) for r in rejected] == [(2, "plurality: 'x' is not a int")]
+    assert [(r["row"]["id"], r["reason"]) for r in rejected] == [(2, "plurality: 'x' is not an int")]
 
 
 def test_schema_round_trips_and_rejects_unknown_types(schema):
@@ -118,4 +118,4 @@ def test_allowed_values_and_declared_id_type():
     valid, rejected = split_valid(batch, schema)
     assert valid.to_pydict() == {"key": [1], "color": ["red"]}
     assert [r["reason"] for r in rejected] == [
-        "color: 'green' not in allowed ['red', 'blue']", "key: 'x' is not a int"]
+        "color: 'green' not in allowed ['red', 'blue']", "key: 'x' is not an int"]

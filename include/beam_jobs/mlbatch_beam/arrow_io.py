@@ -162,8 +162,11 @@ def _read(path, fmt, batch_rows, row_group, csv_column_types):
             reader = pcsv.open_csv(
                 f,
                 read_options=pcsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
+                # Text columns keep their text ("", "NaN", "NULL"...): validation decides, by the
+                # same rules as for parquet and JSON, and the dead letter shows the text as it was.
                 convert_options=pcsv.ConvertOptions(
-                    column_types=csv_column_types or {}, strings_can_be_null=True),
+                    column_types=csv_column_types or {},
+                    strings_can_be_null=False, quoted_strings_can_be_null=False),
             )
             yield from _rechunk(reader, batch_rows)
     else:
@@ -330,30 +333,27 @@ class _WriteDeadLetters(beam.DoFn):
         self._dir = dead_letter_dir
         self._prefix = prefix
 
-    def process(self, rows):
+    def process(self, piece_and_rows):
+        piece, rows = piece_and_rows
+        token = hashlib.sha1(piece.encode()).hexdigest()[:20] if piece else uuid.uuid4().hex
         lines = "".join(json.dumps(row, default=str) + "\n" for row in rows)
-        path = FileSystems.join(self._dir, f"{self._prefix}-{uuid.uuid4().hex}.jsonl")
+        path = FileSystems.join(self._dir, f"{self._prefix}-{token}.jsonl")
         write_bytes(path, lines.encode())
         yield path
 
 
 class DeadLetterWrite(beam.PTransform):
-    """Write rejected-row dicts as JSON Lines files of up to max_rows_per_file rows.
+    """Write each input batch's rejected rows, (piece, [dicts]), as one JSON Lines file.
 
-    Rejected rows are the one place with a Python object per row; they are
-    expected to be rare, and grouping them keeps the file count low.
+    The file is named after the batch's piece (file + row group + batch
+    number), like the valid output: a retried bundle rewrites the same file
+    instead of adding a second copy of its rejected rows.
     """
 
-    def __init__(self, dead_letter_dir: str, prefix: str = "rejected", max_rows_per_file: int = 10000):
+    def __init__(self, dead_letter_dir: str, prefix: str = "rejected"):
         super().__init__()
         self._dir = dead_letter_dir
         self._prefix = prefix
-        self._max_rows = max_rows_per_file
 
-    def expand(self, rows):
-        return (
-            rows
-            | "GroupRows" >> beam.BatchElements(
-                min_batch_size=self._max_rows, max_batch_size=self._max_rows)
-            | "WriteFiles" >> beam.ParDo(_WriteDeadLetters(self._dir, self._prefix))
-        )
+    def expand(self, pieces):
+        return pieces | "WriteFiles" >> beam.ParDo(_WriteDeadLetters(self._dir, self._prefix))

@@ -43,12 +43,13 @@ class _Validate(beam.DoFn):
         self._rows_rejected.inc(len(rejected))
         if valid.num_rows:
             yield with_origin(valid, source, piece_of(batch))
-        for row in rejected:
-            yield beam.pvalue.TaggedOutput(PrepareInput.REJECTED, row)
+        if rejected:  # all of one batch's rejects together: their file is named after the batch
+            yield beam.pvalue.TaggedOutput(PrepareInput.REJECTED, (piece_of(batch), rejected))
 
 
 class PrepareInput(beam.PTransform):
-    """RecordBatches -> tagged outputs ``valid`` (typed batches) and ``rejected`` (dicts)."""
+    """RecordBatches -> tagged outputs ``valid`` (typed batches) and ``rejected``
+    ((piece, [rejected dicts]) per input batch that had any)."""
 
     VALID = "valid"
     REJECTED = "rejected"

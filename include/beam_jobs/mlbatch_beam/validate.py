@@ -3,10 +3,21 @@
 All checks are vectorised with pyarrow.compute over whole columns; Python
 only runs for rejected rows, to explain why each was rejected.
 
-Conversion rules: text (CSV, or mixed-type JSON) is parsed into the
-declared type ("3", "3.0" -> int 3; "true"/"yes"/"1" -> bool), numbers are
-cast when exact (3.0 -> int, 3.5 -> rejected). NaN, and for non-string
-types empty/"nan"/"null"/"none" text, count as null.
+The same rules hold for parquet, CSV and JSON Lines (CSV arrives as text,
+JSON as typed values or, for mixed columns, text):
+
+* text is parsed into the declared type ("3", "3.0" -> int 3;
+  "true"/"yes"/"1" -> bool); numbers are cast when exact (3.0 -> int 3,
+  3.5 -> rejected); a bool is never a number;
+* missing values: null, NaN, blank text and, for non-string types,
+  "nan"/"null"/"none" text. They are rejected unless the feature is
+  nullable, with a reason naming what was there ("empty string", "NaN");
+* non-finite numbers (inf, -inf, "Infinity", and literals such as 1e999
+  that overflow a float) are always rejected: a model would turn them
+  into garbage or fail the whole batch;
+* min / max / allowed apply to the converted value.
+
+Every reason names the column and the offending value.
 
 A missing column rejects every row of the batch with the reason
 "missing column 'x'" rather than failing the job, so one bad file among
@@ -32,6 +43,7 @@ FALSE_TEXT = ["false", "f", "no", "n", "0"]
 NULL_TEXT = ["", "nan", "null", "none"]  # text that means "no value" for non-string types
 _INT_TEXT = r"^[+-]?\d{1,18}(\.0*)?$"
 _FLOAT_TEXT = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+_INF_TEXT = r"^[+-]?inf(inity)?$"  # matched on lower-cased text
 
 
 def _mask(array) -> np.ndarray:
@@ -47,10 +59,7 @@ def _coerce(values: pa.Array, type_name: str) -> tuple[pa.Array, pa.Array]:
     non-null but the typed value is null.
     """
     target = ARROW_TYPES[type_name]
-    if pa.types.is_dictionary(values.type):
-        values = values.dictionary_decode()
-    if pa.types.is_large_string(values.type):
-        values = values.cast(pa.string())
+    values = _decoded(values)
     if pa.types.is_decimal(values.type):
         values = values.cast(pa.float64())
     vtype = values.type
@@ -62,6 +71,8 @@ def _coerce(values: pa.Array, type_name: str) -> tuple[pa.Array, pa.Array]:
 
     if type_name == "string":
         if pa.types.is_string(vtype):
+            blank = pc.equal(pc.utf8_trim_whitespace(values), "")
+            values = pc.if_else(blank, None, values)
             return values, values
         try:
             return values.cast(pa.string()), values
@@ -84,8 +95,8 @@ def _coerce(values: pa.Array, type_name: str) -> tuple[pa.Array, pa.Array]:
         return pc.if_else(ok, pc.is_in(lower, pa.array(TRUE_TEXT)), None), text
 
     numeric = pa.types.is_integer(vtype) or pa.types.is_floating(vtype)
-    if pa.types.is_boolean(vtype):
-        return values.cast(target), values
+    if pa.types.is_boolean(vtype):  # true is not 1: a bool in a numeric feature is a type error
+        return (values.cast(target) if type_name == "bool" else pa.nulls(len(values), target)), values
     if not numeric:
         return pa.nulls(len(values), target), values
     if type_name == "bool":
@@ -118,46 +129,96 @@ def _json_safe(value):
 
 
 class _Problems:
-    """Per-row failed checks: a boolean mask plus how to explain a failing row."""
+    """Per-row failed checks: a boolean mask, how to explain a failing row, and the rule it broke
+    (the reason without the value, so rejections can be counted by cause)."""
 
     def __init__(self, num_rows):
         self.num_rows = num_rows
         self.checks = []
 
-    def add(self, mask, explain):
+    def add(self, mask, explain, rule):
         mask = np.asarray(mask, dtype=bool)
         if mask.any():
-            self.checks.append((mask, explain))
+            self.checks.append((mask, explain, rule))
 
     def rejected(self) -> np.ndarray:
         out = np.zeros(self.num_rows, dtype=bool)
-        for mask, _ in self.checks:
+        for mask, _, _ in self.checks:
             out |= mask
         return out
 
     def reason(self, row) -> str:
-        return "; ".join(explain(row) for mask, explain in self.checks if mask[row])
+        return "; ".join(explain(row) for mask, explain, _ in self.checks if mask[row])
+
+    def rule(self, row) -> str:
+        return "; ".join(rule for mask, _, rule in self.checks if mask[row])
+
+
+def _decoded(values: pa.Array) -> pa.Array:
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    if pa.types.is_large_string(values.type):
+        values = values.cast(pa.string())
+    return values
+
+
+def _non_finite(raw: pa.Array, typed: pa.Array, type_name: str) -> np.ndarray:
+    """inf/-inf values, "inf"/"Infinity" text, and literals that overflow a float (1e999)."""
+    if type_name not in ("int", "float"):
+        return np.zeros(len(raw), dtype=bool)
+    raw = _decoded(raw)
+    mask = np.zeros(len(raw), dtype=bool)
+    if pa.types.is_floating(raw.type):
+        mask |= _mask(pc.is_inf(raw))
+    if pa.types.is_string(raw.type):
+        text = pc.utf8_lower(pc.utf8_trim_whitespace(raw))
+        mask |= _mask(pc.match_substring_regex(text, _INF_TEXT))
+    if type_name == "float":
+        mask |= _mask(pc.is_inf(typed))
+    return mask
+
+
+def _show(value) -> str:
+    """A raw value as a reason shows it: what a user would look for in the file."""
+    if value is None:
+        return "null"
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    if isinstance(value, str) and not value.strip():
+        return "empty string"
+    return repr(value)
 
 
 def _check_feature(feature: Feature, raw: pa.Array, problems: _Problems) -> pa.Array:
     typed, normalised = _coerce(raw, feature.type)
     name = feature.name
-    type_error = _mask(pc.and_(pc.is_valid(normalised), pc.is_null(typed)))
-    problems.add(type_error, lambda i: f"{name}: {raw[i].as_py()!r} is not a {feature.type}")
+    non_finite = _non_finite(raw, typed, feature.type)
+    problems.add(non_finite, lambda i: f"{name}: {_show(raw[i].as_py())} is not a finite number",
+                 f"{name}: not a finite number")
+    if non_finite.any():
+        typed = pc.if_else(pa.array(non_finite), pa.nulls(len(typed), typed.type), typed)
+    article = "an" if feature.type == "int" else "a"
+    type_error = _mask(pc.and_(pc.is_valid(normalised), pc.is_null(typed))) & ~non_finite
+    problems.add(type_error, lambda i: f"{name}: {_show(raw[i].as_py())} is not {article} {feature.type}",
+                 f"{name}: not {article} {feature.type}")
 
     if not feature.nullable:
         missing = _mask(pc.is_null(normalised))
-        problems.add(missing, lambda i: f"{name}: null not allowed")
+        problems.add(missing, lambda i: f"{name}: {_show(raw[i].as_py())} not allowed",
+                     f"{name}: missing value")
     if feature.min is not None:
         low = _mask(pc.less(typed, feature.min))
-        problems.add(low, lambda i: f"{name}: {typed[i].as_py()!r} below min {feature.min!r}")
+        problems.add(low, lambda i: f"{name}: {typed[i].as_py()!r} below min {feature.min!r}",
+                     f"{name}: below min {feature.min!r}")
     if feature.max is not None:
         high = _mask(pc.greater(typed, feature.max))
-        problems.add(high, lambda i: f"{name}: {typed[i].as_py()!r} above max {feature.max!r}")
+        problems.add(high, lambda i: f"{name}: {typed[i].as_py()!r} above max {feature.max!r}",
+                     f"{name}: above max {feature.max!r}")
     if feature.allowed is not None:
         allowed = pa.array(feature.allowed, type=feature.arrow_type)
         outside = _mask(pc.and_(pc.is_valid(typed), pc.invert(pc.is_in(typed, allowed))))
-        problems.add(outside, lambda i: f"{name}: {typed[i].as_py()!r} not in allowed {feature.allowed!r}")
+        problems.add(outside, lambda i: f"{name}: {typed[i].as_py()!r} not in allowed {feature.allowed!r}",
+                     f"{name}: not in allowed")
     return typed
 
 
@@ -166,10 +227,14 @@ def _check_id(schema: FeatureSchema, raw: pa.Array, problems: _Problems) -> pa.A
     if id_feature is not None:
         ids = _check_feature(id_feature, raw, problems)
     else:
-        ids = raw
-        problems.add(_mask(pc.is_null(ids)), lambda i: f"{schema.id_column}: null not allowed")
+        ids = _decoded(raw)
+        if pa.types.is_string(ids.type):  # blank text is no id
+            ids = pc.if_else(pc.equal(pc.utf8_trim_whitespace(ids), ""), None, ids)
+        problems.add(_mask(pc.is_null(ids)), lambda i: f"{schema.id_column}: {_show(raw[i].as_py())} not allowed",
+                     f"{schema.id_column}: missing value")
     duplicate = ids.to_pandas().duplicated(keep="first").to_numpy() & _mask(pc.is_valid(ids))
-    problems.add(duplicate, lambda i: f"{schema.id_column}: duplicate id {ids[i].as_py()!r}")
+    problems.add(duplicate, lambda i: f"{schema.id_column}: duplicate id {ids[i].as_py()!r}",
+                 f"{schema.id_column}: duplicate id")
     return ids
 
 
@@ -177,14 +242,15 @@ def split_valid(batch: pa.RecordBatch, schema: FeatureSchema, source: str = ""):
     """Return (valid batch with [id] + features cast to declared types, rejected dicts).
 
     A rejected dict is {"row": raw values (JSON-safe), "reason": "...",
-    "source": <file>}; several failed checks on one row are joined by "; ".
+    "rule": the reason without values, "source": <file>}; several failed
+    checks on one row are joined by "; ".
     """
     names = batch.schema.names
     problems = _Problems(batch.num_rows)
     missing = [c for c in schema.columns if c not in names]
     if missing:
         reason = "; ".join(f"missing column {c!r}" for c in missing)
-        problems.add(np.ones(batch.num_rows, dtype=bool), lambda i: reason)
+        problems.add(np.ones(batch.num_rows, dtype=bool), lambda i: reason, reason)
         columns = None
     else:
         columns = [_check_id(schema, batch.column(schema.id_column), problems)]
@@ -197,7 +263,8 @@ def split_valid(batch: pa.RecordBatch, schema: FeatureSchema, source: str = ""):
     if len(rejected_rows):
         raw_rows = batch.take(pa.array(rejected_rows)).to_pylist()
         for row, raw in zip(rejected_rows, raw_rows):
-            rejected.append({"row": _json_safe(raw), "reason": problems.reason(row), "source": source})
+            rejected.append({"row": _json_safe(raw), "reason": problems.reason(row),
+                             "rule": problems.rule(row), "source": source})
 
     if columns is None:
         valid = pa.RecordBatch.from_pylist([], schema=output_schema(schema, None))
