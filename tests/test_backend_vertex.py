@@ -212,7 +212,8 @@ def test_execute_complete_checks_the_event_and_the_job_state(vertex, spec, model
 
 
 def test_log_tail_asks_cloud_logging_for_the_jobs_entries(monkeypatch):
-    from google.cloud.logging_v2.types import ListLogEntriesRequest, LogEntry
+    from google.cloud.logging_v2.services.logging_service_v2.pagers import ListLogEntriesPager
+    from google.cloud.logging_v2.types import ListLogEntriesRequest, ListLogEntriesResponse, LogEntry
     from google.logging.type.log_severity_pb2 import ERROR
 
     from mlbatch.backends import cloud_logging
@@ -224,7 +225,9 @@ def test_log_tail_asks_cloud_logging_for_the_jobs_entries(monkeypatch):
         def list_log_entries(self, *, request):
             assert type(request) is ListLogEntriesRequest
             seen.append(request)
-            return iter([LogEntry(text_payload=f"line {i}", severity=ERROR) for i in (9, 8, 7)])
+            entries = [LogEntry(text_payload=f"line {i}", severity=ERROR) for i in (9, 8, 7)]
+            return ListLogEntriesPager(method=None, request=request,
+                                       response=ListLogEntriesResponse(entries=entries))
 
     monkeypatch.setattr(cloud_logging, "logging_client", lambda conn_id: FakeLogging())
     tail = remote_log_tail({"backend": "vertex", "project": "p", "region": "r",

@@ -16,20 +16,28 @@ def logging_client(gcp_conn_id: str):
     return LoggingServiceV2Client(credentials=credentials)
 
 
+PAGE_SIZE_MAX = 1000  # ListLogEntries refuses a larger page_size
+PAGES_MAX = 20  # Cloud Logging may answer empty pages while it scans; an alert must not wait on them all
+
+
 def entries_request(project: str, log_filter: str, lines: int):
     from google.cloud.logging_v2.types import ListLogEntriesRequest
 
     return ListLogEntriesRequest(resource_names=[f"projects/{project}"], filter=log_filter,
-                                 order_by="timestamp desc", page_size=lines)
+                                 order_by="timestamp desc", page_size=min(lines, PAGE_SIZE_MAX))
 
 
 def tail(project: str, log_filter: str, lines: int, gcp_conn_id: str) -> list[str]:
-    """Newest `lines` entries matching the filter, oldest first, as 'SEVERITY message' lines."""
+    """Newest `lines` entries matching the filter, oldest first, as 'SEVERITY message' lines. Pages
+    (newest first) until it has them, the entries run out, or PAGES_MAX pages were read."""
+    if lines <= 0:
+        return []
     client = logging_client(gcp_conn_id)
+    pager = client.list_log_entries(request=entries_request(project, log_filter, lines))
     entries = []
-    for entry in client.list_log_entries(request=entries_request(project, log_filter, lines)):
-        entries.append(entry)
-        if len(entries) >= lines:
+    for number, page in enumerate(pager.pages, start=1):
+        entries += list(page.entries)[: lines - len(entries)]
+        if len(entries) >= lines or number >= PAGES_MAX:
             break
     return [f"{_severity(entry)} {_message(entry)}" for entry in reversed(entries)]
 

@@ -275,18 +275,42 @@ def cancel(remote: dict) -> None:
     stop_job(remote["job_name"], remote["aws_conn_id"], remote["region"])
 
 
+EVENTS_PER_CALL = 10_000  # GetLogEvents' largest `limit`; a response may still hold fewer (1 MB cap)
+
+
 def log_tail(remote_job: dict, lines: int) -> list[str]:
-    """The last `lines` lines of the job's CloudWatch Logs (all instances' streams, by time)."""
+    """The last `lines` lines of the job's CloudWatch Logs: every stream of the job (one per instance,
+    plus data-log streams), however many pages of streams and events, merged by time."""
     from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
 
     logs = AwsLogsHook(aws_conn_id=remote_job.get("aws_conn_id", "aws_default"),
                        region_name=remote_job.get("region")).conn
-    streams = logs.describe_log_streams(logGroupName=LOG_GROUP,
-                                        logStreamNamePrefix=remote_job["job_name"] + "/")["logStreams"]
     events = []
-    for stream in streams:
-        got = logs.get_log_events(logGroupName=LOG_GROUP, logStreamName=stream["logStreamName"],
-                                  limit=lines, startFromHead=False)
-        events += [(e["timestamp"], stream["logStreamName"], e["message"]) for e in got["events"]]
+    for index, stream in enumerate(_job_streams(logs, remote_job["job_name"])):
+        tail = _stream_tail(logs, stream, lines)
+        events += [(e["timestamp"], index, seq, stream, e["message"]) for seq, e in enumerate(tail)]
     events.sort()
-    return [f"[{s.split('/', 1)[-1]}] {m.rstrip()}" for _, s, m in events[-lines:]]
+    return [f"[{s.split('/', 1)[-1]}] {m.rstrip()}" for _, _, _, s, m in events[-lines:]]
+
+
+def _job_streams(logs, job_name: str) -> list[str]:
+    """Names of all the job's streams (`<job name>/<instance>[/data-log]`), every page."""
+    pages = logs.get_paginator("describe_log_streams").paginate(logGroupName=LOG_GROUP,
+                                                                logStreamNamePrefix=job_name + "/")
+    return [s["logStreamName"] for page in pages for s in page["logStreams"]]
+
+
+def _stream_tail(logs, stream: str, lines: int) -> list[dict]:
+    """The stream's last `lines` events, oldest first: pages backwards from the end of the stream until
+    enough, or until the service hands back the token it was given (the start of the stream)."""
+    events: list[dict] = []
+    token = None
+    while len(events) < lines:
+        page = logs.get_log_events(logGroupName=LOG_GROUP, logStreamName=stream, startFromHead=False,
+                                   limit=min(lines - len(events), EVENTS_PER_CALL),
+                                   **({"nextToken": token} if token else {}))
+        events = page["events"] + events
+        if page["nextBackwardToken"] == token:
+            break
+        token = page["nextBackwardToken"]
+    return events[-lines:] if lines > 0 else []
