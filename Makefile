@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-alert test bench venv lock validate clean-demo
+.PHONY: demo demo-alert test bench venv lock validate clean-demo up down
 
 demo: $(STAMP)
 	$(BIN)/python -m mlbatch.demo
@@ -34,6 +34,14 @@ $(STAMP): requirements.txt operators/pyproject.toml include/beam_jobs/setup.py i
 # Re-resolve requirements.txt from the short top-level list in requirements.in.
 lock: $(STAMP)
 	$(BIN)/uv pip compile requirements.in --python-version 3.11 -o requirements.txt
+
+# The deployment topology as plain processes (api-server, scheduler, dag-processor, triggerer, MLflow);
+# SQLite + LocalExecutor unless DB=<SQLAlchemy URL> (e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/airflow).
+up: $(STAMP)
+	$(BIN)/python -m mlbatch.local_stack up $(if $(DB),--db $(DB))
+
+down:
+	$(BIN)/python -m mlbatch.local_stack down
 
 validate: $(STAMP)
 	$(BIN)/mlbatch validate include/pipelines/*.yaml

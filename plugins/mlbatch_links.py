@@ -2,9 +2,9 @@
 
 from airflow.plugins_manager import AirflowPlugin
 
-from mlbatch.links import RemoteJobConsoleLink
+from mlbatch.links import MlflowModelVersionLink, MlflowRunLink, RemoteJobConsoleLink
 
 
 class MlbatchLinksPlugin(AirflowPlugin):
     name = "mlbatch_links"
-    operator_extra_links = [RemoteJobConsoleLink()]
+    operator_extra_links = [RemoteJobConsoleLink(), MlflowRunLink(), MlflowModelVersionLink()]

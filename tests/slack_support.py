@@ -28,6 +28,7 @@ SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 SERVICE_USER, SERVICE_PASSWORD = "mlbatch_slack", "service-password"
 ALICE, BOB, CAROL = "U0ALICE", "U0BOB", "U0CAROL"  # may run; read-only; via the on-call group
 ONCALL_GROUP = "S0ONCALL"
+BROKEN_PIPELINE_FILE = "natality_broken.yaml"  # no input/output: a placeholder DAG says why
 POLICY = f"""
 read_only_for_everyone: true
 grants:
@@ -248,6 +249,9 @@ def start_airflow(root: Path, slack: FakeSlack):
     dags.mkdir()
     shutil.copy(REPO / "dags" / "mlbatch_pipelines.py", dags / "mlbatch_pipelines.py")
     (dags / "slack_failing.py").write_text(FAILING_DAG)
+    pipelines = root / "pipelines"  # the repo's specs plus a broken one (placeholder DAG)
+    shutil.copytree(REPO / "include" / "pipelines", pipelines)
+    (pipelines / BROKEN_PIPELINE_FILE).write_text("name: natality_broken\nmodel: {name: m, alias: a}\n")
     (root / "passwords.json").write_text(json.dumps({SERVICE_USER: SERVICE_PASSWORD}))
     (root / "policy.yaml").write_text(POLICY)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
@@ -262,7 +266,7 @@ def start_airflow(root: Path, slack: FakeSlack):
         "AIRFLOW__API_AUTH__JWT_SECRET": "slack-tests-jwt-secret-0123456789abcdef",
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-        "MLBATCH_PIPELINES_DIR": str(REPO / "include" / "pipelines"),
+        "MLBATCH_PIPELINES_DIR": str(pipelines),
         "SLACK_SIGNING_SECRET": SIGNING_SECRET,
         "SLACK_BOT_TOKEN": "xoxb-test-bot-token",
         "MLBATCH_SLACK_API_URL": f"{slack.url}/api/",

@@ -46,7 +46,22 @@ def test_dag_shape_comes_from_the_spec(monkeypatch):
     assert task.execution_timeout.total_seconds() == 60 * 60
     assert {"natality", "demo", "mlbatch"} <= set(dag.tags)
     assert "natality_weight" in dag.doc_md and "wait_for_data" in dag.doc_md
-    assert dag.max_active_runs == 1
+    assert dag.max_active_runs == 4  # the spec's default: a run waiting for one date blocks no other
+
+
+def test_scheduled_runs_score_the_day_before_they_are_due_and_manual_runs_their_date():
+    from datetime import datetime, timezone
+    from types import SimpleNamespace
+
+    from mlbatch.operators.base import scheduled_data_date
+    from mlbatch.spec_loader import load_spec, with_overrides
+
+    spec = load_spec(PIPELINES / "natality_daily.yaml")
+    due = datetime(2026, 11, 21, tzinfo=timezone.utc)
+    scheduled = {"dag_run": SimpleNamespace(run_type="scheduled", run_after=due)}
+    assert scheduled_data_date(spec, scheduled) == "2026-11-20"
+    assert scheduled_data_date(with_overrides(spec, {"scheduled_data_date_offset_days": 0}), scheduled) == "2026-11-21"
+    assert scheduled_data_date(spec, {"dag_run": SimpleNamespace(run_type="manual", run_after=due)}) is None
 
 
 def test_trigger_form_params_are_typed_and_validated(monkeypatch):
@@ -58,6 +73,12 @@ def test_trigger_form_params_are_typed_and_validated(monkeypatch):
     assert schema["model_alias"]["enum"] == ["champion", "challenger"]
     assert schema["date"]["format"] == "date"
     assert dag.params.dump() == {"model_alias": "champion", "backend": "dataflow", "date": None}
+    # form fields are titled by the names REST and Slack use; the spec path is in the description
+    assert {k: schema[k]["title"] for k in schema} == {k: k for k in ("model_alias", "backend", "date")}
+    description = {k: dag.params.get_param(k).description for k in dag.params}
+    assert "spec field `model.alias`" in description["model_alias"]
+    assert "spec field `predict.backend`" in description["backend"]
+    assert "data date (`ds`)" in description["date"]
 
     good = copy.deepcopy(dag.params)
     good.update({"backend": "local", "date": "2026-11-19"})

@@ -1,62 +1,164 @@
-"""docker-compose.yaml cannot run here (no Docker engine): check it statically instead."""
+"""docker-compose.yaml cannot run here (no Docker engine): check it statically instead, including the
+part of `docker compose config` that matters most -- variable interpolation from `.env`, which must
+refuse to produce a configuration while a secret is missing."""
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+LONG_RUNNING = {"postgres", "redis", "mlflow", "airflow-apiserver", "airflow-scheduler",
+                "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "slack-commands"}
+AIRFLOW = {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+           "airflow-triggerer", "airflow-worker"}
+SECRETS = {"AIRFLOW_FERNET_KEY": "aZ9wW1zX0c4c2sV3bE5nQ7rT9yU1iO3pA5sD7fG9hJ0=",
+           "AIRFLOW_JWT_SECRET": "x" * 48, "AIRFLOW_ADMIN_PASSWORD": "admin-pw",
+           "MLBATCH_AIRFLOW_PASSWORD": "slack-pw", "POSTGRES_PASSWORD": "pg-pw"}
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 
 
-def test_compose_topology_mounts_the_bundle_and_uses_known_airflow_commands():
-    compose = yaml.safe_load((REPO / "docker-compose.yaml").read_text())
+class MissingVariable(ValueError):
+    pass
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's interpolation: ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, $$ -> $."""
+    def sub(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, op, arg = m.group(1), m.group(2), m.group(3)
+        value = env.get(name)
+        if op == ":?" and not value or op == "?" and value is None:
+            raise MissingVariable(f"required variable {name} is missing a value: {arg}")
+        if op == ":-" and not value or op == "-" and value is None:
+            return arg
+        return value or ""
+    return _VAR.sub(sub, text)
+
+
+def compose_config(env: dict[str, str]) -> dict:
+    return yaml.safe_load(interpolate((REPO / "docker-compose.yaml").read_text(), env))
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return compose_config(SECRETS)
+
+
+def test_compose_refuses_to_start_without_each_secret():
+    for name in SECRETS:
+        with pytest.raises(MissingVariable, match=name):
+            compose_config({k: v for k, v in SECRETS.items() if k != name})
+        with pytest.raises(MissingVariable, match=name):
+            compose_config({**SECRETS, name: ""})
+    raw = (REPO / "docker-compose.yaml").read_text()
+    assert "change-me" not in raw and "airflow:airflow@" not in raw and "POSTGRES_PASSWORD: airflow" not in raw
+
+
+def test_env_example_lists_every_variable_and_readme_documents_it():
+    raw = (REPO / "docker-compose.yaml").read_text()
+    used = {m.group(1) for m in _VAR.finditer(raw) if m.group(1)}
+    example = (REPO / ".env.example").read_text()
+    listed = set(re.findall(r"^([A-Z_][A-Z0-9_]*)=", example, re.M))
+    assert used <= listed, used - listed
+    assert all(f"{name}=\n" in example for name in SECRETS), "secrets in .env.example must be empty"
+    readme = (REPO / "README.md").read_text()
+    assert ".env" in readme and all(name in readme for name in SECRETS)
+    assert ".env" in (REPO / ".gitignore").read_text().split()
+
+
+def test_every_service_has_a_healthcheck_and_a_restart_policy(compose):
     services = compose["services"]
-    expected = {"postgres", "redis", "mlflow", "airflow-init", "airflow-apiserver", "airflow-scheduler",
-                "airflow-dag-processor", "airflow-triggerer", "airflow-worker"}
-    assert expected <= set(services)
-    for name, service in services.items():
-        if not name.startswith("airflow-"):
-            continue
-        mounts = {v.split(":")[1] for v in service["volumes"] if v.startswith("./")}
-        assert {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/include"} <= mounts, name
-        for source in (v.split(":")[0] for v in service["volumes"] if v.startswith("./")):
-            assert (REPO / source).is_dir(), f"{name} mounts missing {source}"
-        assert service["command"][0] == "airflow"
-        env = service["environment"]
+    assert LONG_RUNNING | AIRFLOW <= set(services)
+    for name in LONG_RUNNING:
+        assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+        assert services[name].get("restart") in ("always", "unless-stopped"), f"{name} has no restart policy"
+    assert services["airflow-init"]["restart"] == "no"
+
+
+def test_airflow_services_share_key_secret_and_passwords_and_wait_for_init(compose):
+    services = compose["services"]
+    for name in AIRFLOW:
+        env = services[name]["environment"]
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
-        for dep in service.get("depends_on", {}):
+        assert env["AIRFLOW__CORE__FERNET_KEY"] == SECRETS["AIRFLOW_FERNET_KEY"]
+        assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == SECRETS["AIRFLOW_JWT_SECRET"]
+        assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"].startswith("/opt/airflow/config/")
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}
+        assert {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/include", "/opt/airflow/logs",
+                "/opt/airflow/config"} <= set(mounts), name
+        assert mounts["/opt/airflow/config"] == "airflow-config"  # the passwords file, shared and persisted
+        for target, source in mounts.items():
+            if not source.startswith("./") or target == "/opt/airflow/logs":  # docker creates ./logs
+                continue
+            assert (REPO / source).is_dir(), f"{name} mounts missing {source}"
+        for dep in services[name].get("depends_on", {}):
             assert dep in services, f"{name} depends on unknown service {dep}"
+        if name != "airflow-init":
+            assert services[name]["depends_on"]["airflow-init"] == {"condition": "service_completed_successfully"}
+    assert services["mlflow"]["depends_on"]["airflow-init"] == {"condition": "service_completed_successfully"}
+    assert set(compose["volumes"]) >= {"airflow-config", "postgres-db", "mlflow-artifacts"}
 
 
-def test_compose_commands_exist_in_the_installed_airflow_cli():
+def test_airflow_init_checks_the_env_migrates_and_creates_the_mlflow_database(compose, tmp_path):
+    init = compose["services"]["airflow-init"]
+    script = init["command"][1]
+    assert init["entrypoint"] == "/bin/bash" and init["command"][0] == "-c"
+    for needed in ("airflow db migrate", "CREATE DATABASE mlflow", "Fernet(", "simple_auth_manager_passwords.json"):
+        assert needed in script
+    assert "postgres/mlflow" in " ".join(compose["services"]["mlflow"]["command"])
+    (tmp_path / "init.sh").write_text(script)
+    subprocess.run(["bash", "-n", str(tmp_path / "init.sh")], check=True)  # the script parses
+    python = script.split("<<'PY'\n", 1)[1].split("\nPY\n", 1)[0]
+    compile(python, "airflow-init heredoc", "exec")
+    # the env check really stops at an empty secret
+    check = script.split("mkdir -p", 1)[0]
+    env = {k: v for k, v in init["environment"].items() if isinstance(v, str)}
+    bad = subprocess.run(["bash", "-c", check], env={**env, "AIRFLOW_ADMIN_PASSWORD": "", "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "AIRFLOW_ADMIN_PASSWORD is empty" in bad.stderr
+
+
+def test_compose_commands_exist_in_the_installed_airflow_cli(compose):
     from airflow.cli.cli_parser import get_parser
 
-    compose = yaml.safe_load((REPO / "docker-compose.yaml").read_text())
     parser = get_parser()
     for name, service in compose["services"].items():
         if service.get("command", [None])[0] == "airflow":
             parser.parse_known_args(service["command"][1:])  # SystemExit on an unknown command
+    for name in ("airflow-dag-processor", "airflow-triggerer"):
+        check = compose["services"][name]["healthcheck"]["test"][1]
+        assert check.startswith("airflow jobs check --job-type ")
+        parser.parse_known_args(check.replace("\"${HOSTNAME}\"", "worker-1").split()[1:7])
 
 
 def test_the_image_installs_what_the_packages_need():
     dockerfile = (REPO / "Dockerfile").read_text()
     requirements = (REPO / "requirements.txt").read_text()
     assert "requirements.txt" in dockerfile and "operators" in dockerfile and "beam_jobs" in dockerfile
-    for needed in ("apache-airflow-providers-celery==", "psycopg2-binary==", "redis==", "mlflow=="):
+    for needed in ("apache-airflow-providers-celery==", "psycopg2-binary==", "redis==", "mlflow==",
+                   "cryptography=="):
         assert needed in requirements
 
 
-def test_slack_socket_mode_service_runs_the_entrypoint_against_the_api_server():
+def test_slack_socket_mode_service_uses_the_shared_service_account_password(compose):
     import importlib.util
 
-    compose = yaml.safe_load((REPO / "docker-compose.yaml").read_text())
     service = compose["services"]["slack-commands"]
+    assert service["profiles"] == ["slack-socket-mode"]
     assert service["command"][:3] == ["python", "-m", "mlbatch.slack_commands.socket_mode"]
     assert importlib.util.find_spec(service["command"][2]) is not None
     env = service["environment"]
     assert env["MLBATCH_AIRFLOW_API_URL"] == "http://airflow-apiserver:8080"
-    assert "SLACK_APP_TOKEN" in env and "MLBATCH_AIRFLOW_PASSWORD" in env
-    assert env["MLBATCH_SLACK_POLICY"].startswith("/opt/airflow/include/")
+    assert env["MLBATCH_AIRFLOW_USERNAME"] == "mlbatch_slack"
+    assert env["MLBATCH_AIRFLOW_PASSWORD"] == SECRETS["MLBATCH_AIRFLOW_PASSWORD"]  # what airflow-init wrote
+    assert "mlbatch_slack:user" in compose["services"]["airflow-apiserver"]["environment"][
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"]
+    assert "SLACK_APP_TOKEN" in env
     assert (REPO / "include" / env["MLBATCH_SLACK_POLICY"].removeprefix("/opt/airflow/include/")).is_file()
     assert set(service["depends_on"]) <= set(compose["services"])

@@ -89,17 +89,22 @@ def test_replayed_request_is_refused(airflow_server, fake_slack):
     assert again.status_code == 401
 
 
-def test_unauthorised_user_is_refused_and_nothing_is_created(airflow_server, fake_slack):
+def test_unauthorised_user_is_refused_in_the_ack_naming_the_missing_grant(airflow_server, fake_slack):
     before = len(airflow_server.runs(PIPELINE))
-    text = reply_to(airflow_server, fake_slack, f"run {PIPELINE} backend=local", user=BOB)
-    assert text.startswith("⛔ You are not allowed to `run` `natality_daily`")
+    response, response_url = command(airflow_server, fake_slack, f"run {PIPELINE} backend=local", user=BOB)
+    text = response.json()["text"]  # the acknowledgement itself refuses: no "Working on" first
+    assert text.startswith("⛔ You are not allowed to `run` `natality_daily`: no grant of the Slack command policy")
+    assert "`U0BOB`" in text and "`actions: [run]` and `pipelines: [natality_daily]`" in text
+    time.sleep(0.3)
+    assert not fake_slack.replies.get(response_url[len(fake_slack.url):])  # and nothing follows
     text = reply_to(airflow_server, fake_slack, f"retry slack_failing/{airflow_server.failed_run_id}", user=BOB)
     assert text.startswith("⛔ You are not allowed to `retry` `slack_failing`")
     assert len(airflow_server.runs(PIPELINE)) == before
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("run natality_hourly", "Unknown pipeline `natality_hourly`. Pipelines:"),
+    ("run natality_hourly", "No such pipeline `natality_hourly`: it is not loaded in Airflow. Pipelines:"),
+    ("run natality_broken", "`natality_broken` is not loaded: its spec is broken, so it cannot run. BROKEN SPEC"),
     (f"run {PIPELINE} colour=blue", "`natality_daily` has no parameter `colour`. Parameters: `model_alias`"),
     (f"run {PIPELINE} backend=gpu", "`backend=gpu` is not allowed: expected one of `dataflow`, `local`"),
     (f"run {PIPELINE} date=20-11-2026", "`date=20-11-2026` is not allowed: expected a date (e.g. 2026-11-20)"),
@@ -121,6 +126,7 @@ def test_status_list_and_logs_read_through_the_api(airflow_server, fake_slack):
     run_id = airflow_server.failed_run_id
     listing = reply_to(airflow_server, fake_slack, "list", user=BOB)
     assert "natality_daily" in listing and "slack_failing" in listing and f"failed `{run_id}`" in listing
+    assert "natality_broken|natality_broken> 🚫 spec broken: BROKEN SPEC" in listing
 
     status = reply_to(airflow_server, fake_slack, f"status {run_id}", user=BOB)
     assert "❌ `score` failed" in status and "⛔ `publish` upstream_failed" in status and "✅ `extract`" in status

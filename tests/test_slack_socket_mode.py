@@ -72,8 +72,8 @@ def test_socket_mode_refuses_an_unauthorised_user_and_answers_help_in_the_ack(so
                                                                                 fake_slack):
     before = len(airflow_server.runs("natality_daily"))
     response_url = fake_slack.response_url()
-    fake_slack.send_envelope(envelope("slash_commands", slash_payload("run natality_daily", BOB, response_url)))
-    assert fake_slack.wait_reply(response_url)["text"].startswith("⛔ You are not allowed to `run` `natality_daily`")
+    ack = fake_slack.send_envelope(envelope("slash_commands", slash_payload("run natality_daily", BOB, response_url)))
+    assert ack["payload"]["text"].startswith("⛔ You are not allowed to `run` `natality_daily`")
     assert len(airflow_server.runs("natality_daily")) == before
 
     ack = fake_slack.send_envelope(envelope("slash_commands", slash_payload("", BOB, fake_slack.response_url())))

@@ -50,7 +50,7 @@ def build_dag(spec: PipelineSpec, spec_path: Path | None = None,
         schedule=upstream_schedule(spec, pipeline_assets),  # cron, or upstream assets (wait.kind upstream_asset)
         start_date=datetime.fromisoformat(spec.start_date),
         catchup=False,
-        max_active_runs=1,
+        max_active_runs=spec.max_active_runs,
         tags=sorted({*spec.tags, "mlbatch", spec.predict.backend}),
         params=trigger_form(spec),
         default_args={
@@ -78,18 +78,21 @@ def trigger_form(spec: PipelineSpec) -> dict[str, Param]:
     """Trigger-form fields from `trigger_params`: typed, with allowed values, defaulting to the spec.
 
     Airflow validates these JSON-schema params on every trigger (UI form and REST API)."""
-    return {key: _param(spec, p) for key, p in spec.trigger_params.items()}
+    return {key: _param(spec, key, p) for key, p in spec.trigger_params.items()}
 
 
-def _param(spec: PipelineSpec, p: TriggerParam) -> Param:
+def _param(spec: PipelineSpec, key: str, p: TriggerParam) -> Param:
+    """Titled by the parameter name that REST and Slack use; the spec path goes in the description."""
     schema: dict[str, Any] = {"type": [p.type, "null"] if p.field == "ds" else p.type}
     if p.enum is not None:
         schema["enum"] = list(p.enum) + ([None] if p.field == "ds" else [])
     if p.format:
         schema["format"] = p.format
     default = None if p.field == "ds" else _value_at(spec, p.field)
-    description = p.description or f"Overrides `{p.field}` for this run."
-    return Param(default, description=description, title=p.field, **schema)
+    target = ("the data date (`ds`): which day's partition this run scores" if p.field == "ds"
+              else f"spec field `{p.field}`")
+    description = f"{p.description + ' ' if p.description else ''}Overrides {target} for this run."
+    return Param(default, description=description, title=key, **schema)
 
 
 def _value_at(spec: PipelineSpec, dotted: str) -> Any:

@@ -1,22 +1,53 @@
-"""Operator extra link to the remote job's page in the AWS or Google Cloud console.
+"""Operator extra links: the remote job's console page, the run's MLflow run, the pinned model version.
 
-Steps that run a remote job push XCom `remote_job` with a `console_url` (see `remote_logs`); this link
-reads it back, so one link class serves SageMaker, Vertex AI and Dataflow. Registered with Airflow by
-plugins/mlbatch_links.py. Light imports only: the DAG processor loads it with the operators.
+Airflow 3 computes a link once, at the end of the try, in the task process (`finalize` calls `get_link`
+with the operator that ran and stores the URL in XCom for the API server). So the links read what this
+try's operator object knows -- no XCom lookup, which would log "XCom not found" as an ERROR on every try
+without a remote job -- and return "" when there is nothing to link to (the UI hides empty links).
+Registered with Airflow by plugins/mlbatch_links.py. Light imports only: the DAG processor loads it.
 """
 
 from __future__ import annotations
 
+import os
+from urllib.parse import quote
+
 from airflow.sdk import BaseOperatorLink
 
-from mlbatch.remote_logs import REMOTE_JOB_KEY
+MLFLOW_UI_ENV = "MLBATCH_MLFLOW_UI_URL"
 
 
 class RemoteJobConsoleLink(BaseOperatorLink):
     name = "Remote job console"
 
     def get_link(self, operator, *, ti_key) -> str:
-        from airflow.providers.common.compat.sdk import XCom  # what the providers' links use
+        remote = getattr(operator, "_remote", None)  # set when this try started or re-attached a job
+        return str(remote.get("console_url") or "") if isinstance(remote, dict) else ""
 
-        remote = XCom.get_value(ti_key=ti_key, key=REMOTE_JOB_KEY)
-        return (remote or {}).get("console_url", "") if isinstance(remote, dict) else ""
+
+class MlflowRunLink(BaseOperatorLink):
+    name = "MLflow run"
+
+    def get_link(self, operator, *, ti_key) -> str:
+        result = getattr(operator, "last_result", None)
+        if not isinstance(result, dict) or not result.get("mlflow_run_id"):
+            return ""
+        ui = mlflow_ui_url(result.get("tracking_uri"))
+        return f"{ui}/#/experiments/{result['experiment_id']}/runs/{result['mlflow_run_id']}" if ui else ""
+
+
+class MlflowModelVersionLink(BaseOperatorLink):
+    name = "MLflow model version"
+
+    def get_link(self, operator, *, ti_key) -> str:
+        result = getattr(operator, "last_result", None)
+        if not isinstance(result, dict) or not result.get("version"):
+            return ""
+        ui = mlflow_ui_url(result.get("tracking_uri"))
+        return f"{ui}/#/models/{quote(str(result['name']))}/versions/{result['version']}" if ui else ""
+
+
+def mlflow_ui_url(tracking_uri: str | None) -> str:
+    """`MLBATCH_MLFLOW_UI_URL` if set, else the tracking server itself when it is one (http[s])."""
+    ui = os.environ.get(MLFLOW_UI_ENV) or (tracking_uri if (tracking_uri or "").startswith("http") else "")
+    return ui.rstrip("/")

@@ -277,6 +277,14 @@ class PipelineSpec(_Model):
     tags: list[str] = []
     schedule: str | None = None
     start_date: str = "2026-01-01"
+    scheduled_data_date_offset_days: int = Field(
+        default=-1, ge=-366, le=366,
+        description="Scheduled runs score the day `run_after + offset` (run_after: when the run was due); "
+                    "-1: the day that just ended, what a daily producer writes. Manual runs score their "
+                    "`ds` trigger param, else their logical date.")
+    max_active_runs: int = Field(
+        default=4, ge=1, le=64,
+        description="Runs of this pipeline at once; >1 so a run waiting for one date does not block another.")
     alerts: Alerts = Alerts()
     model: ModelRef
     input: Input

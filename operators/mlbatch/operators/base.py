@@ -3,6 +3,7 @@ resource figures pushed to XCom for the `record` step."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -23,6 +24,7 @@ class PipelineStepOperator(BaseOperator):
     """
 
     ui_color = "#e8f0fe"
+    last_result: Any = None  # this try's return value, read by the extra links at the end of the try
 
     def __init__(self, *, spec: PipelineSpec, **kwargs: Any):
         super().__init__(**kwargs)
@@ -33,7 +35,7 @@ class PipelineStepOperator(BaseOperator):
         fill_data_date(context)  # asset-triggered runs have no logical date: take it from the asset event
         paths = self.run_paths(context, spec)
         with measure() as figures:
-            result = self.run(context, spec, paths)
+            result = self.last_result = self.run(context, spec, paths)
             job = getattr(self, "_job", None)  # steps that ran a job process report its peak too
             if job is not None:
                 figures["child_peak_rss_mb"] = job.peak_rss_mb
@@ -59,7 +61,7 @@ class PipelineStepOperator(BaseOperator):
 
     def _renderer(self, context: Any, spec: PipelineSpec):
         values = dict(context)
-        data_date = data_date_override(spec, context["params"])
+        data_date = data_date_override(spec, context["params"]) or scheduled_data_date(spec, context)
         if data_date:
             values.update(ds=data_date, ds_nodash=data_date.replace("-", ""))
         env = self.get_template_env()
@@ -74,6 +76,20 @@ def effective_spec(spec: PipelineSpec, params: Any) -> PipelineSpec:
         if p.field != "ds" and params.get(key) is not None
     }
     return with_overrides(spec, overrides, source=f"trigger params of {spec.name}")
+
+
+def scheduled_data_date(spec: PipelineSpec, context: Any) -> str | None:
+    """The day a scheduled run scores: `run_after + scheduled_data_date_offset_days`.
+
+    Airflow 3's cron timetables make a `@daily` run's logical date the day that just started; a daily
+    producer writes a day once it is over, so by default (-1) a run due at 2026-11-21T00:00 scores
+    2026-11-20. `run_after` is the due time under both cron timetable flavours, so the rule does not
+    depend on `[scheduler] create_cron_data_intervals`. Other runs (manual, REST, Slack, assets): None."""
+    dag_run = context.get("dag_run")
+    run_after = getattr(dag_run, "run_after", None)
+    if getattr(dag_run, "run_type", None) != "scheduled" or run_after is None:
+        return None
+    return (run_after + timedelta(days=spec.scheduled_data_date_offset_days)).strftime("%Y-%m-%d")
 
 
 def data_date_override(spec: PipelineSpec, params: Any) -> str | None:

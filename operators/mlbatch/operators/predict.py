@@ -15,7 +15,7 @@ import shutil
 from typing import Any
 
 from mlbatch.backends.dataflow_options import model_sharing_args
-from mlbatch.job_process import JobProcess
+from mlbatch.job_process import JobProcess, stop_leftover_job
 from mlbatch.links import RemoteJobConsoleLink
 from mlbatch.operators.base import PipelineStepOperator
 from mlbatch.operators.remote_job import RemoteJobMixin
@@ -54,6 +54,7 @@ class PredictOperator(RemoteJobMixin, PipelineStepOperator):
             if spec.predict._auto_reason:
                 self.log.info("predict.backend auto -> %s: %s", backend, spec.predict._auto_reason)
             return self.run_remote(backend, context, spec, paths, model)
+        stop_leftover_job(paths.result_file("predict"))  # an earlier try's job must not write on
         shutil.rmtree(local_path(out), ignore_errors=True)  # a retry starts clean
         common = [
             "--model-uri", model["artifact_uri"],

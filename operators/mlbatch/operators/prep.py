@@ -14,7 +14,7 @@ import shutil
 from typing import Any
 
 from mlbatch.backends.dataflow_options import local_runner_args
-from mlbatch.job_process import JobProcess
+from mlbatch.job_process import JobProcess, stop_leftover_job
 from mlbatch.links import RemoteJobConsoleLink
 from mlbatch.operators.base import PipelineStepOperator
 from mlbatch.operators.remote_job import RemoteJobMixin
@@ -49,6 +49,7 @@ class BeamPrepOperator(RemoteJobMixin, PipelineStepOperator):
         self._job: JobProcess | None = None
 
     def run(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> dict:
+        stop_leftover_job(paths.result_file("prep"))  # an earlier try's job must not write on
         for folder in (paths.prepared, paths.rejected_staging):  # a retry starts clean
             shutil.rmtree(local_path(folder), ignore_errors=True)
         local_path(paths.work).mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mlbatch.links import MlflowRunLink
 from mlbatch.mlflow_experiments import ensure_experiment
 from mlbatch.operators.base import RESOURCES_KEY, PipelineStepOperator
 from mlbatch.run_paths import RunPaths
@@ -21,6 +22,7 @@ MEASURED_STEPS = ("wait_for_data", "resolve_model", "prep", "predict", "publish"
 
 
 class RecordRunOperator(PipelineStepOperator):
+    operator_extra_links = (MlflowRunLink(),)
     ui_color = "#fef7e0"
 
     def run(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> dict:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from mlbatch.links import MlflowModelVersionLink
 from mlbatch.operators.base import PipelineStepOperator
 from mlbatch.run_paths import RunPaths
 from mlbatch.spec import PipelineSpec
 
 
 class ResolveModelOperator(PipelineStepOperator):
+    operator_extra_links = (MlflowModelVersionLink(),)
     ui_color = "#e6f4ea"
 
     def run(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> dict:

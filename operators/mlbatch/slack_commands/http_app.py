@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if form is None:
             return _unauthorized()
         slack_request = SlackRequest.from_slash_command(form, source="http")
-        reply, command = dispatcher.router.acknowledge(slack_request)
+        reply, command = await dispatcher.router.acknowledge(slack_request)
         # the slow part starts once the ack is on the wire, so it cannot delay this or other acks
         later = BackgroundTask(_start, dispatcher, slack_request, command) if command is not None else None
         return JSONResponse(reply.to_slack(), background=later)

@@ -41,9 +41,11 @@ class Grant(BaseModel):
     pipelines: list[str] = Field(min_length=1)
     actions: list[Action] = Field(min_length=1)
 
+    def has_member(self, actor: Actor) -> bool:
+        return actor.user_id in self.users or bool(actor.usergroups & set(self.usergroups))
+
     def covers(self, actor: Actor, action: str, pipeline: str) -> bool:
-        member = actor.user_id in self.users or bool(actor.usergroups & set(self.usergroups))
-        return (member and action in self.actions
+        return (self.has_member(actor) and action in self.actions
                 and any(fnmatch.fnmatchcase(pipeline, pattern) for pattern in self.pipelines))
 
 
@@ -64,6 +66,12 @@ class Policy(BaseModel):
         if action in READ_ONLY_ACTIONS and self.read_only_for_everyone:
             return True
         return any(grant.covers(actor, action, pipeline) for grant in self.grants)
+
+    def allows_somewhere(self, actor: Actor, action: str) -> bool:
+        """Whether some grant (or read-only-for-everyone) lets the actor do `action` on some pipeline."""
+        if action == "help" or (action in READ_ONLY_ACTIONS and self.read_only_for_everyone):
+            return True
+        return any(grant.has_member(actor) and action in grant.actions for grant in self.grants)
 
     def ephemeral(self, action: str) -> bool:
         return action not in self.reply_in_channel

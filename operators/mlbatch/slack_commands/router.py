@@ -1,10 +1,12 @@
 """One command router behind both front doors.
 
-`acknowledge()` is synchronous and cheap (parse only): its reply is the answer Slack gets within its 3
-seconds — final for `help` and malformed text, "working on it" otherwise. `execute()` does the slow
-part after the ack: authorisation (user groups may need a Slack lookup), then Airflow REST calls; its
-reply goes to the request's `response_url`. `execute()` never raises: every outcome, including
-Airflow being down, becomes a reply the user sees and an audit line.
+`acknowledge()` is cheap (parse, then authorise against the policy in memory and the cached user-group
+membership): its reply is the answer Slack gets within its 3 seconds — final for `help`, malformed
+text and refusals, "working on it" otherwise. So a user who may not do something is told so first, and
+the audit trail never says "working on" for a refused command. `execute()` does the slow part after the
+ack: the Airflow REST calls (and the authorisation that needs a run's pipeline); its reply goes to the
+request's `response_url`. `execute()` never raises: every outcome, including Airflow being down,
+becomes a reply the user sees and an audit line.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from mlbatch.broken_spec import BROKEN_TAG
 from mlbatch.slack_commands.airflow_api import AirflowApiError, AirflowClient, AirflowUnavailable
 from mlbatch.slack_commands.audit import audit, retry_note, trigger_note
 from mlbatch.slack_commands.commands import Command, CommandError, RunRef, help_text, parse_command
@@ -25,6 +28,7 @@ from mlbatch.slack_commands.usergroups import UsergroupDirectory
 log = logging.getLogger(__name__)
 
 PIPELINE_TAG = "mlbatch"
+ACK_LOOKUP_SECONDS = 1.5  # a cold user-group lookup may take this much of Slack's 3 s
 LOG_LINES = 40
 LOG_CHARS = 2800
 STATE_ICONS = {"success": "✅", "failed": "❌", "running": "▶️", "queued": "⏳", "upstream_failed": "⛔",
@@ -71,7 +75,7 @@ class Router:
         self.policy_problem = policy_problem  # why everything is refused, when the policy did not load
 
     # -- within Slack's 3 seconds --------------------------------------------------------------------
-    def acknowledge(self, request: SlackRequest) -> tuple[Reply, Command | None]:
+    async def acknowledge(self, request: SlackRequest) -> tuple[Reply, Command | None]:
         """The immediate answer, and the command still to execute (None when the answer is final)."""
         try:
             command = parse_command(request.text, request.command_name)
@@ -80,15 +84,38 @@ class Router:
             return Reply(f"⚠️ {exc}"), None
         if command.action == "help":
             return Reply(help_text(request.command_name)), None
+        actor = await self._with_groups(request.actor, ACK_LOOKUP_SECONDS)
+        pipeline = command.pipeline or (command.run.pipeline if command.run else None)
+        try:
+            if pipeline is not None:
+                self._authorise(actor, command.action, pipeline)
+            elif self.policy_problem or not self.policy.allows_somewhere(actor, command.action):
+                self._authorise(actor, command.action, None)
+        except _Refused as exc:
+            audit(actor, command.action, "refused", source=request.source, pipeline=pipeline)
+            reply = Reply(f"⛔ {exc}")
+            reply.ephemeral = self.policy.ephemeral(command.action)
+            return reply, None
         return Reply(f"⏳ Working on `{request.command_name} {request.text.strip()}` …"), command
+
+    async def _with_groups(self, actor: Actor, timeout: float | None = None) -> Actor:
+        """The actor with the policy's user groups they are in (cached lookups; a lookup that does not
+        answer within `timeout` counts as no group: deny, never allow)."""
+        if not self.policy.usergroup_ids:
+            return actor
+        lookup = self.usergroups.groups_of(actor.user_id, self.policy.usergroup_ids)
+        try:
+            groups = await (asyncio.wait_for(lookup, timeout) if timeout else lookup)
+        except asyncio.TimeoutError:
+            log.error("Slack user groups of %s not known within %.1f s: treated as none", actor, timeout)
+            groups = frozenset()
+        return Actor(actor.user_id, actor.user_name, actor.team_id, groups)
 
     # -- after the ack -------------------------------------------------------------------------------
     async def execute(self, request: SlackRequest, command: Command) -> Reply:
         actor = request.actor
         try:
-            if self.policy.usergroup_ids:
-                groups = await self.usergroups.groups_of(actor.user_id, self.policy.usergroup_ids)
-                actor = Actor(actor.user_id, actor.user_name, actor.team_id, groups)
+            actor = await self._with_groups(actor)
             handler = getattr(self, f"_{command.action}")
             reply = await handler(request, actor, command)
         except CommandError as exc:
@@ -115,8 +142,12 @@ class Router:
         pipeline = command.pipeline
         self._authorise(actor, "run", pipeline)
         details = await self.airflow.dag_details(pipeline)
-        if details is None or PIPELINE_TAG not in _tag_names(details):
-            raise CommandError(await self._unknown_pipeline(pipeline))
+        if details is None or PIPELINE_TAG not in _tag_names(details) or details.get("is_stale"):
+            raise CommandError(await self._unknown_pipeline(pipeline, details))
+        if BROKEN_TAG in _tag_names(details):
+            raise CommandError(f"`{pipeline}` is not loaded: its spec is broken, so it cannot run. "
+                               f"{details.get('description') or ''}\nThe DAG's docs in Airflow show the "
+                               "whole error; `mlbatch validate` checks a fix.")
         params = details.get("params") or {}
         try:
             conf = run_conf(pipeline, params, command.params)
@@ -171,15 +202,21 @@ class Router:
         return Reply(f"{self._run_line(run, with_pipeline=True)}{note}\n" + "\n".join(lines))
 
     async def _list(self, request: SlackRequest, actor: Actor, command: Command) -> Reply:
-        pipelines = [p for p in await self.airflow.pipelines(PIPELINE_TAG)
-                     if self.policy.allows(actor, "list", p["dag_id"])]
+        loaded = await self.airflow.pipelines(PIPELINE_TAG)
+        if not loaded:
+            raise CommandError("No pipeline is loaded in Airflow (no active DAG tagged `mlbatch`): check "
+                               "the DAG processor and the import errors in the Airflow UI.")
+        pipelines = [p for p in loaded if self.policy.allows(actor, "list", p["dag_id"])]
         if not pipelines:
-            raise _Refused("You are not allowed to list any pipeline.", None)
+            raise _Refused(f"You are not allowed to `list` any of the {len(loaded)} loaded pipeline(s): "
+                           f"{self._missing(actor, 'list')}", None)
         last_runs = await asyncio.gather(*(self.airflow.runs(p["dag_id"], limit=1) for p in pipelines))
         audit(actor, "list", "answered", source=request.source)
         lines = []
         for p, runs in zip(pipelines, last_runs):
             paused = " ⏸️ paused" if p.get("is_paused") else ""
+            if BROKEN_TAG in _tag_names(p):
+                paused = f" 🚫 spec broken: {p.get('description') or ''}"
             last = (f"last run {_icon(runs[0]['state'])} {runs[0]['state']} `{runs[0]['dag_run_id']}`"
                     if runs else "no runs yet")
             lines.append(f"• <{self.links_base}/dags/{quote(p['dag_id'])}|{p['dag_id']}>{paused}: {last}")
@@ -230,12 +267,24 @@ class Router:
                      f"<{self._run_link(dag_id, run_id)}|Open the run in Airflow>")
 
     # -- helpers -------------------------------------------------------------------------------------
-    def _authorise(self, actor: Actor, action: str, pipeline: str) -> None:
+    def _authorise(self, actor: Actor, action: str, pipeline: str | None) -> None:
+        """`pipeline` None: may the actor do `action` on any pipeline at all."""
         if self.policy_problem:
             raise _Refused(f"Slack commands are switched off: {self.policy_problem}", pipeline)
-        if not self.policy.allows(actor, action, pipeline):
-            raise _Refused(f"You are not allowed to `{action}` `{pipeline}`. Ask the mlbatch admins to "
-                           f"grant it in the Slack command policy.", pipeline)
+        if pipeline is None and not self.policy.allows_somewhere(actor, action):
+            raise _Refused(f"You are not allowed to `{action}` any pipeline: {self._missing(actor, action)}",
+                           None)
+        if pipeline is not None and not self.policy.allows(actor, action, pipeline):
+            raise _Refused(f"You are not allowed to `{action}` `{pipeline}`: "
+                           f"{self._missing(actor, action, pipeline)}", pipeline)
+
+    def _missing(self, actor: Actor, action: str, pipeline: str | None = None) -> str:
+        """Which grant is missing, in words an admin can act on."""
+        groups = ", ".join(f"`{g}`" for g in sorted(actor.usergroups)) or "none of the policy's"
+        scope = f"a pipeline pattern matching `{pipeline}`" if pipeline else "any pipeline pattern"
+        return (f"no grant of the Slack command policy gives action `{action}` with {scope} to your user "
+                f"`{actor.user_id}` or your user groups ({groups}). Ask the mlbatch admins for a grant with "
+                f"`actions: [{action}]`" + (f" and `pipelines: [{pipeline}]`." if pipeline else "."))
 
     async def _find_run(self, actor: Actor, action: str, ref: RunRef) -> dict:
         if ref.pipeline:
@@ -281,10 +330,16 @@ class Router:
         link = self._run_link(run["dag_id"], run["dag_run_id"])
         return f"{_icon(state)} {name}<{link}|{run['dag_run_id']}> {state} ({when}{who})"
 
-    async def _unknown_pipeline(self, name: str) -> str:
+    async def _unknown_pipeline(self, name: str, details: dict | None = None) -> str:
         known = sorted(p["dag_id"] for p in await self.airflow.pipelines(PIPELINE_TAG))
-        return (f"Unknown pipeline `{name}`. Pipelines: " + (", ".join(f"`{p}`" for p in known) or "none")
-                + ".")
+        if details is not None and details.get("is_stale"):
+            why = (f"`{name}` is not loaded: Airflow knows the DAG but the DAG processor no longer finds it "
+                   "(stale: its spec was removed or its DAG file fails to import).")
+        elif details is not None:
+            why = f"`{name}` is a DAG in Airflow but not an mlbatch pipeline."
+        else:
+            why = f"No such pipeline `{name}`: it is not loaded in Airflow."
+        return f"{why} Pipelines: " + (", ".join(f"`{p}`" for p in known) or "none loaded") + "."
 
 
 class _Refused(Exception):

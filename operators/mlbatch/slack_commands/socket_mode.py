@@ -34,7 +34,7 @@ class SocketModeFrontDoor:
 
         if request.type == "slash_commands":
             slack_request = SlackRequest.from_slash_command(request.payload, source="socket")
-            reply, command = self.dispatcher.router.acknowledge(slack_request)
+            reply, command = await self.dispatcher.router.acknowledge(slack_request)
             await client.send_socket_mode_response(
                 SocketModeResponse(envelope_id=request.envelope_id, payload=reply.to_slack()))
             if command is not None:
