@@ -87,3 +87,51 @@ def task_context(run_id: str, ds: str, model: dict) -> dict:
     ti = TaskInstanceXCom(upstream={"resolve_model": model})
     return {"run_id": run_id, "ds": ds, "ds_nodash": ds.replace("-", ""), "params": {}, "ti": ti,
             "task_instance": ti}
+
+
+@pytest.fixture
+def sagemaker_dataplane(aws_conn, scoring_server, monkeypatch):
+    """Transform jobs that run: when moto accepts CreateTransformJob, the Batch Transform data-plane
+    emulator (tests/dataplane/sagemaker_transform.py) reads the job's S3 input, posts it to the real
+    MLflow scoring server as the job says, writes `<input>.out`, and ends the moto job Completed, or
+    Failed with the reason the service would give. Returns the requests it ran, by job name."""
+    from moto.sagemaker.models import SageMakerModelBackend
+
+    from dataplane.sagemaker_transform import TransformFailed, run_transform
+
+    original = SageMakerModelBackend.create_transform_job
+    ran: dict[str, dict] = {}
+
+    def create_and_run(self, transform_job_name, *args, **kwargs):
+        job = original(self, transform_job_name, *args, **kwargs)
+        request = {"TransformJobName": job.transform_job_name, "ModelName": job.model_name,
+                   "BatchStrategy": job.batch_strategy, "MaxPayloadInMB": job.max_payload_in_mb,
+                   "TransformInput": job.transform_input, "TransformOutput": job.transform_output,
+                   "DataProcessing": job.data_processing}
+        ran[transform_job_name] = request
+        try:
+            run_transform(request, aws_conn.client("s3"), scoring_server.url)
+            job.transform_job_status, job.failure_reason = "Completed", ""
+        except TransformFailed as exc:
+            job.transform_job_status, job.failure_reason = "Failed", str(exc)
+        return job
+
+    monkeypatch.setattr(SageMakerModelBackend, "create_transform_job", create_and_run)
+    return ran
+
+
+def direct_model_predictions(rows, model_uri: str, features: list[str], work) -> "pd.Series":  # noqa: F821
+    """The direct-model backend's predictions (mlbatch_beam.score on the local FnApiRunner) for these
+    rows, by id: what the batch-prediction backends must reproduce."""
+    import pyarrow.parquet as pq
+
+    from mlbatch_beam import score
+
+    work.mkdir(parents=True, exist_ok=True)
+    rows[["id", *features]].to_parquet(work / "rows.parquet", index=False)
+    score.run(["--input", str(work / "rows.parquet"), "--model-uri", model_uri, "--id-column", "id",
+               "--feature-columns", ",".join(features), "--output-dir", str(work / "scored"),
+               "--output-format", "parquet", "--prediction-column", "prediction",
+               "--result-file", str(work / "result.json"), "--runner=FnApiRunner"])
+    scored = pq.read_table(sorted((work / "scored").glob("*.parquet"))).to_pandas()
+    return scored.set_index("id")["prediction"]

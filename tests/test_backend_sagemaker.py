@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from cloud_backends import aws_conn, moto_transform_jobs, sagemaker_lifecycle, task_context  # noqa: F401
+from cloud_backends import (aws_conn, direct_model_predictions, moto_transform_jobs,  # noqa: F401
+                            sagemaker_dataplane, sagemaker_lifecycle, task_context)
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "include" / "pipelines" / "natality_sagemaker.yaml"
@@ -34,7 +35,10 @@ def spec(staging_bucket, tmp_path):
 
 
 def prepare(op, spec, context) -> None:
-    """What the prep step leaves behind for a batch backend: JSON Lines files."""
+    """What the prep step leaves behind for SageMaker: Parquet files of id + features."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from mlbatch.run_paths import local_path
 
     prepared = local_path(op.run_paths(context, spec).prepared)
@@ -42,7 +46,7 @@ def prepare(op, spec, context) -> None:
     for i in range(2):
         rows = [{"id": i * 10 + j, "is_male": True, "mother_age": 30.0, "plurality": 1,
                  "gestation_weeks": 39.0} for j in range(3)]
-        (prepared / f"part-{i:05d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        pq.write_table(pa.Table.from_pylist(rows), prepared / f"part-{i:05d}.parquet")
 
 
 def submit(spec, context, model):
@@ -88,9 +92,9 @@ def test_submit_builds_the_requests_from_the_spec_and_defers(spec, model, aws_co
         "InstanceType": "ml.m5.xlarge", "InstanceCount": 2,
         "VolumeKmsKeyId": spec.predict.network.kms_key}
     assert job["MaxConcurrentTransforms"] == 4 and job["MaxPayloadInMB"] == 6
-    assert job["TransformInput"]["ContentType"] == "application/jsonlines"
-    assert job["TransformInput"]["SplitType"] == "Line"
-    assert job["DataProcessing"] == {"JoinSource": "Input"}
+    assert job["TransformInput"]["ContentType"] == "application/vnd.apache.parquet"
+    assert job["TransformInput"]["SplitType"] == "None" and job["BatchStrategy"] == "SingleRecord"
+    assert job["TransformOutput"]["Accept"] == "application/json"
     assert job["TransformOutput"]["KmsKeyId"] == spec.predict.network.kms_key
     tags = aws_conn.client("sagemaker").list_tags(ResourceArn=job["TransformJobArn"])["Tags"]
     assert {"Key": "team", "Value": "ml-platform"} in tags
@@ -104,9 +108,14 @@ def test_submit_builds_the_requests_from_the_spec_and_defers(spec, model, aws_co
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=staging_bucket)["Contents"]]
     assert any(k.endswith(f"v{model['version']}/model.tar.gz") for k in keys)
     input_uri = job["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
-    assert sorted(k for k in keys if f"s3://{staging_bucket}/{k}".startswith(input_uri)) == [
-        k for k in sorted(keys) if k.endswith((".jsonl",))]
-    assert sum(k.endswith(".jsonl") for k in keys) == 2
+    inputs = sorted(k for k in keys if f"s3://{staging_bucket}/{k}".startswith(input_uri))
+    assert [k.rsplit("/", 1)[-1] for k in inputs] == ["part-00000.parquet", "part-00001.parquet"]
+    import io
+
+    import pyarrow.parquet as pq
+
+    sent = pq.read_table(io.BytesIO(s3.get_object(Bucket=staging_bucket, Key=inputs[0])["Body"].read()))
+    assert sent.column_names == [f.name for f in spec.input.features]  # features only, in model order
 
 
 def test_retry_after_a_worker_crash_reattaches_instead_of_submitting_again(spec, model, aws_conn,
@@ -223,46 +232,14 @@ def test_log_tail_reads_the_transform_jobs_cloudwatch_streams(aws_conn):
 E2E_DATE = "2026-11-22"
 
 
-@pytest.fixture
-def sagemaker_computes(aws_conn, registered_model, monkeypatch, tmp_path):
-    """EMULATES SAGEMAKER'S COMPUTATION, which moto does not do: when moto accepts CreateTransformJob,
-    score the job's S3 input with the local batch backend (mlbatch_beam.local_predict, flavor
-    'sagemaker': input object + SageMakerOutput, one `<input>.out` per input file) and put the results
-    where the job was told to write them. This is test code, not product code."""
-    from moto.sagemaker.models import SageMakerModelBackend
-
-    from mlbatch_beam.local_predict import predict_files
-
-    original = SageMakerModelBackend.create_transform_job
-    s3 = aws_conn.client("s3")
-    model_uri = f"models:/{registered_model['name']}/{registered_model['version']}"
-
-    def create_and_compute(self, transform_job_name, model_name, max_concurrent_transforms,
-                           model_client_config, max_payload_in_mb, batch_strategy, environment,
-                           transform_input, transform_output, *args, **kwargs):
-        job = original(self, transform_job_name, model_name, max_concurrent_transforms, model_client_config,
-                       max_payload_in_mb, batch_strategy, environment, transform_input, transform_output,
-                       *args, **kwargs)
-        src = transform_input["DataSource"]["S3DataSource"]["S3Uri"]
-        bucket, prefix = src[len("s3://"):].split("/", 1)
-        work = tmp_path / transform_job_name
-        (work / "in").mkdir(parents=True)
-        for obj in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]:
-            s3.download_file(bucket, obj["Key"], str(work / "in" / obj["Key"].rsplit("/", 1)[-1]))
-        predict_files(f"{work}/in/*.jsonl", model_uri, "id",
-                      ["is_male", "mother_age", "plurality", "gestation_weeks"], str(work / "out"),
-                      flavor="sagemaker")
-        out_bucket, out_prefix = transform_output["S3OutputPath"][len("s3://"):].split("/", 1)
-        for f in sorted((work / "out").iterdir()):
-            s3.upload_file(str(f), out_bucket, f"{out_prefix.rstrip('/')}/{f.name}")
-        return job
-
-    monkeypatch.setattr(SageMakerModelBackend, "create_transform_job", create_and_compute)
-
-
 def test_sagemaker_example_runs_end_to_end_against_moto(airflow_db, registered_model, session_dir,
-                                                         staging_bucket, sagemaker_computes, monkeypatch):
+                                                         staging_bucket, sagemaker_dataplane, tmp_path):
+    """The example pipeline through moto, the Batch Transform emulator and the real MLflow scoring
+    server: the same predictions as the direct-model backend, for every valid row, by id."""
     from datetime import datetime, timezone
+
+    import numpy as np
+    import pandas as pd
 
     import pyarrow.parquet as pq
     from airflow.dag_processing.dagbag import DagBag
@@ -282,9 +259,17 @@ def test_sagemaker_example_runs_end_to_end_against_moto(airflow_db, registered_m
     assert manifest["rows_in"] == 3_000 == manifest["rows_scored"] + manifest["rows_rejected"]
     table = pq.read_table(sorted(out.glob("*.parquet")), partitioning=None).to_pandas()
     assert len(table) == manifest["rows_scored"] and table.id.is_unique
-    assert table.predicted_weight_pounds.between(0, 15).all()
     jobs = [j for j in aws_conn_jobs(staging_bucket)]
-    assert len(jobs) == 1
+    assert len(jobs) == 1 and moto_transform_jobs()[jobs[0]].transform_job_status == "Completed"
+
+    source = pd.read_parquet(session_dir / "data" / "natality" / f"ds={E2E_DATE}")
+    features = ["is_male", "mother_age", "plurality", "gestation_weeks"]
+    direct = direct_model_predictions(source[source.id.isin(table.id)],
+                                      f"models:/{registered_model['name']}/{registered_model['version']}",
+                                      features, tmp_path / "direct")
+    assert len(direct) == len(table)
+    np.testing.assert_allclose(table.set_index("id").predicted_weight_pounds.sort_index(),
+                               direct.sort_index(), rtol=1e-12)
 
 
 def aws_conn_jobs(bucket: str) -> list[str]:

@@ -13,18 +13,23 @@ from mlbatch_beam.predictions import read_batch_predictions
 
 @pytest.fixture
 def prepared(tmp_path, make_frame, features):
-    """Two prepared JSON Lines files, as the prep job writes them for cloud backends."""
+    """Two prepared files in each format, as the prep job writes them (JSON Lines for Vertex,
+    Parquet for SageMaker)."""
+    import pyarrow.parquet as pq
+
     frame = make_frame(900, seed=21)[["id"] + features]
     table = pa.Table.from_pandas(frame, preserve_index=False)
     (tmp_path / "prepared").mkdir()
-    (tmp_path / "prepared/part-a.jsonl").write_bytes(table_to_jsonl(table.slice(0, 500)))
-    (tmp_path / "prepared/part-b.jsonl").write_bytes(table_to_jsonl(table.slice(500)))
+    for name, part in (("part-a", table.slice(0, 500)), ("part-b", table.slice(500))):
+        (tmp_path / f"prepared/{name}.jsonl").write_bytes(table_to_jsonl(part))
+        pq.write_table(part, tmp_path / f"prepared/{name}.parquet")
     return frame
 
 
 def _predict(tmp_path, mlflow_model, flavor):
+    suffix = local_predict.INPUT_FORMAT[flavor]
     return local_predict.run([
-        "--input", str(tmp_path / "prepared/*.jsonl"), "--model-uri", mlflow_model.uri,
+        "--input", str(tmp_path / f"prepared/*.{suffix}"), "--model-uri", mlflow_model.uri,
         "--id-column", "id", "--feature-columns", ",".join(mlflow_model.features),
         "--output-dir", str(tmp_path / flavor), "--flavor", flavor, "--chunk-rows", "128",
         "--result-file", str(tmp_path / f"{flavor}.json"),
@@ -32,7 +37,8 @@ def _predict(tmp_path, mlflow_model, flavor):
 
 
 def _read_back(tmp_path, flavor):
-    tables = list(read_batch_predictions(str(tmp_path / flavor), flavor, id_column="id"))
+    tables = list(read_batch_predictions(str(tmp_path / flavor), flavor, id_column="id",
+                                         input_dir=str(tmp_path / "prepared")))
     assert all(t.column_names == ["id", "prediction"] for t in tables)
     return pa.concat_tables(tables).to_pandas().sort_values("id").reset_index(drop=True)
 
@@ -42,10 +48,10 @@ def test_vertex_shape_round_trips(tmp_path, mlflow_model, prepared, features):
     assert result == {"rows_in": 900, "rows_scored": 900}
     assert json.loads((tmp_path / "vertex.json").read_text()) == result
     assert sorted(os.listdir(tmp_path / "vertex")) == [
+        "prediction.errors_stats-00000-of-00001",
         "prediction.results-00000-of-00002", "prediction.results-00001-of-00002"]
     first = json.loads((tmp_path / "vertex/prediction.results-00000-of-00002").open().readline())
-    assert set(first) == {"instance", "key", "prediction"}
-    assert set(first["instance"]) == set(features)
+    assert list(first) == ["key", "prediction"]  # with a key field, Vertex leaves the instance out
 
     back = _read_back(tmp_path, "vertex")
     np.testing.assert_array_equal(back.id, prepared.id)
@@ -54,9 +60,9 @@ def test_vertex_shape_round_trips(tmp_path, mlflow_model, prepared, features):
 
 def test_sagemaker_shape_round_trips(tmp_path, mlflow_model, prepared, features):
     assert _predict(tmp_path, mlflow_model, "sagemaker") == {"rows_in": 900, "rows_scored": 900}
-    assert sorted(os.listdir(tmp_path / "sagemaker")) == ["part-a.jsonl.out", "part-b.jsonl.out"]
-    first = json.loads((tmp_path / "sagemaker/part-a.jsonl.out").open().readline())
-    assert list(first) == ["id"] + features + ["SageMakerOutput"]
+    assert sorted(os.listdir(tmp_path / "sagemaker")) == ["part-a.parquet.out", "part-b.parquet.out"]
+    answer = json.loads((tmp_path / "sagemaker/part-a.parquet.out").read_text())
+    assert list(answer) == ["predictions"] and len(answer["predictions"]) == 500
 
     back = _read_back(tmp_path, "sagemaker")
     np.testing.assert_array_equal(back.id, prepared.id)
@@ -70,3 +76,22 @@ def test_missing_prediction_files_are_an_error(tmp_path, features):
     with pytest.raises(FileNotFoundError, match="No input files match"):
         local_predict.predict_files(str(tmp_path / "none/*.jsonl"), "models:/x/1", "id",
                                     features, str(tmp_path / "out"))
+
+
+def test_parsers_refuse_what_the_services_write_for_failures(tmp_path, mlflow_model, prepared):
+    """A Vertex error line, or a SageMaker answer whose count does not match its input file."""
+    _predict(tmp_path, mlflow_model, "vertex")
+    (tmp_path / "vertex/prediction.errors_stats-00000-of-00001").write_text(
+        json.dumps({"key": 7, "error": {"code": 3, "message": "bad instance"}}) + "\n")
+    with pytest.raises(ValueError, match="1 failed instances.*bad instance"):
+        list(read_batch_predictions(str(tmp_path / "vertex"), "vertex"))
+
+    _predict(tmp_path, mlflow_model, "sagemaker")
+    (tmp_path / "sagemaker/part-b.parquet.out").write_text(json.dumps({"predictions": [1.0, 2.0]}))
+    with pytest.raises(ValueError, match="2 predictions for the 400 rows"):
+        list(read_batch_predictions(str(tmp_path / "sagemaker"), "sagemaker",
+                                    input_dir=str(tmp_path / "prepared")))
+    (tmp_path / "sagemaker/part-b.parquet.out").unlink()
+    with pytest.raises(ValueError, match="do not match the inputs"):
+        list(read_batch_predictions(str(tmp_path / "sagemaker"), "sagemaker",
+                                    input_dir=str(tmp_path / "prepared")))

@@ -1,15 +1,15 @@
 """The ``local`` prediction backend: cloud batch prediction, run in-process.
 
-Reads the same prepared JSON Lines a cloud service would and writes
-output in the same shape, so the publish step cannot tell the backends
-apart and tests exercise the real contract:
+It reads the prepared files a cloud job would read and writes exactly the files the service writes
+when it serves the MLflow model (mlflow.pyfunc.scoring_server answers ``{"predictions": [...]}``),
+so publish cannot tell the backends apart and tests exercise the real contract:
 
-* ``vertex``: files ``prediction.results-00000-of-0000N``, lines
-  ``{"instance": {<features>}, "key": <id>, "prediction": <value>}``
-  (Vertex AI batch prediction with ``keyField`` = the id column).
-* ``sagemaker``: one ``<input file name>.out`` per input file, lines are
-  the input object plus ``"SageMakerOutput": <value>`` (Batch Transform
-  with ``JoinSource=Input``).
+* ``vertex`` (JSON Lines in, ``instance_config.key_field`` = the id column):
+  ``prediction.results-NNNNN-of-MMMMM`` per input file, lines ``{"key": <id>, "prediction": <value>}``
+  (with a key field Vertex writes the key instead of the instance), and an empty
+  ``prediction.errors_stats-00000-of-00001``.
+* ``sagemaker`` (Parquet in, ``SplitType`` None: one request per file, features only):
+  ``<input file name>.out`` holding the container's answer, ``{"predictions": [...]}``, in row order.
 
 No Beam pipeline: a plain loop over files and bounded chunks of rows.
 """
@@ -20,18 +20,19 @@ import gc
 import json
 import posixpath
 
-import pandas as pd
 import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from mlbatch_beam.arrow_io import match_paths, read_file_batches, table_to_jsonl, write_bytes
+from mlbatch_beam.arrow_io import match_paths, read_file_batches, write_bytes
 from mlbatch_beam.model_handler import MLflowPyfuncModelHandler
 
 FLAVORS = ("vertex", "sagemaker")
 VERTEX_PREFIX = "prediction.results-"
+VERTEX_ERRORS = "prediction.errors_stats-"
 SAGEMAKER_SUFFIX = ".out"
-SAGEMAKER_COLUMN = "SageMakerOutput"
+# What each flavor's prepared input is (mlbatch.operators.prep writes it in this format).
+INPUT_FORMAT = {"vertex": "jsonl", "sagemaker": "parquet"}
 
 
 def output_name(flavor: str, input_path: str, index: int, total: int) -> str:
@@ -40,26 +41,24 @@ def output_name(flavor: str, input_path: str, index: int, total: int) -> str:
     return posixpath.basename(input_path) + SAGEMAKER_SUFFIX
 
 
-def _lines(table: pa.Table) -> pd.Series:
-    return pd.Series(table_to_jsonl(table).decode().splitlines(), dtype=object)
+def vertex_result_lines(keys: pa.Array, predictions) -> bytes:
+    """Vertex's result lines with a key field: ``{"key": ..., "prediction": ...}``."""
+    return "".join(json.dumps({"key": k, "prediction": p}) + "\n"
+                   for k, p in zip(keys.to_pylist(), _plain(predictions))).encode()
 
 
-def encode_predictions(batch: pa.RecordBatch, predictions, flavor: str,
-                       id_column: str, feature_columns: list[str]) -> bytes:
-    """JSON Lines for one chunk, in the flavor's output shape."""
-    if flavor == "sagemaker":
-        table = pa.Table.from_batches([batch]).append_column(SAGEMAKER_COLUMN, pa.array(predictions))
-        return table_to_jsonl(table)
-    instances = _lines(pa.Table.from_batches([batch.select(feature_columns)]))
-    key_and_prediction = _lines(pa.table({
-        "key": batch.column(id_column), "prediction": pa.array(predictions)}))
-    lines = '{"instance":' + instances + "," + key_and_prediction.str[1:]
-    return ("\n".join(lines) + "\n").encode()
+def sagemaker_response(predictions) -> bytes:
+    """The MLflow scoring server's answer for one request, which Batch Transform writes as-is."""
+    return json.dumps({"predictions": _plain(predictions)}).encode()
+
+
+def _plain(predictions) -> list:
+    return predictions.tolist() if hasattr(predictions, "tolist") else list(predictions)
 
 
 def predict_files(input_pattern: str, model_uri: str, id_column: str, feature_columns: list[str],
                   output_dir: str, flavor: str = "vertex", chunk_rows: int = 65536) -> dict:
-    """Score every matching JSON Lines file; one output file per input file."""
+    """Score every matching prepared file; one output file per input file."""
     if flavor not in FLAVORS:
         raise ValueError(f"unknown flavor {flavor!r}; expected one of {FLAVORS}")
     paths = match_paths(input_pattern)
@@ -67,20 +66,27 @@ def predict_files(input_pattern: str, model_uri: str, id_column: str, feature_co
     rows_in = rows_scored = 0
     for index, path in enumerate(paths):
         target = FileSystems.join(output_dir, output_name(flavor, path, index, len(paths)))
+        predictions = []
         with FileSystems.create(target, compression_type=CompressionTypes.UNCOMPRESSED) as out:
-            for batch in read_file_batches(path, "jsonl", chunk_rows):
+            for batch in read_file_batches(path, INPUT_FORMAT[flavor], chunk_rows):
                 rows_in += batch.num_rows
-                features = batch.select(feature_columns).to_pandas()
-                predictions = model.predict(features)
-                out.write(encode_predictions(batch, predictions, flavor, id_column, feature_columns))
+                scored = model.predict(batch.select(feature_columns).to_pandas())
+                if flavor == "vertex":
+                    out.write(vertex_result_lines(batch.column(id_column), scored))
+                else:  # one request per file: the answer is written once, at the end
+                    predictions += _plain(scored)
                 rows_scored += batch.num_rows
+            if flavor == "sagemaker":
+                out.write(sagemaker_response(predictions))
+    if flavor == "vertex":
+        write_bytes(FileSystems.join(output_dir, f"{VERTEX_ERRORS}00000-of-00001"), b"")
     return {"rows_in": rows_in, "rows_scored": rows_scored}
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m mlbatch_beam.local_predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, help="pattern of prepared JSON Lines files")
+    parser.add_argument("--input", required=True, help="pattern of prepared files (see INPUT_FORMAT)")
     parser.add_argument("--model-uri", required=True)
     parser.add_argument("--id-column", required=True)
     parser.add_argument("--feature-columns", required=True, help="comma-separated, in model order")

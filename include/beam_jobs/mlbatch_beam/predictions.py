@@ -1,49 +1,107 @@
 """Read cloud batch-prediction output back into [id, prediction] tables.
 
-Vertex AI and SageMaker each write their own JSON Lines shape; the publish
-step only wants ids joined to predictions, so this normalises both (and
-the local backend, which mimics them) into the same two columns.
+Exactly what the services write when they serve an MLflow model (and what the local backend
+mimics), nothing looser:
+* Vertex (key field = the id column): ``prediction.results-*`` lines ``{"key", "prediction"}``; a
+  line with ``error`` instead, or any line in ``prediction.errors_stats-*``, is a failed instance
+  and fails the read (no silent row loss).
+* SageMaker (``SplitType`` None): ``<input file>.out`` = the container's ``{"predictions": [...]}``
+  for that whole file, in row order. Ids come from the prepared input file itself (the request sent
+  features only), and the prediction count must equal its row count.
 """
 from __future__ import annotations
 
+import json
+import posixpath
 from collections.abc import Iterator
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from mlbatch_beam.arrow_io import read_file_batches, write_table
-from mlbatch_beam.local_predict import FLAVORS, SAGEMAKER_COLUMN, SAGEMAKER_SUFFIX, VERTEX_PREFIX
+from mlbatch_beam.local_predict import FLAVORS, SAGEMAKER_SUFFIX, VERTEX_ERRORS, VERTEX_PREFIX
 
 __all__ = ["prediction_files", "read_batch_predictions", "write_table"]
 
 
+def _match(pattern: str) -> list[str]:
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
 def prediction_files(directory: str, flavor: str) -> list[str]:
-    """The flavor's result files in a directory (Vertex error files are skipped)."""
+    """The flavor's result files in a directory."""
     if flavor not in FLAVORS:
         raise ValueError(f"unknown flavor {flavor!r}; expected one of {FLAVORS}")
     pattern = VERTEX_PREFIX + "*" if flavor == "vertex" else "*" + SAGEMAKER_SUFFIX
     pattern = FileSystems.join(directory.rstrip("/"), pattern)
-    matched = FileSystems.match([pattern])[0].metadata_list
-    paths = sorted(m.path for m in matched)
+    paths = _match(pattern)
     if not paths:
         raise FileNotFoundError(f"no {flavor} prediction files match {pattern!r}")
     return paths
 
 
-def read_batch_predictions(directory: str, flavor: str, id_column: str = "id",
-                           prediction_column: str = "prediction",
-                           chunk_rows: int = 65536) -> Iterator[pa.Table]:
-    """Yield tables [id_column, prediction_column], chunk by chunk, from either shape."""
-    if flavor == "vertex":
-        id_field, prediction_field = "key", "prediction"
-    else:
-        id_field, prediction_field = id_column, SAGEMAKER_COLUMN
-    for path in prediction_files(directory, flavor):
+def _read_text(path: str) -> str:
+    with FileSystems.open(path) as f:
+        return f.read().decode()
+
+
+def _vertex_errors(directory: str) -> None:
+    for path in _match(FileSystems.join(directory.rstrip("/"), VERTEX_ERRORS + "*")):
+        lines = [line for line in _read_text(path).splitlines() if line.strip()]
+        if lines:
+            raise ValueError(f"{path}: Vertex reports {len(lines)} failed instances; first: {lines[0][:300]}")
+
+
+def _read_vertex(directory: str, id_column: str, prediction_column: str,
+                 chunk_rows: int) -> Iterator[pa.Table]:
+    _vertex_errors(directory)
+    for path in prediction_files(directory, "vertex"):
         for batch in read_file_batches(path, "jsonl", chunk_rows):
-            missing = [f for f in (id_field, prediction_field) if f not in batch.schema.names]
+            names = batch.schema.names
+            if "error" in names:
+                raise ValueError(f"{path}: Vertex wrote failed instances (lines with 'error')")
+            missing = [f for f in ("key", "prediction") if f not in names]
             if missing:
-                hint = " (was the Vertex job run with keyField = the id column?)" if flavor == "vertex" else ""
-                raise ValueError(f"{path}: prediction lines lack {missing}{hint}")
-            yield pa.Table.from_arrays(
-                [batch.column(id_field), batch.column(prediction_field)],
-                names=[id_column, prediction_column])
+                raise ValueError(f"{path}: prediction lines lack {missing} (was the Vertex job run with "
+                                 "instance_config.key_field = the id column?)")
+            yield pa.Table.from_arrays([batch.column("key"), batch.column("prediction")],
+                                       names=[id_column, prediction_column])
+
+
+def _read_sagemaker(directory: str, input_dir: str, id_column: str,
+                    prediction_column: str) -> Iterator[pa.Table]:
+    outputs = prediction_files(directory, "sagemaker")
+    inputs = _match(FileSystems.join(input_dir.rstrip("/"), "*.parquet"))
+    expected = {posixpath.basename(p) + SAGEMAKER_SUFFIX: p for p in inputs}
+    got = {posixpath.basename(p): p for p in outputs}
+    if set(got) != set(expected):
+        raise ValueError(f"{directory}: SageMaker outputs {sorted(got)} do not match the inputs "
+                         f"{sorted(expected)} of {input_dir}")
+    for name, out_path in sorted(got.items()):
+        try:
+            predictions = json.loads(_read_text(out_path))["predictions"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{out_path}: not the model server's {{\"predictions\": [...]}} answer: {exc}")
+        with FileSystems.open(expected[name]) as f:
+            ids = pq.read_table(f, columns=[id_column]).column(id_column)
+        if len(predictions) != len(ids):
+            raise ValueError(f"{out_path}: {len(predictions)} predictions for the {len(ids)} rows of "
+                             f"{expected[name]}")
+        yield pa.Table.from_arrays([ids, pa.array(predictions)], names=[id_column, prediction_column])
+
+
+def read_batch_predictions(directory: str, flavor: str, id_column: str = "id",
+                           prediction_column: str = "prediction", chunk_rows: int = 65536,
+                           input_dir: str | None = None) -> Iterator[pa.Table]:
+    """Yield tables [id_column, prediction_column] from either service's output.
+
+    :param input_dir: the prepared input the job read (SageMaker only: the ids come from it).
+    """
+    if flavor == "vertex":
+        return _read_vertex(directory, id_column, prediction_column, chunk_rows)
+    if flavor == "sagemaker":
+        if input_dir is None:
+            raise ValueError("SageMaker predictions are joined to their ids by order: input_dir is needed")
+        return _read_sagemaker(directory, input_dir, id_column, prediction_column)
+    raise ValueError(f"unknown flavor {flavor!r}; expected one of {FLAVORS}")

@@ -1,4 +1,4 @@
-"""SageMaker Batch Transform: the pinned MLflow model as a SageMaker Model, the prepared JSON Lines in S3,
+"""SageMaker Batch Transform: the pinned MLflow model as a SageMaker Model, the prepared Parquet in S3,
 one transform job per (pipeline, run, attempt) run by the amazon provider's SageMakerTransformOperator
 in deferrable mode.
 
@@ -122,10 +122,20 @@ def model_config(spec: PipelineSpec, model: dict, model_data_url: str) -> dict:
     return config
 
 
+# The request format, chosen from what the MLflow serving container accepts (text/csv, application/json,
+# Parquet; see /work/notes/issue-11.md for the measurement): each prepared Parquet file, features only,
+# is ONE request (`SplitType` None), so the container always gets a whole, self-describing table.
+# CSV with `SplitType` Line would send header-less mini-batches, which MLflow's CSV parser refuses
+# (it reads the first line as the header); JSON Lines is refused outright (415).
+CONTENT_TYPE = "application/vnd.apache.parquet"
+ACCEPT = "application/json"  # the container answers {"predictions": [...]}, written as <file>.out
+
+
 def transform_config(spec: PipelineSpec, name: str, model: dict, input_uri: str, output_uri: str,
                      run_id: str) -> dict:
-    """CreateTransformJob request from `compute:`/`network:`: JSON Lines in, the input joined to each
-    prediction out (`SageMakerOutput`), which the publish step reads back."""
+    """CreateTransformJob request from `compute:`/`network:`: one whole Parquet file per request,
+    the container's answer per file in `<file>.out`, ids joined back by row order (publish checks
+    the count per file; Parquet has no JoinSource)."""
     compute, net, cfg = spec.predict.compute, spec.predict.network, spec.predict.sagemaker
     if compute.accelerator_count and not (compute.machine_type or "").startswith(("ml.g", "ml.p")):
         raise ValueError(f"{spec.name}: on sagemaker, accelerators come with the instance type; "
@@ -134,17 +144,15 @@ def transform_config(spec: PipelineSpec, name: str, model: dict, input_uri: str,
         "TransformJobName": name,
         "ModelName": model_name(model),
         "MaxPayloadInMB": cfg.max_payload_mb,
-        "BatchStrategy": "MultiRecord",
+        "BatchStrategy": "SingleRecord",  # with SplitType None a record is a whole file
         "TransformInput": {
             "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input_uri}},
-            "ContentType": "application/jsonlines",
-            "SplitType": "Line",
+            "ContentType": CONTENT_TYPE,
+            "SplitType": "None",
         },
-        "TransformOutput": {"S3OutputPath": output_uri, "Accept": "application/jsonlines",
-                            "AssembleWith": "Line"},
+        "TransformOutput": {"S3OutputPath": output_uri, "Accept": ACCEPT, "AssembleWith": "None"},
         "TransformResources": {"InstanceType": compute.machine_type or "ml.m5.large",
                                "InstanceCount": compute.max_workers},
-        "DataProcessing": {"JoinSource": "Input"},
         "Tags": tags(spec, run_id),
     }
     if cfg.max_concurrent_transforms:
@@ -153,6 +161,29 @@ def transform_config(spec: PipelineSpec, name: str, model: dict, input_uri: str,
         config["TransformOutput"]["KmsKeyId"] = net.kms_key
         config["TransformResources"]["VolumeKmsKeyId"] = net.kms_key
     return config
+
+
+def write_request_files(spec: PipelineSpec, prepared: Path, target: Path) -> list[Path]:
+    """The job's input: each prepared Parquet file with the model's features only (the ids stay
+    here, joined back by order), each within `MaxPayloadInMB` or a clear error."""
+    import pyarrow.parquet as pq
+
+    features = [f.name for f in spec.input.features]
+    limit = spec.predict.sagemaker.max_payload_mb * 1024 * 1024
+    files = sorted(Path(prepared).glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{spec.name}: no prepared Parquet files in {prepared}")
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in files:
+        out = target / path.name
+        pq.write_table(pq.read_table(path, columns=features), out)
+        if out.stat().st_size > limit:
+            raise ValueError(f"{spec.name}: {path.name} is {out.stat().st_size} bytes as a request, over "
+                             f"predict.sagemaker.max_payload_mb ({spec.predict.sagemaker.max_payload_mb} MB); "
+                             "lower prep.batch_rows so that each prepared file fits one request")
+        written.append(out)
+    return written
 
 
 def sync_model(hook, spec: PipelineSpec, model: dict) -> str:
@@ -219,8 +250,9 @@ def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: di
 
     model_ref = sync_model(hook, spec, model)
     input_uri = join(staging_uri(spec, run_id), attempt.name, "input")
-    ObjectStore("s3", cfg.aws_conn_id).upload_dir(local_path(paths.prepared), input_uri,
-                                                  pattern="*.jsonl")
+    with tempfile.TemporaryDirectory() as tmp:
+        write_request_files(spec, local_path(paths.prepared), Path(tmp))
+        ObjectStore("s3", cfg.aws_conn_id).upload_dir(Path(tmp), input_uri, pattern="*.parquet")
     config = transform_config(spec, attempt.name, {**model, "sagemaker_model": model_ref},
                               input_uri + "/", output_uri, run_id)
     provider = SageMakerTransformOperator(

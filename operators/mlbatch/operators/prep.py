@@ -1,6 +1,6 @@
 """prep: the Beam job that reads the input, validates rows against the feature schema, sends bad rows
 to a dead-letter folder with their reason, and writes the prepared input in the predict backend's
-format (Parquet for the direct-model job, JSON Lines for batch-prediction backends).
+format (Parquet for the direct-model job and SageMaker, JSON Lines for Vertex).
 
 It runs on the local FnApiRunner (a child process), except with `predict.backend: dataflow` and
 `predict.dataflow.runner: dataflow`: then it is a Google Dataflow job like predict's (submitted or
@@ -23,7 +23,13 @@ from mlbatch.spec import PipelineSpec
 
 
 def prepared_format(spec: PipelineSpec) -> str:
-    return "parquet" if spec.predict.backend == "dataflow" else "jsonl"
+    """Parquet for the direct-model job and for SageMaker (whole files posted as
+    application/vnd.apache.parquet); JSON Lines for Vertex, whose batch prediction reads jsonl
+    instances (mlbatch_beam.local_predict.INPUT_FORMAT says the same for the local backend)."""
+    backend = spec.predict.backend
+    if backend == "local":
+        backend = spec.predict.local.flavor
+    return "jsonl" if backend == "vertex" else "parquet"
 
 
 def schema_json(spec: PipelineSpec) -> str:

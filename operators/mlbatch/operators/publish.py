@@ -85,7 +85,8 @@ class PublishOperator(PipelineStepOperator):
 
         staging = empty_local_dir(paths.output_staging)
         flavor = spec.predict.local.flavor if spec.predict.backend == "local" else spec.predict.backend
-        tables = read_batch_predictions(paths.raw_predictions, flavor, id_column=spec.input.id_column)
+        tables = read_batch_predictions(paths.raw_predictions, flavor, id_column=spec.input.id_column,
+                                        input_dir=paths.prepared)
         for i, table in enumerate(tables):
             table = table.rename_columns([spec.input.id_column, spec.output.prediction_column])
             write_table(table, str(staging / f"part-{i:05d}.{spec.output.format}"), spec.output.format)
