@@ -153,7 +153,12 @@ def test_submit_uploads_model_once_and_builds_the_job_from_the_spec(vertex, spec
     assert job.service_account == spec.predict.network.service_account
     assert job.labels["team"] == "ml-platform" and job.labels["mlbatch-pipeline"] == "natality_vertex"
     assert job.model == models.models[0].name
-    assert models.models[0].container_spec.image_uri == spec.predict.vertex.serving_container_image_uri
+    container = models.models[0].container_spec
+    assert container.image_uri == spec.predict.vertex.serving_container_image_uri.format(
+        model_name=model["name"], model_version=model["version"])  # the image the version is baked into
+    assert [p.container_port for p in container.ports] == [8080]  # where the MLflow image's nginx listens
+    assert (container.predict_route, container.health_route) == ("/invocations", "/ping")
+    assert list(job.instance_config.included_fields) == [f.name for f in spec.input.features]
     uploaded = [b.name for b in gcs.client().list_blobs("example-ml-prod-staging")]
     assert any(n.endswith("/input/part-00000.jsonl") for n in uploaded)
     assert any(n.endswith(f"v{model['version']}/MLmodel") for n in uploaded)

@@ -78,8 +78,15 @@ def _gcs_objects(gcs, uri: str) -> list[tuple[str, bytes]]:
     return [(f"gs://{bucket}/{b.name}", b.download_as_bytes()) for b in blobs]
 
 
-def run_batch_prediction(job, model, gcs, container_url: str) -> tuple[str, int, int]:
+def run_batch_prediction(job, model, gcs, container_url: str, served_port: int = 8080) -> tuple[str, int, int]:
+    """`container_url` is where the image's server listens; `served_port` the port it listens on
+    inside the container (the MLflow image: 8080). Vertex sends to the first declared port (8080 when
+    none is declared)."""
     spec = model.container_spec
+    declared = spec.ports[0].container_port if spec.ports else 8080
+    if declared != served_port:
+        raise HealthCheckFailed(f"the container spec declares port {declared}, the image listens on "
+                                f"{served_port}: no health check ever succeeds")
     health = requests.get(container_url + spec.health_route, timeout=30)
     if health.status_code != 200:
         raise HealthCheckFailed(f"health route {spec.health_route} answered {health.status_code}")

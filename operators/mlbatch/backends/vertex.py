@@ -85,16 +85,36 @@ def model_display_name(model: dict) -> str:
     return f"mlb-{model['name']}-v{model['version']}"[:128]
 
 
+# The MLflow serving image (`mlflow models build-docker`): nginx on 8080 in front of the pyfunc scoring
+# server, /ping for health, /invocations taking {"instances": [...]} and answering {"predictions": [...]}.
+MLFLOW_IMAGE_PORT = 8080
+
+
+def serving_image(spec: PipelineSpec, model: dict) -> str:
+    """The serving image of this model version. The MLflow image serves the model baked into it at
+    /opt/ml/model (it does not read Vertex's AIP_STORAGE_URI), so the image is per model version:
+    `{model_name}` and `{model_version}` in `predict.vertex.serving_container_image_uri` are filled in,
+    e.g. `.../mlflow-{model_name}:v{model_version}` built by
+    `mlflow models build-docker -m models:/<name>/<version>`."""
+    uri = spec.predict.vertex.serving_container_image_uri
+    try:
+        return uri.format(model_name=model["name"], model_version=model["version"])
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"{spec.name}: predict.vertex.serving_container_image_uri {uri!r}: only "
+                         f"{{model_name}} and {{model_version}} can be filled in ({exc})") from exc
+
+
 def model_request(spec: PipelineSpec, model: dict, artifact_uri: str):
-    from google.cloud.aiplatform_v1.types import EncryptionSpec, EnvVar, Model, ModelContainerSpec
+    """UploadModel: the container spec the MLflow image needs (its port, routes and flavor)."""
+    from google.cloud.aiplatform_v1.types import EncryptionSpec, EnvVar, Model, ModelContainerSpec, Port
 
     cfg = spec.predict.vertex
     return Model(
         display_name=model_display_name(model),
         artifact_uri=artifact_uri,
         container_spec=ModelContainerSpec(
-            image_uri=cfg.serving_container_image_uri, predict_route=cfg.predict_route,
-            health_route=cfg.health_route,
+            image_uri=serving_image(spec, model), predict_route=cfg.predict_route,
+            health_route=cfg.health_route, ports=[Port(container_port=MLFLOW_IMAGE_PORT)],
             env=[EnvVar(name="MLFLOW_DEPLOYMENT_FLAVOR_NAME", value="python_function")]),
         labels={"mlbatch-model": model_display_name(model).lower()[:63]},
         encryption_spec=EncryptionSpec(kms_key_name=spec.predict.network.kms_key)
@@ -105,7 +125,9 @@ def model_request(spec: PipelineSpec, model: dict, artifact_uri: str):
 def job_request(spec: PipelineSpec, name: str, model_resource: str, input_uris: list[str],
                 output_prefix: str, run_id: str):
     """The BatchPredictionJob: `compute:` -> dedicated resources, `network:` -> service account and
-    CMEK; `keyField` = the id column so every prediction comes back with its id."""
+    CMEK. Instances are JSON objects of exactly the model's features (`included_fields`, which also
+    drops anything else prep kept); `key_field` = the id column, which Vertex keeps out of the instance
+    and writes back as `key` beside each prediction."""
     from google.cloud.aiplatform_v1.types import (
         AcceleratorType, BatchDedicatedResources, BatchPredictionJob, EncryptionSpec, GcsDestination,
         GcsSource, MachineSpec, ManualBatchTuningParameters)
@@ -120,8 +142,9 @@ def job_request(spec: PipelineSpec, name: str, model_resource: str, input_uris: 
         model=model_resource,
         input_config=BatchPredictionJob.InputConfig(instances_format="jsonl",
                                                     gcs_source=GcsSource(uris=input_uris)),
-        instance_config=BatchPredictionJob.InstanceConfig(instance_type="object",
-                                                          key_field=spec.input.id_column),
+        instance_config=BatchPredictionJob.InstanceConfig(
+            instance_type="object", key_field=spec.input.id_column,
+            included_fields=[f.name for f in spec.input.features]),
         output_config=BatchPredictionJob.OutputConfig(
             predictions_format="jsonl", gcs_destination=GcsDestination(output_uri_prefix=output_prefix)),
         dedicated_resources=BatchDedicatedResources(machine_spec=machine,
