@@ -78,7 +78,7 @@ def test_trigger_form_params_are_typed_and_validated(monkeypatch):
     description = {k: dag.params.get_param(k).description for k in dag.params}
     assert "spec field `model.alias`" in description["model_alias"]
     assert "spec field `predict.backend`" in description["backend"]
-    assert "data date (`ds`)" in description["date"]
+    assert "data date `ds`" in description["date"]
 
     good = copy.deepcopy(dag.params)
     good.update({"backend": "local", "date": "2026-11-19"})

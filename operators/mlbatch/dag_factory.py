@@ -89,9 +89,8 @@ def _param(spec: PipelineSpec, key: str, p: TriggerParam) -> Param:
     if p.format:
         schema["format"] = p.format
     default = None if p.field == "ds" else _value_at(spec, p.field)
-    target = ("the data date (`ds`): which day's partition this run scores" if p.field == "ds"
-              else f"spec field `{p.field}`")
-    description = f"{p.description + ' ' if p.description else ''}Overrides {target} for this run."
+    target = "the data date `ds`" if p.field == "ds" else f"spec field `{p.field}`"
+    description = f"{p.description + ' ' if p.description else ''}Overrides {target}."
     return Param(default, description=description, title=key, **schema)
 
 

@@ -71,7 +71,8 @@ class LocalStack:
         passwords.chmod(0o600)
         airflow_home = self.home / "airflow"
         db = self.db_url or f"sqlite:///{airflow_home}/airflow.db"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
+        env = {k: v for k, v in os.environ.items()  # the stack's own Airflow and MLflow settings only
+               if not k.startswith("AIRFLOW__") and k != "MLBATCH_MLFLOW_ARTIFACT_ROOT"}
         env.update({
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # mlflow, airflow
             "AIRFLOW_HOME": str(airflow_home),
@@ -116,7 +117,8 @@ class LocalStack:
             commands[name] = [sys.executable, "-m", "airflow", name, *extra]
         return commands
 
-    def up(self, timeout: float = 180) -> None:
+    def up(self, timeout: float = 180, wait: bool = True) -> None:
+        """Migrate the database, start every process; with `wait`, return once all are healthy."""
         if self.running():
             raise SystemExit(f"already running (pids in {self.pid_file}); `make down` first")
         env = self.env()
@@ -130,6 +132,8 @@ class LocalStack:
                                        stderr=subprocess.STDOUT, start_new_session=True)
             pids[name] = process.pid
         self.pid_file.write_text(json.dumps(pids))
+        if not wait:
+            return
         try:
             self.wait_healthy(timeout)
         except Exception:
@@ -220,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     stack.up()
     user, password = stack.login()
-    db = args.db or "SQLite (.mlbatch-up/airflow/airflow.db)"
+    db = args.db or f"SQLite ({stack.home / 'airflow' / 'airflow.db'})"
     print(f"Airflow UI  {stack.url}   login {user} / {password}\n"
           f"MLflow      {stack.mlflow_url}\n"
           f"database    {db}, LocalExecutor; logs in {stack.home / 'logs'}\n"
