@@ -8,4 +8,11 @@ COPY requirements.txt .
 RUN uv pip install --system --no-cache -r requirements.txt
 COPY operators/ /opt/mlbatch/operators/
 COPY include/beam_jobs/ /opt/mlbatch/include/beam_jobs/
-RUN uv pip install --system --no-cache --no-deps /opt/mlbatch/operators /opt/mlbatch/include/beam_jobs
+# Both packages are installed non-editably, so no setup.py sits next to mlbatch_beam: Dataflow jobs
+# launched from this image stage the job package's sdist, built here, with --extra_package
+# (mlbatch.backends.dataflow_options.beam_jobs_staging_args reads $MLBATCH_BEAM_PACKAGE). Workers
+# pip-install it with its pinned worker-requirements.txt. tests/test_image_dataflow_staging.py does
+# the same build and install in a fresh venv and checks Beam's staging list.
+RUN uv build --sdist --out-dir /opt/mlbatch/dist /opt/mlbatch/include/beam_jobs \
+ && uv pip install --system --no-cache --no-deps /opt/mlbatch/operators /opt/mlbatch/include/beam_jobs
+ENV MLBATCH_BEAM_PACKAGE=/opt/mlbatch/dist

@@ -40,8 +40,14 @@ def model_sharing_args(spec: PipelineSpec) -> list[str]:
     return args
 
 
+PACKAGE_ENV = "MLBATCH_BEAM_PACKAGE"
+PACKAGE_SUFFIXES = (".tar.gz", ".whl", ".zip")
+
+
 def beam_jobs_setup_file() -> str:
-    """include/beam_jobs/setup.py, found through the installed `mlbatch_beam` package (no import)."""
+    """include/beam_jobs/setup.py, found through the installed `mlbatch_beam` package (no import).
+    Only a source checkout (editable install) has it; an image with the package installed
+    non-editably ships a built package instead (`beam_jobs_package`)."""
     found = importlib.util.find_spec("mlbatch_beam")
     if found is None or found.origin is None:
         raise FileNotFoundError("package mlbatch_beam is not installed; `make venv` installs it")
@@ -49,6 +55,44 @@ def beam_jobs_setup_file() -> str:
     if not setup.exists():
         raise FileNotFoundError(f"no setup.py next to the installed mlbatch_beam package (looked for {setup})")
     return str(setup)
+
+
+def beam_jobs_package(env: dict | None = None) -> str | None:
+    """The built Beam jobs package (sdist or wheel) named by $MLBATCH_BEAM_PACKAGE: a file, or a
+    folder holding exactly one (the Dockerfile builds it there at image build time). None if unset."""
+    import os
+
+    value = (os.environ if env is None else env).get(PACKAGE_ENV)
+    if not value:
+        return None
+    path = Path(value)
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.name.endswith(PACKAGE_SUFFIXES))
+        if len(found) != 1:
+            raise FileNotFoundError(f"${PACKAGE_ENV}={value}: expected exactly one built mlbatch_beam package "
+                                    f"({', '.join(PACKAGE_SUFFIXES)}) in the folder, found {[p.name for p in found]}")
+        path = found[0]
+    if not (path.is_file() and path.name.endswith(PACKAGE_SUFFIXES)):
+        raise FileNotFoundError(f"${PACKAGE_ENV}={value}: not a built package file ({', '.join(PACKAGE_SUFFIXES)})")
+    return str(path)
+
+
+def beam_jobs_staging_args(setup_file: str | None = None) -> list[str]:
+    """How the workers get the Beam jobs package: the built package from $MLBATCH_BEAM_PACKAGE
+    (`--extra_package`; workers pip-install it with its pinned requirements), else the source
+    checkout's setup.py (`--setup_file`; Beam builds the sdist at launch)."""
+    if setup_file:
+        return [f"--setup_file={setup_file}"]
+    package = beam_jobs_package()
+    if package:
+        return [f"--extra_package={package}"]
+    try:
+        return [f"--setup_file={beam_jobs_setup_file()}"]
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            f"{exc}. mlbatch_beam is installed without its sources (as in the Docker image): set "
+            f"${PACKAGE_ENV} to its built sdist/wheel (the Dockerfile does), or set "
+            "predict.dataflow.sdk_container_image to an image that has it") from None
 
 
 def _gpu_service_option(accelerator_type: str, count: int) -> str:
@@ -71,9 +115,10 @@ def dataflow_pipeline_args(spec: PipelineSpec, *, job_name: str, setup_file: str
     :param job_name: the Dataflow job name (unique per run; see mlbatch.backends.job_names).
     :param model_workers: add what the workers need to hold the model (`compute.accelerator_*`,
         `compute.one_process_per_worker`); False for the prep job, which loads no model.
-    :param setup_file: the Beam jobs' setup.py staged to the workers; defaults to the installed
-        package's, and is left out when `predict.dataflow.sdk_container_image` is set (the image
-        has the package already, and installing it again at every worker start costs minutes).
+    :param setup_file: the Beam jobs' setup.py staged to the workers; defaults to
+        `beam_jobs_staging_args` (the built package of $MLBATCH_BEAM_PACKAGE, else the source
+        checkout's setup.py), and is left out when `predict.dataflow.sdk_container_image` is set
+        (the image has the package already, and installing it at every worker start costs minutes).
     """
     where = f"{spec.name}: predict.dataflow"
     dataflow, compute, network = spec.predict.dataflow, spec.predict.compute, spec.predict.network
@@ -113,7 +158,7 @@ def dataflow_pipeline_args(spec: PipelineSpec, *, job_name: str, setup_file: str
     if dataflow.sdk_container_image:
         args.append(f"--sdk_container_image={dataflow.sdk_container_image}")
     else:
-        args.append(f"--setup_file={setup_file or beam_jobs_setup_file()}")
+        args += beam_jobs_staging_args(setup_file)
 
     service_options = list(dataflow.service_options)
     if compute.accelerator_type and model_workers:
