@@ -1,7 +1,11 @@
-"""`mlbatch validate FILE...`: check pipeline specs without Airflow running (for a user's own CI).
+"""`mlbatch`: scaffold, check and run pipeline specs without knowing Airflow.
 
-Exit code 0 if every file is valid, 1 otherwise; each problem is printed as
-`file:line: field = value: expected ...`.
+- `mlbatch new NAME --model MODEL@ALIAS --input URI`: write a spec from the model's signature and a
+  sample of the input (mlbatch.scaffold).
+- `mlbatch validate FILE...`: check specs without Airflow running (for a user's own CI). Exit code 0 if
+  every file is valid, 1 otherwise; each problem is printed as `file:line: field = value: expected ...`.
+- `mlbatch run NAME [--date D] [--set key=value ...]`: run a pipeline on this machine with the embedded
+  defaults of `make demo` (mlbatch.local_run).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import sys
 from pathlib import Path
 
 from mlbatch.errors import SpecError
+from mlbatch.local_env import DEFAULT_HOME
 from mlbatch.spec_loader import ENV_VARIABLES, active_environment, load_spec
 
 
@@ -23,7 +28,41 @@ def main(argv: list[str] | None = None) -> int:
         "--env", action="append", dest="envs",
         help=f"environment(s) to validate (repeatable); default: {'/'.join(ENV_VARIABLES)} or 'dev'",
     )
+    new = sub.add_parser("new", help="write a pipeline spec from a registered model and a sample of the input")
+    new.add_argument("name", help="pipeline name (lower case, digits, _): the DAG id and file name")
+    new.add_argument("--model", required=True, help="MODEL@ALIAS or MODEL/VERSION in the MLflow registry")
+    new.add_argument("--input", required=True, help="a file, folder or glob (parquet, CSV or JSON Lines)")
+    new.add_argument("--backend", default="dataflow", choices=["dataflow", "local", "sagemaker", "vertex"])
+    new.add_argument("--id-column", help="row id column (default: inferred from the sample)")
+    new.add_argument("--output", help="output partition URI (default: under the data root, per date)")
+    new.add_argument("--home", type=Path, default=DEFAULT_HOME, help="embedded defaults folder (.demo)")
+    run = sub.add_parser("run", help="run a pipeline on this machine (embedded Airflow and MLflow defaults)")
+    run.add_argument("name", help="pipeline name (in the pipelines folder) or spec file")
+    run.add_argument("--date", help="data date YYYY-MM-DD (the run's logical date); default today")
+    run.add_argument("--set", action="append", default=[], dest="assignments", metavar="KEY=VALUE",
+                     help="override a trigger parameter of the spec for this run (repeatable)")
+    run.add_argument("--env", dest="environment", help="spec environment (default: MLBATCH_ENV or 'dev')")
+    run.add_argument("--home", type=Path, default=DEFAULT_HOME, help="embedded defaults folder (.demo)")
+    run.add_argument("--wait", action="store_true", help="wait for missing input instead of failing at once")
     args = parser.parse_args(argv)
+    if args.command == "new":
+        from mlbatch.scaffold import ScaffoldError, new_pipeline
+
+        try:
+            new_pipeline(args.name, args.model, args.input, backend=args.backend, id_column=args.id_column,
+                         output=args.output, home=args.home)
+        except ScaffoldError as exc:
+            print(f"mlbatch new: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    if args.command == "run":
+        from mlbatch.local_run import RunError, run as run_pipeline
+
+        try:
+            return run_pipeline(args.name, args.date, args.assignments, args.environment, args.home, args.wait)
+        except RunError as exc:
+            print(f"mlbatch run: {exc}", file=sys.stderr)
+            return 2
 
     failed = 0
     for path in args.files:

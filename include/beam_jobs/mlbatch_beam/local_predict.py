@@ -26,6 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from mlbatch_beam.arrow_io import match_paths, read_file_batches, write_bytes
 from mlbatch_beam.model_handler import MLflowPyfuncModelHandler
+from mlbatch_beam.progress import ProgressReporter
 
 FLAVORS = ("vertex", "sagemaker")
 VERTEX_PREFIX = "prediction.results-"
@@ -64,6 +65,7 @@ def predict_files(input_pattern: str, model_uri: str, id_column: str, feature_co
     paths = match_paths(input_pattern)
     model = MLflowPyfuncModelHandler(model_uri, id_column, feature_columns).load_model()
     rows_in = rows_scored = 0
+    progress = ProgressReporter("scored")
     for index, path in enumerate(paths):
         target = FileSystems.join(output_dir, output_name(flavor, path, index, len(paths)))
         predictions = []
@@ -76,8 +78,10 @@ def predict_files(input_pattern: str, model_uri: str, id_column: str, feature_co
                 else:  # one request per file: the answer is written once, at the end
                     predictions += _plain(scored)
                 rows_scored += batch.num_rows
+                progress.add(batch.num_rows)
             if flavor == "sagemaker":
                 out.write(sagemaker_response(predictions))
+    progress.flush()
     if flavor == "vertex":
         write_bytes(FileSystems.join(output_dir, f"{VERTEX_ERRORS}00000-of-00001"), b"")
     return {"rows_in": rows_in, "rows_scored": rows_scored}

@@ -21,6 +21,7 @@ from mlbatch_beam.arrow_io import (
     match_paths, piece_of, source_of, with_origin,
 )
 from mlbatch_beam.options import pipeline_options
+from mlbatch_beam.progress import ProgressReporter
 from mlbatch_beam.results import NAMESPACE, counter_totals, write_result
 from mlbatch_beam.schema import FeatureSchema
 from mlbatch_beam.validate import split_valid
@@ -34,6 +35,7 @@ class _Validate(beam.DoFn):
         self._rows_in = Metrics.counter(NAMESPACE, "rows_in")
         self._rows_valid = Metrics.counter(NAMESPACE, "rows_valid")
         self._rows_rejected = Metrics.counter(NAMESPACE, "rows_rejected")
+        self._progress = ProgressReporter("read")
 
     def process(self, batch):
         source = source_of(batch)
@@ -41,10 +43,14 @@ class _Validate(beam.DoFn):
         self._rows_in.inc(batch.num_rows)
         self._rows_valid.inc(valid.num_rows)
         self._rows_rejected.inc(len(rejected))
+        self._progress.add(batch.num_rows)
         if valid.num_rows:
             yield with_origin(valid, source, piece_of(batch))
         if rejected:  # all of one batch's rejects together: their file is named after the batch
             yield beam.pvalue.TaggedOutput(PrepareInput.REJECTED, (piece_of(batch), rejected))
+
+    def finish_bundle(self):
+        self._progress.flush()
 
 
 class PrepareInput(beam.PTransform):

@@ -23,6 +23,7 @@ from mlbatch_beam.arrow_io import (
 )
 from mlbatch_beam.model_handler import DEFAULT_BATCH_ROWS, MLflowPyfuncModelHandler
 from mlbatch_beam.options import pipeline_options
+from mlbatch_beam.progress import ProgressReporter
 from mlbatch_beam.results import NAMESPACE, counter_totals, write_result
 
 
@@ -44,12 +45,17 @@ class _ToKeyedFrame(beam.DoFn):
 class _ToArrow(beam.DoFn):
     def __init__(self):
         self._rows_scored = Metrics.counter(NAMESPACE, "rows_scored")
+        self._progress = ProgressReporter("scored")
 
     def process(self, keyed):
         piece, frame = keyed
         self._rows_scored.inc(len(frame))
+        self._progress.add(len(frame))
         batch = pa.RecordBatch.from_pandas(frame, preserve_index=False)
         yield with_origin(batch, "", piece)
+
+    def finish_bundle(self):
+        self._progress.flush()
 
 
 class ScoreBatches(beam.PTransform):

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from mlbatch.local_env import ensure_airflow_db, local_env
+
 PIPELINE = "natality_daily"
 MODEL = "natality_weight"
 DATE = "2026-11-20"
@@ -30,18 +32,9 @@ STRUCTURED = re.compile(r"\[(\w+)\s*\] (.*?)(?: \[[\w.]+\](?: loc=\S+)?)?\s*$")
 
 
 def demo_env(home: Path, repo: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "AIRFLOW_HOME": str(home / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(repo / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow/mlflow.db",
-        "MLBATCH_MLFLOW_ARTIFACT_ROOT": str(home / "mlflow" / "artifacts"),
-        "MLBATCH_DATA_ROOT": str(home / "data"),
-        "MLBATCH_PIPELINES_DIR": str(repo / "include" / "pipelines"),
-        "MLBATCH_ENV": "dev",
-    }
+    """The embedded defaults under `home` (mlbatch.local_env), replacing any the caller had set."""
+    env = local_env(home, pipelines=repo / "include" / "pipelines", keep_user_settings=False)
+    return {**env, "MLBATCH_ENV": "dev"}
 
 
 def readable(line: str) -> str:
@@ -65,13 +58,7 @@ def prepare(home: Path, env: dict[str, str], rows: int) -> None:
     (home / "mlflow").mkdir(parents=True, exist_ok=True)
 
     t = step("Airflow metadata database (SQLite)")
-    db = home / "airflow" / "airflow.db"
-    if db.exists():
-        done(t, f"reusing {db} ")
-    else:
-        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True,
-                       stdout=subprocess.DEVNULL)
-        done(t, f"created {db} ")
+    done(t, ensure_airflow_db(env) + " ")
 
     from mlbatch.demo.natality import train_and_register, write_partition
 

@@ -36,10 +36,9 @@ def main() -> int:
 
     os.environ.update(env)
     (home / "logs").mkdir(parents=True, exist_ok=True)
-    if not (home / "airflow" / "airflow.db").exists():
-        print("== Airflow metadata database (SQLite)", flush=True)
-        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True,
-                       stdout=subprocess.DEVNULL)
+    from mlbatch.local_env import ensure_airflow_db
+
+    print(f"== {ensure_airflow_db(env)}", flush=True)
     partition = home / "alert-data" / "natality" / f"ds={DATE}"
     if not (partition / "_SUCCESS").exists():
         from mlbatch.demo.natality import write_partition

@@ -1,0 +1,116 @@
+"""A new user's path: a freshly registered model and a data file -> a published partition, using only
+`mlbatch new` and `mlbatch run`, as processes with no Airflow/MLflow/mlbatch environment variables.
+
+The commands run in an empty working folder with its own HOME, so the embedded defaults (Airflow home
+on SQLite, MLflow store, logs) land in `<folder>/.demo`. The model is registered into that store the
+way a user's training script would, before any mlbatch command runs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+DATE = "2026-11-20"
+ROWS = 2_000
+BAD = 7  # rows with a null feature: rejected into the dead letters
+MLBATCH = str(Path(sys.executable).parent / "mlbatch")
+
+
+def customers(rows: int, seed: int = 0):
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    tenure = rng.integers(1, 72, rows)
+    spend = rng.normal(60, 20, rows).round(2).clip(5, 200)
+    contract = rng.random(rows) < 0.5
+    churned = (rng.random(rows) < 0.6 - tenure / 150 - 0.3 * contract).astype(int)
+    return pd.DataFrame({"customer_id": np.arange(100_000, 100_000 + rows), "tenure_months": tenure,
+                         "monthly_spend": spend, "has_contract": contract, "churned": churned})
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """An empty working folder with a registered model (`churn@champion`) and one day of CSV data."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LogisticRegression
+
+    work = tmp_path_factory.mktemp("newuser")
+    (work / "home").mkdir()
+    train = customers(1_000, seed=1)
+    features = ["tenure_months", "monthly_spend", "has_contract"]
+    model = LogisticRegression().fit(train[features], train["churned"])
+    store = work / ".demo" / "mlflow"
+    store.mkdir(parents=True)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")  # the store `mlbatch` uses by default here
+    try:
+        experiment = mlflow.create_experiment("churn_training", artifact_location=str(store / "artifacts"))
+        with mlflow.start_run(experiment_id=experiment):
+            info = mlflow.sklearn.log_model(
+                model, name="model", registered_model_name="churn",
+                signature=infer_signature(train[features].head(50), model.predict(train[features].head(50))),
+                serialization_format="cloudpickle",
+            )
+        MlflowClient().set_registered_model_alias("churn", "champion", info.registered_model_version)
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+    day = customers(ROWS)
+    day.loc[day.index[:BAD], "monthly_spend"] = None
+    partition = work / "data" / "customers" / f"ds={DATE}"
+    partition.mkdir(parents=True)
+    day.to_csv(partition / "part-00000.csv", index=False)
+    (partition / "_SUCCESS").write_text("")
+    return work
+
+
+def mlbatch(workdir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    clean = {"PATH": os.environ["PATH"], "HOME": str(workdir / "home")}  # no AIRFLOW_*, MLFLOW_*, MLBATCH_*
+    return subprocess.run([MLBATCH, *args], cwd=workdir, env=clean, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_new_then_run_publishes_a_partition(workdir):
+    made = mlbatch(workdir, "new", "churn_daily", "--model", "churn@champion",
+                   "--input", f"data/customers/ds={DATE}")
+    assert made.returncode == 0, made.stderr
+    spec_file = workdir / "include" / "pipelines" / "churn_daily.yaml"
+    spec = yaml.safe_load(spec_file.read_text())
+    assert spec["input"]["id_column"] == "customer_id"
+    assert spec["input"]["format"] == "csv"
+    assert spec["input"]["uri"] == f"{workdir}/data/customers/ds={{{{ ds }}}}/*.csv"
+    assert [(f["name"], f["type"]) for f in spec["input"]["features"]] == [
+        ("tenure_months", "int"), ("monthly_spend", "float"), ("has_contract", "bool")]
+    assert "churned" in made.stdout  # the column the model does not read is pointed out
+    assert "# min: 1" in spec_file.read_text()  # ranges are suggested, commented
+
+    again = mlbatch(workdir, "new", "churn_daily", "--model", "churn@champion", "--input", "data")
+    assert again.returncode == 2 and "not overwriting" in again.stderr
+
+    unknown = mlbatch(workdir, "run", "churn_daily", "--date", DATE, "--set", "backnd=local")
+    assert unknown.returncode == 2 and "backnd: not a trigger parameter" in unknown.stderr
+
+    ran = mlbatch(workdir, "run", "churn_daily", "--date", DATE, timeout=600)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    for task in ("wait_for_data", "resolve_model", "prep", "predict", "publish", "record"):
+        assert f"  {task}" in ran.stdout
+    assert f"{ROWS:,} rows in: {ROWS - BAD:,} valid, {BAD:,} rejected" in ran.stdout
+
+    import pyarrow.parquet as pq
+
+    output = workdir / ".demo" / "data" / "predictions" / "churn_daily" / f"ds={DATE}"
+    assert f"output       : {output}" in ran.stdout
+    published = pq.read_table(output).to_pandas()
+    assert len(published) == ROWS - BAD
+    assert set(published["customer_id"]) == set(range(100_000 + BAD, 100_000 + ROWS))
+    assert set(published["prediction"]) <= {0, 1}
+    assert "MLflow run   :" in ran.stdout
