@@ -22,6 +22,9 @@ BAD = 7  # rows with a null feature: rejected into the dead letters
 MLBATCH = str(Path(sys.executable).parent / "mlbatch")
 
 
+FEATURES = ["tenure_months", "monthly_spend", "has_contract", "plan"]
+
+
 def customers(rows: int, seed: int = 0):
     import numpy as np
     import pandas as pd
@@ -30,24 +33,42 @@ def customers(rows: int, seed: int = 0):
     tenure = rng.integers(1, 72, rows)
     spend = rng.normal(60, 20, rows).round(2).clip(5, 200)
     contract = rng.random(rows) < 0.5
+    plan = rng.choice(["basic", "plus", "pro"], rows)
     churned = (rng.random(rows) < 0.6 - tenure / 150 - 0.3 * contract).astype(int)
     return pd.DataFrame({"customer_id": np.arange(100_000, 100_000 + rows), "tenure_months": tenure,
-                         "monthly_spend": spend, "has_contract": contract, "churned": churned})
+                         "monthly_spend": spend, "has_contract": contract, "plan": plan, "churned": churned})
+
+
+class ChurnProbability:
+    """The docs/spec.md example's model: P(churn) per row from a fitted sklearn classifier."""
+
+    def __init__(self, classifier):
+        self.classifier = classifier
+
+    def predict(self, context, model_input, params=None):
+        return self.classifier.predict_proba(model_input[FEATURES])[:, 1]
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     """An empty working folder with a registered model (`churn@champion`) and one day of CSV data."""
+    import cloudpickle
     import mlflow
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
+    from sklearn.compose import make_column_transformer
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
 
     work = tmp_path_factory.mktemp("newuser")
     (work / "home").mkdir()
     train = customers(1_000, seed=1)
-    features = ["tenure_months", "monthly_spend", "has_contract"]
-    model = LogisticRegression().fit(train[features], train["churned"])
+    classifier = make_pipeline(
+        make_column_transformer((OneHotEncoder(), ["plan"]), remainder="passthrough"), LogisticRegression(),
+    ).fit(train[FEATURES], train["churned"])
+    model = type("ChurnProbability", (ChurnProbability, mlflow.pyfunc.PythonModel), {})(classifier)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the Airflow process cannot import tests
     store = work / ".demo" / "mlflow"
     store.mkdir(parents=True)
     previous = mlflow.get_tracking_uri()
@@ -55,14 +76,13 @@ def workdir(tmp_path_factory) -> Path:
     try:
         experiment = mlflow.create_experiment("churn_training", artifact_location=str(store / "artifacts"))
         with mlflow.start_run(experiment_id=experiment):
-            info = mlflow.sklearn.log_model(
-                model, name="model", registered_model_name="churn",
-                signature=infer_signature(train[features].head(50), model.predict(train[features].head(50))),
-                serialization_format="cloudpickle",
-            )
+            x = train[FEATURES].head(50)
+            info = mlflow.pyfunc.log_model(name="model", python_model=model, registered_model_name="churn",
+                                           signature=infer_signature(x, model.predict(None, x)))
         MlflowClient().set_registered_model_alias("churn", "champion", info.registered_model_version)
     finally:
         mlflow.set_tracking_uri(previous)
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
     day = customers(ROWS)
     day.loc[day.index[:BAD], "monthly_spend"] = None
@@ -89,9 +109,10 @@ def test_new_then_run_publishes_a_partition(workdir):
     assert spec["input"]["format"] == "csv"
     assert spec["input"]["uri"] == f"{workdir}/data/customers/ds={{{{ ds }}}}/*.csv"
     assert [(f["name"], f["type"]) for f in spec["input"]["features"]] == [
-        ("tenure_months", "int"), ("monthly_spend", "float"), ("has_contract", "bool")]
+        ("tenure_months", "int"), ("monthly_spend", "float"), ("has_contract", "bool"), ("plan", "string")]
     assert "churned" in made.stdout  # the column the model does not read is pointed out
     assert "# min: 1" in spec_file.read_text()  # ranges are suggested, commented
+    assert '# allowed: ["basic", "plus", "pro"]' in spec_file.read_text()
 
     again = mlbatch(workdir, "new", "churn_daily", "--model", "churn@champion", "--input", "data")
     assert again.returncode == 2 and "not overwriting" in again.stderr
@@ -112,5 +133,34 @@ def test_new_then_run_publishes_a_partition(workdir):
     published = pq.read_table(output).to_pandas()
     assert len(published) == ROWS - BAD
     assert set(published["customer_id"]) == set(range(100_000 + BAD, 100_000 + ROWS))
-    assert set(published["prediction"]) <= {0, 1}
+    assert published["prediction"].between(0, 1).all() and published["prediction"].nunique() > 10  # P(churn)
     assert "MLflow run   :" in ran.stdout
+
+
+def test_run_overrides_are_checked_like_trigger_params():
+    from mlbatch.local_run import RunError, trigger_conf
+    from mlbatch.spec_loader import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "include" / "pipelines" / "natality_daily.yaml", "dev")
+    assert trigger_conf(spec, ["backend=local", "model.alias=challenger", "date=2026-11-19"]) == {
+        "backend": "local", "model_alias": "challenger", "date": "2026-11-19"}
+    for bad, says in [("backnd=local", "not a trigger parameter"), ("prep.batch_rows=5", "not a trigger parameter"),
+                      ("backend=gpu", "expected one of dataflow, local"), ("date=2026-13-01", "expected a date"),
+                      ("backend", "expected key=value")]:
+        with pytest.raises(RunError, match=says):
+            trigger_conf(spec, [bad])
+
+
+def test_docs_classifier_example_is_a_valid_spec(tmp_path):
+    """The second complete example of docs/spec.md loads in dev and prod."""
+    import re
+
+    from mlbatch.spec_loader import load_spec
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "spec.md").read_text()
+    example = re.search(r"```yaml\n(name: churn_daily\n.*?)```", text, re.S).group(1)
+    (tmp_path / "churn_daily.yaml").write_text(example)
+    for env in ("dev", "prod"):
+        spec = load_spec(tmp_path / "churn_daily.yaml", env)
+        assert spec.output.prediction_column == "churn_probability"
+        assert [f.name for f in spec.input.features] == FEATURES
