@@ -39,9 +39,18 @@ def customers(rows: int, seed: int = 0):
                          "monthly_spend": spend, "has_contract": contract, "plan": plan, "churned": churned})
 
 
-class ChurnProbability:
-    """The docs/spec.md example's model: P(churn) per row from a fitted sklearn classifier."""
+TRAIN_AND_REGISTER = """
+import os
+import mlflow
+from mlflow.models import infer_signature
+from sklearn.compose import make_column_transformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder
+from test_new_pipeline import FEATURES, customers
 
+
+class ChurnProbability(mlflow.pyfunc.PythonModel):  # the docs/spec.md example's model: P(churn) per row
     def __init__(self, classifier):
         self.classifier = classifier
 
@@ -49,40 +58,32 @@ class ChurnProbability:
         return self.classifier.predict_proba(model_input[FEATURES])[:, 1]
 
 
+train = customers(1_000, seed=1)
+classifier = make_pipeline(
+    make_column_transformer((OneHotEncoder(), ["plan"]), remainder="passthrough"), LogisticRegression(),
+).fit(train[FEATURES], train["churned"])
+model, x = ChurnProbability(classifier), train[FEATURES].head(50)
+experiment = mlflow.create_experiment("churn_training", artifact_location=os.path.abspath(".demo/mlflow/artifacts"))
+with mlflow.start_run(experiment_id=experiment):
+    info = mlflow.pyfunc.log_model(name="model", python_model=model, registered_model_name="churn",
+                                   signature=infer_signature(x, model.predict(None, x)))
+mlflow.MlflowClient().set_registered_model_alias("churn", "champion", info.registered_model_version)
+"""
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    """An empty working folder with a registered model (`churn@champion`) and one day of CSV data."""
-    import cloudpickle
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.models import infer_signature
-    from sklearn.compose import make_column_transformer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OneHotEncoder
+    """An empty working folder with a registered model (`churn@champion`) and one day of CSV data.
 
+    The model is registered by a separate process, as a user's training script would, into the store
+    that `mlbatch` uses by default in this folder (this test process's MLflow settings stay out)."""
     work = tmp_path_factory.mktemp("newuser")
     (work / "home").mkdir()
-    train = customers(1_000, seed=1)
-    classifier = make_pipeline(
-        make_column_transformer((OneHotEncoder(), ["plan"]), remainder="passthrough"), LogisticRegression(),
-    ).fit(train[FEATURES], train["churned"])
-    model = type("ChurnProbability", (ChurnProbability, mlflow.pyfunc.PythonModel), {})(classifier)
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the Airflow process cannot import tests
-    store = work / ".demo" / "mlflow"
-    store.mkdir(parents=True)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")  # the store `mlbatch` uses by default here
-    try:
-        experiment = mlflow.create_experiment("churn_training", artifact_location=str(store / "artifacts"))
-        with mlflow.start_run(experiment_id=experiment):
-            x = train[FEATURES].head(50)
-            info = mlflow.pyfunc.log_model(name="model", python_model=model, registered_model_name="churn",
-                                           signature=infer_signature(x, model.predict(None, x)))
-        MlflowClient().set_registered_model_alias("churn", "champion", info.registered_model_version)
-    finally:
-        mlflow.set_tracking_uri(previous)
-        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    (work / ".demo" / "mlflow").mkdir(parents=True)
+    script = "import sys; sys.path.insert(0, %r)\n" % str(Path(__file__).parent) + TRAIN_AND_REGISTER
+    env = {"PATH": os.environ["PATH"], "HOME": str(work / "home"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{work}/.demo/mlflow/mlflow.db"}
+    subprocess.run([sys.executable, "-c", script], cwd=work, env=env, check=True, capture_output=True)
 
     day = customers(ROWS)
     day.loc[day.index[:BAD], "monthly_spend"] = None

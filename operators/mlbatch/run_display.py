@@ -149,6 +149,9 @@ class RunWatcher:
         self.console.print(self.task_line(task))
         if task.state not in ("success", "skipped", "deferred"):
             self.console.print(self.failure_excerpt(task), markup=False)
+        if task.state == "up_for_retry":
+            self.console.print(f"  {task_id} will be retried after the spec's tasks.retry_delay_minutes "
+                               "(Ctrl-C stops the run)")
         self.current = None
 
     def task_line(self, task: TaskState) -> Text:
