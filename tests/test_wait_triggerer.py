@@ -46,21 +46,35 @@ def pipeline(name: str, data: Path, **extra) -> dict:
         "predict": {"backend": "local"},
         "output": {"uri": f"{data}/predictions/{name}/ds={{{{ ds }}}}"},
         "tasks": {"retries": 1, "retry_delay_minutes": 0.05},
-        "wait": {"poke_seconds": 1, "timeout_minutes": 3},
+        "wait": {"poke_seconds": 1, "timeout_minutes": 10},  # generous: a loaded CI machine is slow
     }
     for key, value in extra.items():
         spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
     return spec
 
 
+MIN_BYTES = 2_000
+USER, PASSWORD = "tester", secrets.token_hex(8)
+
+
+def on_object_store(name: str, root: str, data: Path) -> dict:
+    """Input and marker in a bucket (moto S3 or the GCS emulator), at least MIN_BYTES of data files."""
+    return pipeline(name, data, input={"uri": f"{root}/natality/ds={{{{ ds }}}}/*.parquet",
+                                       "marker": f"{root}/natality/ds={{{{ ds }}}}/_SUCCESS"},
+                    wait={"checks": {"min_bytes": MIN_BYTES}, "timeout_minutes": 30})
+
+
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, registered_model):
+def cluster(tmp_path_factory, registered_model, moto_server, gcs_emulator):
     import sqlalchemy as sa
 
     home = tmp_path_factory.mktemp("cluster")
     data, specs = home / "data", home / "pipelines"
     specs.mkdir()
     never = str(data / "never" / "_SUCCESS")
+    bucket = f"mlbatch-wait-{os.getpid()}-{secrets.token_hex(3)}"
+    moto_server.client("s3").create_bucket(Bucket=bucket)
+    gcs_emulator.client().create_bucket(bucket)
     for spec in [
         pipeline("chain_upstream", data),
         pipeline("chain_downstream", data, wait={"kind": "upstream_asset", "assets": ["chain_upstream"]}),
@@ -68,9 +82,11 @@ def cluster(tmp_path_factory, registered_model):
                  wait={"kind": "upstream_task", "dag_id": "chain_upstream", "task_ids": ["publish"]}),
         pipeline("wait_then_skip", data, wait={"targets": [never], "timeout_minutes": 0.1, "on_timeout": "skip"}),
         pipeline("wait_then_fail", data, wait={"targets": [never], "timeout_minutes": 0.1, "on_timeout": "fail"}),
+        *(on_object_store(f"wait_{scheme}", f"{scheme}://{bucket}", data) for scheme in ("s3", "gs")),
     ]:
         (specs / f"{spec['name']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
+    (home / "passwords.json").write_text(json.dumps({USER: PASSWORD}))
     database = f"mlbatch_sensors_{os.getpid()}_{secrets.token_hex(3)}"
     admin = sa.create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -89,6 +105,8 @@ def cluster(tmp_path_factory, registered_model):
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
         "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "2",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
@@ -96,6 +114,14 @@ def cluster(tmp_path_factory, registered_model):
         "MLBATCH_PIPELINES_DIR": str(specs),
         "MLBATCH_DATA_ROOT": str(data),
         "NO_PROXY": "*",
+        # The emulators run in this pytest process; workers and the triggerer reach them over HTTP.
+        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({
+            "conn_type": "aws", "login": "testing", "password": "testing",
+            "extra": {"endpoint_url": moto_server.endpoint_url, "region_name": moto_server.region}}),
+        "AWS_DEFAULT_REGION": moto_server.region,
+        "STORAGE_EMULATOR_HOST": gcs_emulator.endpoint_url,
+        "AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT": json.dumps({
+            "conn_type": "google_cloud_platform", "extra": {"project": "test-project", "is_anonymous": True}}),
     })
     airflow = [sys.executable, "-m", "airflow"]
     logs = home / "process-logs"
@@ -108,8 +134,12 @@ def cluster(tmp_path_factory, registered_model):
             out = (logs / f"{name}.log").open("w")
             procs.append(subprocess.Popen(airflow + [name], env=env, stdout=out, stderr=subprocess.STDOUT))
         api_up(port, procs)  # task processes report through the API server: it must listen first
+        api = f"http://127.0.0.1:{port}"
+        # The object-store runs start now, so that their start and deferral overlap the first test.
+        start_runs(api, "wait_s3", "wait_gs")
         engine = sa.create_engine(f"{PG}/{database}")
-        yield {"env": env, "airflow": airflow, "db": engine, "data": data, "home": home, "logs": logs}
+        yield {"env": env, "api": api, "db": engine, "data": data, "home": home, "logs": logs, "bucket": bucket,
+               "s3": moto_server.client("s3"), "gcs": gcs_emulator.client().bucket(bucket)}
         engine.dispose()
     finally:
         for proc in procs:
@@ -138,9 +168,21 @@ def api_up(port: int, procs: list, timeout: float = 180) -> None:
     raise AssertionError(f"the API server did not listen on port {port} within {timeout} s")
 
 
-def trigger(cluster, dag_id: str) -> None:
-    subprocess.run(cluster["airflow"] + ["dags", "trigger", dag_id, "--logical-date", f"{DATE}T00:00:00+00:00"],
-                   env=cluster["env"], check=True, capture_output=True, timeout=120)
+def start_runs(api: str, *dag_ids: str) -> None:
+    """Trigger a run of each DAG for DATE through the REST API (no CLI process to start: seconds each)."""
+    import httpx
+
+    token = httpx.post(f"{api}/auth/token", json={"username": USER, "password": PASSWORD}, timeout=60)
+    token.raise_for_status()
+    headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+    for dag_id in dag_ids:
+        made = httpx.post(f"{api}/api/v2/dags/{dag_id}/dagRuns", headers=headers, timeout=60,
+                          json={"logical_date": f"{DATE}T00:00:00+00:00"})
+        assert made.status_code == 200, made.text
+
+
+def trigger(cluster, *dag_ids: str) -> None:
+    start_runs(cluster["api"], *dag_ids)
 
 
 def rows(cluster, sql: str, **params) -> list:
@@ -150,7 +192,7 @@ def rows(cluster, sql: str, **params) -> list:
         return conn.execute(sa.text(sql), params).all()
 
 
-def wait_until(what: str, check, cluster, timeout: float = 150.0):
+def wait_until(what: str, check, cluster, timeout: float = 420.0):  # a shared CI machine can be slow
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
@@ -175,8 +217,7 @@ def task_log(cluster, dag_id: str, task_id: str) -> str:
 def test_sensor_defers_in_the_triggerer_resumes_on_data_and_chains_by_asset(cluster):
     from mlbatch.demo.natality import write_partition
 
-    for dag_id in ("chain_upstream", "after_upstream_task", "wait_then_skip", "wait_then_fail"):
-        trigger(cluster, dag_id)
+    trigger(cluster, "chain_upstream", "after_upstream_task", "wait_then_skip", "wait_then_fail")
 
     # Deferred: the trigger is in the triggerer, and no task holds a worker slot while it waits.
     wait_until("chain_upstream wait_for_data deferred",
@@ -237,3 +278,48 @@ def test_sensor_defers_in_the_triggerer_resumes_on_data_and_chains_by_asset(clus
     assert (state, tries) == ("failed", 1)
     log = task_log(cluster, "wait_then_fail", "wait_for_data")
     assert "wait.on_timeout = fail" in log and "never/_SUCCESS does not exist" in log
+
+
+def test_sensor_waits_for_s3_and_gcs_markers_in_the_triggerer_and_checks_the_bytes(cluster, tmp_path):
+    """The marker lands after the task deferred; a partition below wait.checks.min_bytes keeps the run
+    waiting (the completeness check runs in the resumed task), the rest of the data lets it go on."""
+    from mlbatch.demo.natality import write_partition
+
+    bucket, prefix = cluster["bucket"], f"natality/ds={DATE}"
+    # wait_s3 and wait_gs were triggered when the cluster started (see `cluster`).
+
+    def held_trigger(dag_id: str):
+        return rows(cluster, "SELECT t.classpath, t.kwargs FROM trigger t JOIN task_instance ti ON ti.trigger_id "
+                             "= t.id WHERE ti.dag_id = :d AND ti.state = 'deferred' AND t.triggerer_id IS NOT NULL",
+                    d=dag_id)
+
+    expected = {"wait_s3": ("airflow.providers.amazon.aws.triggers.s3.S3KeyTrigger", f"{prefix}/_SUCCESS"),
+                "wait_gs": ("airflow.providers.google.cloud.triggers.gcs.GCSBlobTrigger", f"{prefix}/_SUCCESS")}
+    for dag_id, (classpath, key) in expected.items():
+        [(held, kwargs)] = wait_until(f"{dag_id}: the marker's trigger held by the triggerer",
+                                      lambda: held_trigger(dag_id), cluster)
+        assert held == classpath and key in json.dumps(kwargs) and bucket in json.dumps(kwargs)
+
+    # A producer writes a truncated file and its marker: the triggers fire, the check keeps the runs waiting.
+    parquet = sorted(write_partition(tmp_path / "part", 300, files=2, seed=5).glob("*.parquet"))
+    small, rest = b"PAR1" + b"\0" * 96, parquet[1].read_bytes()
+    assert len(small) < MIN_BYTES <= len(small) + len(rest)
+    cluster["s3"].put_object(Bucket=bucket, Key=f"{prefix}/part-00000.parquet", Body=small)
+    cluster["s3"].put_object(Bucket=bucket, Key=f"{prefix}/_SUCCESS", Body=b"")
+    cluster["gcs"].blob(f"{prefix}/part-00000.parquet").upload_from_string(small)
+    cluster["gcs"].blob(f"{prefix}/_SUCCESS").upload_from_string(b"")
+    for dag_id in expected:
+        wait_until(f"{dag_id}: the completeness check ran and failed", lambda: "Input not complete yet: 100 bytes "
+                   f"in 1 files < min_bytes {MIN_BYTES}" in task_log(cluster, dag_id, "wait_for_data"), cluster)
+        assert ti_state(cluster, dag_id, "wait_for_data") != "success"  # still waiting (deferred, by time)
+
+    # The rest of the partition arrives: the next poke finds it complete and the runs go on.
+    cluster["s3"].put_object(Bucket=bucket, Key=f"{prefix}/part-00001.parquet", Body=rest)
+    cluster["gcs"].blob(f"{prefix}/part-00001.parquet").upload_from_string(rest)
+    for dag_id, scheme in (("wait_s3", "s3"), ("wait_gs", "gs")):
+        wait_until(f"{dag_id} wait_for_data done",
+                   lambda: ti_state(cluster, dag_id, "wait_for_data") == "success", cluster)
+        log = task_log(cluster, dag_id, "wait_for_data")
+        marker = f"{scheme}://{bucket}/{prefix}/_SUCCESS"
+        assert f"Arrived: {marker}" in log  # resumed by the marker trigger's event
+        assert f"Input is there and complete: {marker}" in log
