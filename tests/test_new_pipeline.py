@@ -165,3 +165,23 @@ def test_docs_classifier_example_is_a_valid_spec(tmp_path):
         spec = load_spec(tmp_path / "churn_daily.yaml", env)
         assert spec.output.prediction_column == "churn_probability"
         assert [f.name for f in spec.input.features] == FEATURES
+
+
+def test_run_display_reads_airflow_output():
+    """`airflow dags test` output (recorded from a run whose model alias did not exist) -> task lines."""
+    import io
+
+    from rich.console import Console
+
+    from mlbatch.run_display import RunWatcher
+
+    out = io.StringIO()
+    watcher = RunWatcher(Console(file=out, width=200))
+    for line in (Path(__file__).parent / "data" / "dags_test_failed_run.log").read_text().splitlines(True):
+        watcher.feed(line)
+    assert [(t.task_id, t.state) for t in watcher.tasks.values()] == [("wait_for_data", "success"),
+                                                                      ("resolve_model", "failed")]
+    text = out.getvalue()
+    assert "input ready: /data/customers/ds=2026-11-20/_SUCCESS" in text
+    assert "MlflowException: Registered model alias nope not found." in text
+    assert "Traceback" not in text  # the exception, not the stack

@@ -32,6 +32,8 @@ FACTS = {  # message patterns of the pipeline steps -> what the summary line say
     "mlflow_run": re.compile(r"MLflow run (\w+) in experiment (\S+)"),
 }
 LEVEL = re.compile(r"^\S+ \[(error|warning|critical)\s*\] (.*)$")
+STRUCTURED_TAIL = re.compile(r"\s+\[[\w.]+\](?: \S+=\S+)*\s*$")  # ` [logger] key=value ...` after a message
+EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt): .*$")  # a traceback's last line
 STEP_WORK = {"prep": ("read", "rows read"), "predict": ("scored", "rows scored")}
 
 
@@ -51,7 +53,7 @@ class TaskState:
     rows: int = 0  # from progress lines
     first_progress: float | None = None
     first_rows: int = 0
-    lines: deque = field(default_factory=lambda: deque(maxlen=60))
+    lines: deque = field(default_factory=lambda: deque(maxlen=2000))
 
     @property
     def seconds(self) -> float:
@@ -183,10 +185,16 @@ class RunWatcher:
             return f"MLflow run {f['mlflow_run'][0]}"
         return ""
 
-    def failure_excerpt(self, task: TaskState, lines: int = 25) -> str:
-        """The task's error lines (or its last lines) in plain words, for a failed task."""
-        errors = [m.group(2) for m in map(LEVEL.match, task.lines) if m and m.group(1) != "warning"]
-        shown = errors[-lines:] if errors else [line for line in task.lines][-lines:]
+    def failure_excerpt(self, task: TaskState, lines: int = 15) -> str:
+        """What went wrong in a failed task: its error log lines and the exception that ended it."""
+        shown = []
+        for line in task.lines:
+            level = LEVEL.match(line)
+            if level and level.group(1) != "warning":
+                shown.append(STRUCTURED_TAIL.sub("", level.group(2)))
+            elif EXCEPTION.match(line):
+                shown.append(line)
+        shown = list(dict.fromkeys(shown))[-lines:] or list(task.lines)[-lines:]  # no repeats, in order
         return "\n".join("      " + line[:400] for line in shown)
 
 
