@@ -107,11 +107,12 @@ def live(tmp_path_factory):
         "MLBATCH_SLACK_RESPONSE_URL_PREFIX": f"{slack.url}/commands/",
     })
     try:
-        stack.up(wait=False)
-        registering = _register_model(stack)  # while the Airflow processes start
+        stack.start_mlflow()
+        registering = _register_model(stack)  # while Airflow's database is migrated and its processes start
+        stack.start_airflow()
         stack.wait_healthy(240)
         TIMINGS["stack up (PostgreSQL)"] = time.monotonic() - started
-        assert registering.wait(180) == 0, (stack.home / "register-model.log").read_text()[-3000:]
+        assert registering.wait(180) == 0, (stack.home / "logs" / "register-model.log").read_text()[-3000:]
         TIMINGS["stack up + model registered"] = time.monotonic() - started
         yield Live(stack, root, slack)
     finally:
@@ -127,25 +128,33 @@ def live(tmp_path_factory):
         print("live deployment timings:", json.dumps({k: round(v, 1) for k, v in TIMINGS.items()}))
 
 
+REGISTER = """
+import time, urllib.request
+import cloudpickle, sklearn
+from mlbatch.demo.natality import train_and_register
+deadline = time.monotonic() + 180
+while True:
+    try:
+        urllib.request.urlopen("{url}/health", timeout=2)
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.5)
+train_and_register("natality_weight", rows=5_000, pip_requirements=[
+    f"scikit-learn=={{sklearn.__version__}}", f"cloudpickle=={{cloudpickle.__version__}}"])
+"""
+
+
 def _register_model(stack):
-    """The demo model, registered in the stack's MLflow server once it answers (a subprocess: MLflow's
-    client state is process-wide and the other tests use their own registry)."""
+    """The demo model, registered in the stack's MLflow server as soon as it answers, from a subprocess
+    started at once (MLflow's client state is process-wide; the other tests use their own registry)."""
     import subprocess
     import sys
 
-    wait_until("MLflow server", lambda: _answers(f"{stack.mlflow_url}/health"), timeout=120)
-    return subprocess.Popen([sys.executable, "-c", "from mlbatch.demo.natality import train_and_register; "
-                             "import sklearn, cloudpickle; train_and_register('natality_weight', rows=5_000, pip_requirements=["
-                             "f'scikit-learn=={sklearn.__version__}', f'cloudpickle=={cloudpickle.__version__}'])"],
-                            env=stack.env(),
-                            stdout=(stack.home / "register-model.log").open("w"), stderr=subprocess.STDOUT)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+    (stack.home / "logs").mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([sys.executable, "-c", REGISTER.format(url=stack.mlflow_url)], env=stack.env(),
+                            stdout=(stack.home / "logs" / "register-model.log").open("w"), stderr=subprocess.STDOUT)
 
 
 def test_every_pipeline_is_active_and_nothing_is_stale(live):

@@ -117,28 +117,38 @@ class LocalStack:
             commands[name] = [sys.executable, "-m", "airflow", name, *extra]
         return commands
 
-    def up(self, timeout: float = 180, wait: bool = True) -> None:
-        """Migrate the database, start every process; with `wait`, return once all are healthy."""
+    def up(self, timeout: float = 180) -> None:
+        """Start MLflow, migrate the Airflow database, start Airflow; return once all are healthy."""
         if self.running():
             raise SystemExit(f"already running (pids in {self.pid_file}); `make down` first")
-        env = self.env()
-        logs = self.home / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True,
-                       stdout=(logs / "db-migrate.log").open("w"), stderr=subprocess.STDOUT)
-        pids = {}
-        for name, command in self.commands().items():
-            process = subprocess.Popen(command, env=env, cwd=self.home, stdout=(logs / f"{name}.log").open("w"),
-                                       stderr=subprocess.STDOUT, start_new_session=True)
-            pids[name] = process.pid
-        self.pid_file.write_text(json.dumps(pids))
-        if not wait:
-            return
         try:
+            self.start_mlflow()  # it needs no Airflow database: it comes up while the migration runs
+            self.start_airflow()
             self.wait_healthy(timeout)
-        except Exception:
+        except BaseException:
             self.down()
             raise
+
+    def start_mlflow(self) -> None:
+        self._start("mlflow")
+
+    def start_airflow(self) -> None:
+        log = self.home / "logs" / "db-migrate.log"
+        migrate = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=self.env(),
+                                 stdout=log.open("w"), stderr=subprocess.STDOUT)
+        if migrate.returncode != 0:
+            raise RuntimeError(f"airflow db migrate failed; end of {log}:\n{log.read_text()[-3000:]}")
+        for name in AIRFLOW_PROCESSES:
+            self._start(name)
+
+    def _start(self, name: str) -> None:
+        logs = self.home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        pids = json.loads(self.pid_file.read_text()) if self.pid_file.exists() else {}
+        process = subprocess.Popen(self.commands()[name], env=self.env(), cwd=self.home, start_new_session=True,
+                                   stdout=(logs / f"{name}.log").open("w"), stderr=subprocess.STDOUT)
+        pids[name] = process.pid
+        self.pid_file.write_text(json.dumps(pids))
 
     def wait_healthy(self, timeout: float) -> None:
         deadline, problem = time.monotonic() + timeout, "not started"
