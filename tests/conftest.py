@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["emulators", "scoring_server"]
+pytest_plugins = ["emulators", "scoring_server", "stores"]
 
 REPO = Path(__file__).resolve().parents[1]
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="mlbatch-tests-"))
@@ -31,6 +31,9 @@ os.environ.update({
     "MLBATCH_PIPELINES_DIR": str(REPO / "include" / "pipelines"),
     "MLBATCH_ENV": "dev",
     "NO_PROXY": "*",
+    # gcsfs >= 2026.10 probes each bucket over gRPC (60 s timeout) for zonal/HNS features; the emulator
+    # speaks JSON/HTTP only, and on a standard bucket gcsfs falls back to this very class anyway.
+    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
 })
 (_SESSION_DIR / "airflow").mkdir(parents=True, exist_ok=True)
 

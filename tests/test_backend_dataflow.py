@@ -131,7 +131,8 @@ def dataflow(gcs_emulator, monkeypatch):
     from googleapiclient.discovery import build
 
     monkeypatch.setenv("AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT", json.dumps({
-        "conn_type": "google_cloud_platform", "extra": {"is_anonymous": True, "project": "example-ml-prod"}}))
+        "conn_type": "google_cloud_platform", "extra": {"is_anonymous": True, "project": "example-ml-prod",
+                                                        "gcs.endpoint": gcs_emulator.endpoint_url}}))
     client = gcs_emulator.client("example-ml-prod")
     if not client.lookup_bucket(BUCKET):
         client.create_bucket(BUCKET)
@@ -173,10 +174,9 @@ def submit(spec, context):
     from airflow.sdk.exceptions import TaskDeferred
 
     from mlbatch.operators.predict import PredictOperator
-    from mlbatch.run_paths import local_path
 
     op = PredictOperator(task_id="predict", spec=spec)
-    prepared = local_path(op.run_paths(context, spec).prepared)
+    prepared = Path(op.run_paths(context, spec).prepared)
     prepared.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table({"id": [1], "is_male": [True], "mother_age": [30.0], "plurality": [1],
                              "gestation_weeks": [39.0]}), prepared / "part-00000.parquet")
@@ -270,7 +270,6 @@ def test_trigger_reports_the_jobs_end_from_the_service(dataflow, spec, model):
 def test_execute_complete_checks_the_event_and_the_job_state_then_fetches_the_output(dataflow, spec, model):
     from mlbatch.errors import RemoteJobError
     from mlbatch.operators.predict import PredictOperator
-    from mlbatch.run_paths import local_path
 
     service, gcs = dataflow
     context = task_context("manual__dataflow_complete", DS, model)
@@ -289,8 +288,8 @@ def test_execute_complete_checks_the_event_and_the_job_state_then_fetches_the_ou
     gcs.client().bucket(BUCKET).blob(f"{out_prefix}/predictions-00000-of-00001.parquet").upload_from_string(b"x")
     result = op.execute_complete(context, {"status": "success"})
     assert result["job_id"] == job_id and result["output_files"] == 1
-    staging = local_path(op.run_paths(context, spec).output_staging)
-    assert [p.name for p in staging.iterdir()] == ["predictions-00000-of-00001.parquet"]
+    assert result["output_uri"] == service.output_dirs[job_id]  # publish reads it there: nothing downloaded
+    assert not Path(op.run_paths(context, spec).output_staging).exists()
 
 
 def test_log_tail_asks_cloud_logging_for_the_jobs_steps(monkeypatch):
@@ -349,7 +348,6 @@ def submit_prep(spec, context):
 def test_prep_runs_on_dataflow_and_predict_reads_its_prepared_files(dataflow, prep_spec, model):
     from mlbatch.backends.dataflow import DataflowJobTrigger
     from mlbatch.operators.prep import BeamPrepOperator, schema_json
-    from mlbatch.run_paths import local_path
 
     service, gcs = dataflow
     run_id = "manual__dataflow_prep"
@@ -385,9 +383,8 @@ def test_prep_runs_on_dataflow_and_predict_reads_its_prepared_files(dataflow, pr
         b'{"id": 2, "reason": "mother_age 99.0 > 60"}\n')
     result = BeamPrepOperator(task_id="prep", spec=prep_spec).execute_complete(context, {"status": "success"})
     assert result["prepared_uri"] == f"{staging}/prepared" and result["prepared_files"] == 1
-    assert result["rows_rejected"] == 1
-    rejected = local_path(op.run_paths(context, prep_spec).rejected_staging)
-    assert [p.name for p in rejected.iterdir()] == ["rejected-0.jsonl"]
+    assert result["rows_rejected"] == 1 and result["rejected_uri"] == f"{staging}/rejected"
+    assert not Path(op.run_paths(context, prep_spec).rejected_staging).exists()  # stays on GCS for publish
 
     # predict (its own, distinct job) reads the prepared prefix and uploads nothing
     predict_context = task_context(run_id, DS, model)

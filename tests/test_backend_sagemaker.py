@@ -39,9 +39,7 @@ def prepare(op, spec, context) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mlbatch.run_paths import local_path
-
-    prepared = local_path(op.run_paths(context, spec).prepared)
+    prepared = Path(op.run_paths(context, spec).prepared)
     prepared.mkdir(parents=True, exist_ok=True)
     for i in range(2):
         rows = [{"id": i * 10 + j, "is_male": True, "mother_age": 30.0, "plurality": 1,
@@ -232,10 +230,13 @@ def test_log_tail_reads_the_transform_jobs_cloudwatch_streams(aws_conn):
 E2E_DATE = "2026-11-22"
 
 
-def test_sagemaker_example_runs_end_to_end_against_moto(airflow_db, registered_model, session_dir,
-                                                         staging_bucket, sagemaker_dataplane, tmp_path):
+def test_sagemaker_example_runs_end_to_end_against_moto(airflow_db, registered_model, staging_bucket,
+                                                         sagemaker_dataplane, tmp_path, monkeypatch, aws_conn):
     """The example pipeline through moto, the Batch Transform emulator and the real MLflow scoring
-    server: the same predictions as the direct-model backend, for every valid row, by id."""
+    server, with every location on S3 (input and marker, work folder, SageMaker staging, output, dead
+    letters) reached through the storage layer and aws_default: the same predictions as the direct-model
+    backend, for every valid row, by id."""
+    import io
     from datetime import datetime, timezone
 
     import numpy as np
@@ -244,25 +245,44 @@ def test_sagemaker_example_runs_end_to_end_against_moto(airflow_db, registered_m
     import pyarrow.parquet as pq
     from airflow.dag_processing.dagbag import DagBag
 
-    from mlbatch.demo.natality import write_partition
+    from mlbatch.demo.natality import LABEL, make_frame
+    from mlbatch.storage import Storage
 
-    write_partition(session_dir / "data" / "natality" / f"ds={E2E_DATE}", 3_000, files=2, seed=11,
-                    row_group_rows=1_000)
+    data_root = f"s3://{staging_bucket}/data"
+    monkeypatch.setenv("MLBATCH_DATA_ROOT", data_root)
+    storage = Storage()
+    frames = [make_frame(1_500, seed=11 + i, id_offset=i * 1_500).drop(columns=[LABEL]) for i in range(2)]
+    for i, frame in enumerate(frames):
+        sink = io.BytesIO()
+        frame.to_parquet(sink, row_group_size=1_000)
+        storage.write_bytes(f"{data_root}/natality/ds={E2E_DATE}/part-{i}.parquet", sink.getvalue())
+    source = pd.concat(frames)
+    storage.write_bytes(f"{data_root}/natality/ds={E2E_DATE}/_SUCCESS", b"")
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert not bag.import_errors
     dag = bag.dags["natality_sagemaker"]
     run = dag.test(logical_date=datetime.fromisoformat(E2E_DATE).replace(tzinfo=timezone.utc))
     assert run.state == "success"
 
-    out = session_dir / "data" / "predictions" / "natality_sagemaker" / f"ds={E2E_DATE}"
-    manifest = json.loads((out / "_SUCCESS").read_text())
-    assert manifest["rows_in"] == 3_000 == manifest["rows_scored"] + manifest["rows_rejected"]
-    table = pq.read_table(sorted(out.glob("*.parquet")), partitioning=None).to_pandas()
-    assert len(table) == manifest["rows_scored"] and table.id.is_unique
+    out = f"{data_root}/predictions/natality_sagemaker/ds={E2E_DATE}"
+    record = storage.read_json(f"{out}/_SUCCESS")
+    assert record["rows_in"] == 3_000 == record["rows_scored"] + record["rows_rejected"]
+    assert record["rows_rejected"] > 0 and all(f.startswith(f"{out}/_attempts/") for f in record["files"])
+    tables = []
+    for uri in record["files"]:
+        with storage.open(uri) as fh:
+            tables.append(pq.read_table(fh).to_pandas())
+    table = pd.concat(tables)
+    assert len(table) == record["rows_scored"] and table.id.is_unique
+    assert table.predicted_weight_pounds.between(0, 15).all()
+    rejected = sum(1 for uri in record["dead_letter"]["files"] for line in storage.open(uri) if line.strip())
+    assert rejected == record["rows_rejected"]
     jobs = [j for j in aws_conn_jobs(staging_bucket)]
     assert len(jobs) == 1 and moto_transform_jobs()[jobs[0]].transform_job_status == "Completed"
+    # staged job input/output and the work folder are gone once the partition is committed
+    keys = [o["Key"] for o in aws_conn.client("s3").list_objects_v2(Bucket=staging_bucket)["Contents"]]
+    assert not [k for k in keys if k.startswith("sagemaker/natality_sagemaker/") or "/_work/" in k], keys
 
-    source = pd.read_parquet(session_dir / "data" / "natality" / f"ds={E2E_DATE}")
     features = ["is_male", "mother_age", "plurality", "gestation_weeks"]
     direct = direct_model_predictions(source[source.id.isin(table.id)],
                                       f"models:/{registered_model['name']}/{registered_model['version']}",

@@ -107,7 +107,8 @@ def vertex(gcs_emulator, monkeypatch):
     from airflow.providers.google.cloud.hooks.vertex_ai.model_service import ModelServiceHook
 
     monkeypatch.setenv("AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT", json.dumps({
-        "conn_type": "google_cloud_platform", "extra": {"is_anonymous": True, "project": "example-ml-prod"}}))
+        "conn_type": "google_cloud_platform", "extra": {"is_anonymous": True, "project": "example-ml-prod",
+                                                        "gcs.endpoint": gcs_emulator.endpoint_url}}))
     gcs_emulator.client("example-ml-prod").create_bucket("example-ml-prod-staging") \
         if not gcs_emulator.client("example-ml-prod").lookup_bucket("example-ml-prod-staging") else None
     jobs, models = FakeJobService(), FakeModelService()
@@ -127,10 +128,9 @@ def submit(spec, context):
     from airflow.sdk.exceptions import TaskDeferred
 
     from mlbatch.operators.predict import PredictOperator
-    from mlbatch.run_paths import local_path
 
     op = PredictOperator(task_id="predict", spec=spec)
-    prepared = local_path(op.run_paths(context, spec).prepared)
+    prepared = Path(op.run_paths(context, spec).prepared)
     prepared.mkdir(parents=True, exist_ok=True)
     (prepared / "part-00000.jsonl").write_text(json.dumps({"id": 1, "is_male": True, "mother_age": 30.0,
                                                            "plurality": 1, "gestation_weeks": 39.0}) + "\n")

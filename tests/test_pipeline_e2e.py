@@ -44,7 +44,8 @@ def output_dir(session_dir: Path) -> Path:
 
 
 def read_output(folder: Path):
-    files = sorted(p for p in folder.iterdir() if p.suffix == ".parquet")
+    """As docs/storage.md tells readers: exactly the files the commit record names."""
+    files = json.loads((folder / "_SUCCESS").read_text())["files"]
     return pq.read_table(files, partitioning=None).to_pandas() if files else None
 
 
@@ -69,8 +70,7 @@ def test_pipeline_scores_every_valid_row_and_records_the_run(dag, partition, ses
     assert len(table) == expected_valid and table.id.is_unique
     assert table.predicted_weight_pounds.between(0, 15).all()
 
-    rejected_dir = session_dir / "data" / "predictions" / "natality_daily" / "_rejected" / f"ds={DATE}"
-    reasons = [json.loads(line)["reason"] for f in rejected_dir.glob("*.jsonl") for line in f.open()]
+    reasons = [json.loads(line)["reason"] for f in manifest["dead_letter"]["files"] for line in open(f)]
     assert len(reasons) == partition["bad"]
     assert any("above max 60" in r for r in reasons)
 
@@ -96,8 +96,10 @@ def test_rerun_of_the_same_date_replaces_its_partition(dag, partition, session_d
     assert not (out / "stray-from-an-old-run.parquet").exists()
     assert len(read_output(out)) == partition["rows"] - partition["bad"]
     assert json.loads((out / "_SUCCESS").read_text())["run_id"] != first_run  # the newer run owns it
-    siblings = [p.name for p in out.parent.iterdir()]
-    assert not [s for s in siblings if ".replaced-" in s], siblings
+    attempts = [p.name for p in (out / "_attempts").iterdir()]
+    assert attempts == [json.loads((out / "_SUCCESS").read_text())["attempt"]], attempts  # the old one collected
+    assert not (out.parent / "_work" / "natality_daily").exists() or not [
+        p for p in (out.parent / "_work" / "natality_daily").iterdir() if not p.name.startswith("_")]
 
 
 def test_invalid_trigger_params_are_refused(dag):

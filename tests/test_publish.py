@@ -17,11 +17,12 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "include" / "pipelines" / "natal
 
 
 class XComOnly:
-    """The one TaskInstance call publish makes: reading resolve_model's pinned version."""
+    """The TaskInstance calls publish makes: resolve_model's pinned version; prep and predict ran locally
+    (their results name no cloud location)."""
 
     def xcom_pull(self, task_ids: str, key: str = "return_value"):
-        assert task_ids == "resolve_model"
-        return {"uri": "models:/natality_weight/3", "version": 3}
+        assert task_ids in ("resolve_model", "prep", "predict")
+        return {"uri": "models:/natality_weight/3", "version": 3} if task_ids == "resolve_model" else {}
 
 
 def staged_run(tmp_path: Path, rows_in: int, rows_out: int, rows_rejected: int) -> RunPaths:
@@ -82,10 +83,15 @@ def test_balanced_counts_commit_output_and_dead_letters(tmp_path):
     result = publish(spec, paths, events)
     [asset] = PublishOperator(task_id="publish", spec=spec).outlets
     assert events[asset].extra == {"pipeline": "natality_daily", "ds": "2026-11-20", "partition": paths.output,
-                                   "rows_scored": 97, "rows_rejected": 3}  # what downstream pipelines read
+                                   "rows_scored": 97, "rows_rejected": 3, "attempt": result["attempt"],
+                                   "commit_record": f"{paths.output}/_SUCCESS"}  # what downstream pipelines read
     assert (result["rows_in"], result["rows_scored"], result["rows_rejected"]) == (100, 97, 3)
     assert result["stats"]["count"] == 97 and result["stats"]["mean"] == pytest.approx(7.0)
     manifest = json.loads((Path(paths.output) / "_SUCCESS").read_text())
     assert manifest["model"] == "models:/natality_weight/3" and manifest["rows_scored"] == 97
-    assert (Path(paths.dead_letter) / "dead.jsonl").exists()
-    assert not (Path(paths.work) / "output").exists()  # moved, not copied
+    assert manifest["attempt"] == result["attempt"] and result["attempt"].startswith("run1.")
+    assert [Path(f).name for f in manifest["files"]] == ["part-0.parquet"]
+    assert pd.read_parquet(manifest["files"][0]).shape == (97, 2)
+    assert [Path(f).name for f in manifest["dead_letter"]["files"]] == ["dead.jsonl"]
+    assert json.loads((Path(paths.dead_letter) / "_SUCCESS").read_text())["attempt"] == result["attempt"]
+    assert not Path(paths.work).exists()  # the work folder goes once the partition is committed

@@ -65,15 +65,14 @@ def test_old_task_wait_fields_point_to_their_new_place(tmp_path):
         load(tmp_path, tasks={"wait_timeout_minutes": 5})
 
 
-def test_asset_schedule_excludes_a_clock_and_row_checks_need_local_input(tmp_path):
+def test_asset_schedule_excludes_a_clock_and_row_checks_work_on_object_stores(tmp_path):
     from mlbatch.errors import SpecError
 
     with pytest.raises(SpecError, match="the upstream assets are the schedule"):
         load(tmp_path, wait={"kind": "upstream_asset", "assets": ["natality_daily"]})
     doc = yaml.safe_load(EXAMPLE.read_text())
     doc["input"]["uri"] = "gs://bucket/natality/ds={{ ds }}/*.parquet"
-    with pytest.raises(SpecError, match="min_rows counts rows in local input files only; for gs:// input"):
-        load(tmp_path, input=doc["input"], wait={"checks": {"min_rows": 10}})
+    assert load(tmp_path, input=doc["input"], wait={"checks": {"min_rows": 10}}).wait.checks.min_rows == 10
 
 
 def test_every_pipeline_publishes_its_predictions_as_an_asset(tmp_path):

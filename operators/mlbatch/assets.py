@@ -77,6 +77,9 @@ def event_extra(spec: PipelineSpec, ds: str, published: dict) -> dict:
         "partition": published["output_uri"],
         "rows_scored": published["rows_scored"],
         "rows_rejected": published["rows_rejected"],
+        # what exactly was committed: the attempt and its commit record (docs/storage.md)
+        "attempt": published.get("attempt"),
+        "commit_record": published.get("commit_record"),
     }
 
 

@@ -43,7 +43,8 @@ _PR_SET_PDEATHSIG = 1
 
 
 class JobProcess:
-    def __init__(self, module: str, args: list[str], result_file: str):
+    def __init__(self, module: str, args: list[str], result_file: str, env: dict[str, str] | None = None):
+        self.env = env or {}  # e.g. the storage credentials of the pipeline's connections
         self.command = [sys.executable, "-u", "-m", module, *args, "--result-file", result_file]
         self.result_file = Path(result_file)
         self.lock_file = lock_file_for(result_file)
@@ -54,6 +55,7 @@ class JobProcess:
         """Run to completion; return the job's result JSON or raise `RemoteJobError` with its last lines."""
         lock_fd = claim(self.lock_file)
         try:
+            self.result_file.parent.mkdir(parents=True, exist_ok=True)
             self.result_file.unlink(missing_ok=True)
             log.info("Running: %s", " ".join(self.command))
             self._proc = subprocess.Popen(
@@ -61,7 +63,7 @@ class JobProcess:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", LOCK_ENV: str(self.lock_file)},
+                env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1", LOCK_ENV: str(self.lock_file)},
                 start_new_session=True,  # its own process group: on_kill stops the whole job
                 preexec_fn=_die_with_parent(os.getpid()),
                 pass_fds=(lock_fd,),  # the job holds the lock for as long as it lives

@@ -1,27 +1,118 @@
-"""Publish a staged folder as the output partition in one step.
+"""The commit protocol of an output partition, the same on local disk, gs:// and s3:// (object stores
+have no atomic rename). The reader's side is in docs/storage.md.
 
-Writers only ever write into a private staging folder; the commit renames it into place (same
-filesystem, so no copy), replacing the partition of an earlier run of the same date. A crash before
-the commit leaves the published partition untouched; the `_SUCCESS` manifest travels with the data.
+A partition folder holds:
+  _attempts/<attempt>/part-*   the files of each publish attempt; written once, never changed
+  _manifest                    the committed attempt's data files, one URI per line
+                               (a BigQuery/Athena "manifest" external table reads exactly these)
+  _SUCCESS                     the commit record (JSON): attempt, files, the dead-letter files of the same
+                               run, row counts, model version, run id. Written last: the commit point.
+
+Commit steps (a crash between any two leaves the previous complete partition or the new one visible):
+  1. `stage`       copy the staged files into fresh `_attempts/<attempt>/` of output and dead letters
+  2. `file_list`   write the output's `_manifest`
+  3. `commit`      write the output's `_SUCCESS`          <- the new run is visible from here on
+  4. `dead_letter` write the dead-letter partition's `_manifest` and `_SUCCESS` (a convenience copy:
+                   the output's record names its dead letters, so the two are always read together)
+  5. `collect`     delete every attempt no pointer names (superseded runs, crashed attempts) and stray
+                   data files at the partition's top
+Rerunning a commit after a crash at any step converges to the new partition.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 import uuid
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 
-MANIFEST = "_SUCCESS"
+from mlbatch.storage import Storage, join
+
+ATTEMPTS = "_attempts"
+RECORD = "_SUCCESS"
+FILE_LIST = "_manifest"
+STEPS = ("stage", "file_list", "commit", "dead_letter", "collect")
 
 
-def commit_partition(staging: Path, final: Path, manifest: dict) -> Path:
-    staging.mkdir(parents=True, exist_ok=True)
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    final.parent.mkdir(parents=True, exist_ok=True)
-    replaced = final.with_name(f"{final.name}.replaced-{uuid.uuid4().hex[:8]}")
-    if final.exists():
-        final.rename(replaced)
-    staging.rename(final)
-    shutil.rmtree(replaced, ignore_errors=True)
-    return final
+@dataclass(frozen=True)
+class Partition:
+    """One published folder (output or dead letters) and its staged files."""
+
+    uri: str
+    staging: str
+
+    def attempt_uri(self, attempt: str) -> str:
+        return join(self.uri, ATTEMPTS, attempt)
+
+
+def new_attempt(run_key: str) -> str:
+    """Unique per publish try: a rerun of the same run never writes into the committed attempt."""
+    return f"{run_key}.{uuid.uuid4().hex[:8]}"
+
+
+def commit(storage: Storage, output: Partition, dead_letter: Partition, attempt: str, record: dict,
+           before_step: Callable[[str], None] = lambda step: None) -> dict:
+    """Publish the staged output and dead letters as one run; returns the commit record.
+
+    `before_step(name)` is called before each step (crash injection in tests)."""
+    before_step("stage")
+    files = storage.copy_tree(output.staging, output.attempt_uri(attempt))
+    rejected = storage.copy_tree(dead_letter.staging, dead_letter.attempt_uri(attempt))
+    record = {**record, "attempt": attempt, "files": files,
+              "dead_letter": {"uri": dead_letter.uri, "files": rejected}}
+    before_step("file_list")
+    storage.write_bytes(join(output.uri, FILE_LIST), _lines(files))
+    before_step("commit")
+    storage.write_json(join(output.uri, RECORD), record)
+    before_step("dead_letter")
+    storage.write_bytes(join(dead_letter.uri, FILE_LIST), _lines(rejected))
+    storage.write_json(join(dead_letter.uri, RECORD), {**record, "files": rejected, "output": output.uri})
+    before_step("collect")
+    collect_garbage(storage, output.uri)
+    collect_garbage(storage, dead_letter.uri)
+    return record
+
+
+def committed(storage: Storage, partition: str) -> dict | None:
+    """The commit record of a partition, or None when nothing was committed there."""
+    return storage.read_json(join(partition, RECORD))
+
+
+def committed_files(storage: Storage, partition: str) -> list[str]:
+    """The reader's rule: exactly the files the commit record names (none when nothing is committed)."""
+    record = committed(storage, partition)
+    return list(record["files"]) if record else []
+
+
+def collect_garbage(storage: Storage, partition: str) -> list[str]:
+    """Delete the attempts that neither pointer (`_SUCCESS`, `_manifest`) names, and data files lying
+    at the partition's top (left by other writers or an older layout); returns what went."""
+    keep = set()
+    record = committed(storage, partition)
+    if record:
+        keep.add(record["attempt"])
+    try:
+        listed = storage.read_bytes(join(partition, FILE_LIST)).decode().split()
+    except FileNotFoundError:
+        listed = []
+    keep |= {_attempt_of(uri) for uri in listed}
+    attempts = {_attempt_of(uri) for uri in storage.walk(join(partition, ATTEMPTS))}
+    superseded = sorted(a for a in attempts - keep if a)
+    for attempt in superseded:
+        storage.rm(join(partition, ATTEMPTS, attempt))
+    strays = storage.files(partition)
+    for uri in strays:
+        storage.rm(uri)
+    return superseded + strays
+
+
+def _attempt_of(uri: str) -> str:
+    head, sep, rest = uri.partition(f"/{ATTEMPTS}/")
+    return rest.split("/", 1)[0] if sep else ""
+
+
+def _lines(uris: list[str]) -> bytes:
+    return "".join(f"{u}\n" for u in uris).encode()
+
+
+__all__ = ["ATTEMPTS", "FILE_LIST", "RECORD", "STEPS", "Partition", "collect_garbage", "commit",
+           "committed", "committed_files", "new_attempt"]

@@ -1,33 +1,34 @@
-"""Count rows in files, independently of the jobs that wrote them.
+"""Count rows in files, independently of the jobs that wrote them, on any store.
 
 `publish` reconciles these counts (rows in = rows scored + rows rejected) instead of trusting the jobs'
-own counters, so a job that silently drops rows cannot pass.
+own counters, so a job that silently drops rows cannot pass. Parquet files are counted from their
+footers; CSV and JSON Lines are streamed (bounded memory, nothing downloaded whole).
 """
 
 from __future__ import annotations
 
-import glob
-from pathlib import Path
+from mlbatch.storage import Storage
 
 
-def count_rows(pattern: str, fmt: str) -> tuple[int, int]:
-    """Return (rows, files) over every file matching `pattern` (a glob), skipping `_`-prefixed files."""
-    files = [p for p in sorted(glob.glob(pattern)) if not Path(p).name.startswith(("_", "."))]
-    files = [p for p in files if Path(p).is_file()]
-    return sum(_count_file(Path(p), fmt) for p in files), len(files)
+def count_rows(pattern: str, fmt: str, storage: Storage | None = None) -> tuple[int, int]:
+    """Return (rows, files) over the data files matching `pattern` (a glob or a folder)."""
+    storage = storage or Storage()
+    files = storage.files(pattern)
+    return sum(count_file(storage, uri, fmt) for uri in files), len(files)
 
 
-def _count_file(path: Path, fmt: str) -> int:
+def count_file(storage: Storage, uri: str, fmt: str) -> int:
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
-        return pq.ParquetFile(path).metadata.num_rows
+        with storage.open(uri) as fh:
+            return pq.ParquetFile(fh).metadata.num_rows
     if fmt == "csv":
         import pyarrow.csv as pcsv
 
-        reader = pcsv.open_csv(path)
-        return sum(batch.num_rows for batch in reader)
+        with storage.open(uri) as fh:
+            return sum(batch.num_rows for batch in pcsv.open_csv(fh))
     if fmt == "jsonl":
-        with path.open("rb") as fh:
+        with storage.open(uri) as fh:
             return sum(1 for line in fh if line.strip())
-    raise ValueError(f"unknown format {fmt!r} for {path}")
+    raise ValueError(f"unknown format {fmt!r} for {uri}")

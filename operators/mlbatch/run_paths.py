@@ -1,14 +1,13 @@
 """Where one run reads and writes: rendered URIs plus its private scratch and staging folders.
 
-Scratch and staging live beside the output partition (under `_work/`), on the same filesystem, so the
-final commit is a rename and a failed run leaves nothing in the published partition.
+Scratch and staging live beside the output partition (under `_work/`), on the same store (local, gs://
+or s3://), so the commit copies server-side and a failed run leaves nothing in the published partition.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,15 @@ class RunPaths:
         return f"{self.work}/output"
 
     def result_file(self, step: str) -> str:
-        return f"{self.work}/{step}.result.json"
+        """A job's result JSON: in the work folder when local, else in a local folder of this run
+        (jobs and the task read it as a plain file)."""
+        if "://" not in self.work.replace("file://", ""):
+            return f"{self.work.removeprefix('file://')}/{step}.result.json"
+        import hashlib
+        import tempfile
+
+        key = hashlib.sha256(self.work.encode()).hexdigest()[:16]
+        return f"{tempfile.gettempdir()}/mlbatch-results/{key}/{step}.result.json"
 
 
 def run_key(run_id: str) -> str:
@@ -58,22 +65,3 @@ def _split(uri: str) -> tuple[str, str]:
     uri = uri.rstrip("/")
     parent, _, leaf = uri.rpartition("/")
     return parent or ".", leaf
-
-
-def local_path(uri: str) -> Path:
-    """The local path of a file URI; other schemes are for the cloud backends."""
-    if uri.startswith("file://"):
-        return Path(uri[len("file://"):])
-    if "://" in uri:
-        raise ValueError(f"{uri!r}: only local paths are supported by this step on the local runner")
-    return Path(uri)
-
-
-def empty_local_dir(uri: str) -> Path:
-    """The local folder of `uri`, emptied (or created): a retry must not mix in an earlier try's files."""
-    import shutil
-
-    path = local_path(uri)
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    return path

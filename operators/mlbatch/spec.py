@@ -190,6 +190,17 @@ class Output(_Model):
     work_uri: str | None = Field(default=None, description="Scratch space; defaults to <uri>/../_work.")
 
 
+class StorageSettings(_Model):
+    """How the bundle reaches object stores (input, work, staging, output): Airflow connections, and how
+    long a run's work folder and staged job inputs/outputs stay after its partition is committed."""
+
+    aws_conn_id: str = Field(default="aws_default", description="Airflow connection for s3:// URIs.")
+    gcp_conn_id: str = Field(default="google_cloud_default", description="Airflow connection for gs:// URIs.")
+    keep_staged_days: float = Field(
+        default=0, ge=0, description="Keep the work folder and staged job files this many days after the "
+                                     "commit (0: delete them at once); later runs delete expired ones.")
+
+
 class TriggerParam(_Model):
     """One field of the manual-trigger form, bound to a spec field (dotted path) or to `ds`."""
 
@@ -291,6 +302,7 @@ class PipelineSpec(_Model):
     prep: Prep = Prep()
     predict: Predict = Predict()
     output: Output
+    storage: StorageSettings = StorageSettings()
     trigger_params: dict[str, TriggerParam] = {}
     tasks: Tasks = Tasks()
     wait: Wait = Wait()
@@ -300,9 +312,6 @@ class PipelineSpec(_Model):
         if self.wait.kind == "upstream_asset" and self.schedule is not None:
             raise ValueError(f"schedule {self.schedule!r} and wait.kind 'upstream_asset' exclude each other: "
                              "the upstream assets are the schedule (set schedule: null)")
-        if self.wait.checks.min_rows is not None and "://" in self.input.uri.replace("file://", ""):
-            raise ValueError("wait.checks.min_rows counts rows in local input files only; for "
-                             f"{self.input.uri.split('://')[0]}:// input use min_bytes")
         return self
 
     @model_validator(mode="after")

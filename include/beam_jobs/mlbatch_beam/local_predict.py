@@ -25,6 +25,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from mlbatch_beam.arrow_io import match_paths, read_file_batches, write_bytes
+from mlbatch_beam.options import pipeline_options
 from mlbatch_beam.model_handler import MLflowPyfuncModelHandler
 from mlbatch_beam.progress import ProgressReporter
 
@@ -87,7 +88,9 @@ def predict_files(input_pattern: str, model_uri: str, id_column: str, feature_co
     return {"rows_in": rows_in, "rows_scored": rows_scored}
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, known_only=False):
+    """The job's arguments; with `known_only`, also the rest (Beam filesystem flags such as
+    --s3_endpoint_url, which the storage layer passes for s3:// folders)."""
     parser = argparse.ArgumentParser(prog="python -m mlbatch_beam.local_predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="pattern of prepared files (see INPUT_FORMAT)")
@@ -98,11 +101,12 @@ def parse_args(argv=None):
     parser.add_argument("--flavor", default="vertex", choices=FLAVORS)
     parser.add_argument("--chunk-rows", type=int, default=65536)
     parser.add_argument("--result-file", required=True)
-    return parser.parse_args(argv)
+    return parser.parse_known_args(argv) if known_only else parser.parse_args(argv)
 
 
 def run(argv=None) -> dict:
-    args = parse_args(argv)
+    args, filesystem_flags = parse_args(argv, known_only=True)
+    pipeline_options(filesystem_flags)  # sets up Beam's filesystems (S3 endpoint, region) for this process
     features = [c.strip() for c in args.feature_columns.split(",") if c.strip()]
     result = predict_files(args.input, args.model_uri, args.id_column, features,
                            args.output_dir, args.flavor, args.chunk_rows)

@@ -19,4 +19,8 @@ def pipeline_options(beam_args: list[str] | None = None) -> PipelineOptions:
     options = PipelineOptions(args)
     # Workers import mlbatch_beam as an installed package, not from a pickled __main__.
     options.view_as(SetupOptions).save_main_session = False
+    # Matching input before the pipeline exists (fail fast) needs the filesystem flags too (S3 endpoint).
+    from apache_beam.io.filesystems import FileSystems
+
+    FileSystems.set_options(options)
     return options

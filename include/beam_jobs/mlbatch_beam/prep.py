@@ -102,8 +102,9 @@ def run(argv=None) -> dict:
     """Run the prep pipeline to completion and return (and write) its counts."""
     args, beam_args = parse_args(argv)
     schema = FeatureSchema.from_json(args.schema_json)
+    options = pipeline_options(beam_args)  # also sets up the filesystems (S3 endpoint) for the match below
     match_paths(args.input)  # fail fast, before starting workers
-    pipeline = beam.Pipeline(options=pipeline_options(beam_args))
+    pipeline = beam.Pipeline(options=options)
     build(pipeline, args, schema)
     result = pipeline.run()
     state = result.wait_until_finish()

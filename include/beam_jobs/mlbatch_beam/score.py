@@ -115,8 +115,9 @@ def run(argv=None) -> dict:
     """Run the scoring pipeline to completion and return (and write) its counts."""
     args, beam_args = parse_args(argv)
     handler = model_handler_from_args(args)
+    options = pipeline_options(beam_args)  # also sets up the filesystems (S3 endpoint) for the match below
     match_paths(args.input)  # fail fast, before starting workers
-    pipeline = beam.Pipeline(options=pipeline_options(beam_args))
+    pipeline = beam.Pipeline(options=options)
     _ = (
         pipeline
         | "Read" >> ReadArrowBatches(args.input, args.input_format, args.batch_rows)

@@ -34,7 +34,6 @@ Credentials, as with the provider's operator; API calls (list, get, cancel) use 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 from airflow.providers.google.cloud.triggers.dataflow import DataflowJobStatusTrigger
@@ -43,10 +42,10 @@ from mlbatch.backends import cloud_logging
 from mlbatch.backends.dataflow_options import DATAFLOW_RUNNER, dataflow_pipeline_args, model_sharing_args
 from mlbatch.backends.completion import require_success_event
 from mlbatch.backends.job_names import Verdict, find_attempt, job_name
-from mlbatch.backends.object_store import ObjectStore, join
 from mlbatch.errors import RemoteJobError
-from mlbatch.run_paths import RunPaths, empty_local_dir, local_path, run_key
+from mlbatch.run_paths import RunPaths, run_key
 from mlbatch.spec import PipelineSpec
+from mlbatch.storage import Storage, join, scheme
 
 BACKEND = "dataflow"
 PREP_TASK_ID = "prep"  # the DAG's prep step (dag_factory); predict reads its prepared_uri from XCom
@@ -128,7 +127,7 @@ def staged_model_uri(spec: PipelineSpec, model: dict) -> str:
         return model["artifact_uri"]
     cfg = spec.predict.dataflow
     target = join(cfg.temp_location, "mlbatch", "models", model["name"], f"v{model['version']}")
-    store = ObjectStore("gs", cfg.gcp_conn_id)
+    store = gcs_storage(spec)
     if store.exists(join(target, "MLmodel")):
         return target
     import tempfile
@@ -139,9 +138,14 @@ def staged_model_uri(spec: PipelineSpec, model: dict) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model["artifact_uri"], dst_path=tmp))
         for path in sorted(p for p in local.rglob("*") if p.is_file() and p.name != "MLmodel"):
-            store.upload_file(path, join(target, str(path.relative_to(local))))
-        store.upload_file(local / "MLmodel", join(target, "MLmodel"))  # last: marks a complete copy
+            store.copy(str(path), join(target, str(path.relative_to(local))))
+        store.copy(str(local / "MLmodel"), join(target, "MLmodel"))  # last: marks a complete copy
     return target
+
+
+def gcs_storage(spec: PipelineSpec) -> Storage:
+    """The storage layer with the Dataflow connection for gs:// (staging, temp_location)."""
+    return Storage(aws_conn_id=spec.storage.aws_conn_id, gcp_conn_id=spec.predict.dataflow.gcp_conn_id)
 
 
 def launch_variables(spec: PipelineSpec, name: str, *, input_uri: str, model_uri: str, output_uri: str,
@@ -221,31 +225,27 @@ def job_kind(operator) -> str:
     return kind
 
 
-def _glob_root(pattern: str) -> tuple[Path, str]:
-    """'/data/ds=1/*.parquet' -> (Path('/data/ds=1'), '*.parquet'): the folder before the first
-    wildcard, and the rest of the pattern, which is kept for the uploaded copy."""
-    parts = Path(pattern).parts
-    for i, part in enumerate(parts):
-        if any(c in part for c in "*?["):
-            return (Path(*parts[:i]) if i else Path(".")), "/".join(parts[i:])
-    return Path(pattern).parent, Path(pattern).name
+def _glob_root(pattern: str) -> str:
+    """'gs://b/ds=1/*.parquet' -> 'gs://b/ds=1': the folder before the first wildcard."""
+    cut = min((pattern.index(c) for c in "*?[" if c in pattern), default=len(pattern))
+    return pattern[:cut].rpartition("/")[0]
 
 
 def staged_input(spec: PipelineSpec, paths: RunPaths, staging: str) -> str:
-    """The prep job's input pattern on GCS: a gs:// input as it is, a local one uploaded first."""
-    import glob
-
+    """The prep job's input pattern on GCS: a gs:// input as it is; a local or s3:// one copied
+    (streamed, file by file) under the job's staging prefix first."""
     pattern = paths.input_pattern
-    if pattern.startswith("gs://"):
+    if scheme(pattern) == "gs":
         return pattern
-    root, rest = _glob_root(str(local_path(pattern)))
-    files = sorted(Path(p) for p in glob.glob(str(root / rest), recursive=True) if Path(p).is_file())
+    store = gcs_storage(spec)
+    files = store.files(pattern)
     if not files:
         raise FileNotFoundError(f"{spec.name}: no input files match {pattern}")
-    store = ObjectStore("gs", spec.predict.dataflow.gcp_conn_id)
-    for path in files:
-        store.upload_file(path, join(staging, "input", str(path.relative_to(root))))
-    return join(staging, "input", rest)
+    root = _glob_root(pattern)
+    root = store.fs(root)[1] if scheme(root) == "file" else root
+    for uri in files:
+        store.copy(uri, join(staging, "input", uri[len(root.rstrip("/")):]))
+    return join(staging, "input", pattern[len(_glob_root(pattern).rstrip("/")):])
 
 
 def prepared_on_gcs(context: Any) -> str | None:
@@ -263,7 +263,7 @@ def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: di
     attempt = find_attempt(lambda n: job_name(spec.name, run_id, operator.task_id, n, max_len=MAX_NAME),
                            lambda name: find_job(spec, name))
     staging = join(cfg.temp_location, "mlbatch", spec.name, run_key(run_id), attempt.name)
-    result_file = str(local_path(paths.result_file(operator.task_id)))
+    result_file = paths.result_file(operator.task_id)
     job = attempt.job
     if attempt.verdict == "absent":
         if kind == "prep":
@@ -275,8 +275,8 @@ def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: di
             input_uri = prepared_on_gcs(context)
             if input_uri is None:  # prep ran on this machine: upload its output
                 input_uri = join(staging, "input")
-                ObjectStore("gs", cfg.gcp_conn_id).upload_dir(local_path(paths.prepared), input_uri,
-                                                              pattern="*.parquet")
+                if not gcs_storage(spec).copy_tree(paths.prepared, input_uri):
+                    raise FileNotFoundError(f"{spec.name}: no prepared files under {paths.prepared}")
             else:
                 operator.log.info("Reading the prepared input of the Dataflow prep job: %s", input_uri)
             variables = launch_variables(spec, attempt.name, input_uri=input_uri,
@@ -329,29 +329,27 @@ def complete(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model:
         raise RemoteJobError(f"{spec.name}: the trigger reported success but Dataflow job {remote['job_id']} "
                              f"is {state}; see {remote['console_url']}")
     if remote.get("kind", "predict") == "prep":
-        return _complete_prep(spec, paths, remote)
-    out = empty_local_dir(paths.output_staging)
-    files = ObjectStore("gs", remote["gcp_conn_id"]).download_dir(remote["output_uri"], out)
+        return _complete_prep(spec, remote)
+    files = gcs_storage(spec).files(remote["output_uri"])
     if not files:
         raise RemoteJobError(f"{spec.name}: Dataflow job {remote['job_id']} succeeded but wrote nothing "
                              f"under {remote['output_uri']}")
+    # The output stays where the job wrote it: publish reads and commits it from there.
     return {"backend": BACKEND, "model_version": model["version"], "job_id": remote["job_id"],
-            "output_files": len(files)}
+            "output_uri": remote["output_uri"], "output_files": len(files)}
 
 
-def _complete_prep(spec: PipelineSpec, paths: RunPaths, remote: dict) -> dict:
-    """The dead letters come home to rejected_staging (publish counts and commits them there); the
-    prepared files stay on GCS for the predict job (`prepared_uri` in this step's XCom)."""
+def _complete_prep(spec: PipelineSpec, remote: dict) -> dict:
+    """The prepared files stay on GCS for the predict job (`prepared_uri` in this step's XCom), the
+    dead letters for publish (`rejected_uri`), which counts and commits them from there."""
     from mlbatch.row_counts import count_rows
 
-    rejected = empty_local_dir(paths.rejected_staging)
-    store = ObjectStore("gs", remote["gcp_conn_id"])
-    store.download_dir(remote["rejected_uri"], rejected)
-    rows_rejected, rejected_files = count_rows(f"{rejected}/*", "jsonl")
-    prepared = [uri for uri in store.list(remote["prepared_uri"]) if uri.endswith(".parquet")]
+    store = gcs_storage(spec)
+    rows_rejected, rejected_files = count_rows(remote["rejected_uri"], "jsonl", store)
+    prepared = [uri for uri in store.files(remote["prepared_uri"]) if uri.endswith(".parquet")]
     return {"backend": BACKEND, "job_id": remote["job_id"], "prepared_uri": remote["prepared_uri"],
             "prepared_files": len(prepared), "rows_rejected": rows_rejected,
-            "rejected_files": rejected_files, "dead_letter_dir": paths.rejected_staging}
+            "rejected_files": rejected_files, "rejected_uri": remote["rejected_uri"]}
 
 
 def cancel(remote: dict) -> None:

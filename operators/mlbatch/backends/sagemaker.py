@@ -29,10 +29,10 @@ from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
 
 from mlbatch.backends.completion import require_success_event
 from mlbatch.backends.job_names import Verdict, find_attempt, job_name
-from mlbatch.backends.object_store import ObjectStore, join
 from mlbatch.errors import RemoteJobError
-from mlbatch.run_paths import RunPaths, empty_local_dir, local_path, run_key
+from mlbatch.run_paths import RunPaths, run_key
 from mlbatch.spec import PipelineSpec
+from mlbatch.storage import Storage, join
 
 BACKEND = "sagemaker"
 LOG_GROUP = "/aws/sagemaker/TransformJobs"
@@ -163,26 +163,30 @@ def transform_config(spec: PipelineSpec, name: str, model: dict, input_uri: str,
     return config
 
 
-def write_request_files(spec: PipelineSpec, prepared: Path, target: Path) -> list[Path]:
-    """The job's input: each prepared Parquet file with the model's features only (the ids stay
-    here, joined back by order), each within `MaxPayloadInMB` or a clear error."""
+def write_request_files(spec: PipelineSpec, storage: Storage, prepared: str, target: str) -> list[str]:
+    """The job's input: each prepared Parquet file with the model's features only (the ids stay in the
+    prepared file, joined back by order), each within `MaxPayloadInMB` or a clear error. Any store."""
+    import io
+
     import pyarrow.parquet as pq
 
     features = [f.name for f in spec.input.features]
     limit = spec.predict.sagemaker.max_payload_mb * 1024 * 1024
-    files = sorted(Path(prepared).glob("*.parquet"))
+    files = storage.files(join(prepared, "*.parquet"))
     if not files:
         raise FileNotFoundError(f"{spec.name}: no prepared Parquet files in {prepared}")
-    target.mkdir(parents=True, exist_ok=True)
     written = []
     for path in files:
-        out = target / path.name
-        pq.write_table(pq.read_table(path, columns=features), out)
-        if out.stat().st_size > limit:
-            raise ValueError(f"{spec.name}: {path.name} is {out.stat().st_size} bytes as a request, over "
+        with storage.open(path) as fh:
+            sink = io.BytesIO()
+            pq.write_table(pq.read_table(fh, columns=features), sink)
+        name = path.rpartition("/")[2]
+        if sink.tell() > limit:
+            raise ValueError(f"{spec.name}: {name} is {sink.tell()} bytes as a request, over "
                              f"predict.sagemaker.max_payload_mb ({spec.predict.sagemaker.max_payload_mb} MB); "
                              "lower prep.batch_rows so that each prepared file fits one request")
-        written.append(out)
+        storage.write_bytes(join(target, name), sink.getvalue())
+        written.append(join(target, name))
     return written
 
 
@@ -207,7 +211,7 @@ def sync_model(hook, spec: PipelineSpec, model: dict) -> str:
         with tarfile.open(archive, "w:gz") as tar:
             for item in sorted(local.iterdir()):
                 tar.add(item, arcname=item.name)
-        ObjectStore("s3", spec.predict.sagemaker.aws_conn_id).upload_file(archive, artifact_uri)
+        s3_storage(spec).copy(str(archive), artifact_uri)
     try:
         hook.create_model(model_config(spec, model, artifact_uri))
     except ClientError as exc:  # another run created it in between: fine, it is the same version
@@ -250,9 +254,7 @@ def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: di
 
     model_ref = sync_model(hook, spec, model)
     input_uri = join(staging_uri(spec, run_id), attempt.name, "input")
-    with tempfile.TemporaryDirectory() as tmp:
-        write_request_files(spec, local_path(paths.prepared), Path(tmp))
-        ObjectStore("s3", cfg.aws_conn_id).upload_dir(Path(tmp), input_uri, pattern="*.parquet")
+    write_request_files(spec, s3_storage(spec), paths.prepared, input_uri)
     config = transform_config(spec, attempt.name, {**model, "sagemaker_model": model_ref},
                               input_uri + "/", output_uri, run_id)
     provider = SageMakerTransformOperator(
@@ -286,13 +288,18 @@ def complete(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model:
         raise RemoteJobError(f"{spec.name}: the trigger reported success but transform job "
                              f"{remote['job_name']} is {job['TransformJobStatus']}: "
                              f"{job.get('FailureReason', '')}; see {remote['console_url']}")
-    out = empty_local_dir(paths.raw_predictions)
-    files = ObjectStore("s3", remote["aws_conn_id"]).download_dir(remote["output_uri"], out)
+    files = s3_storage(spec).files(remote["output_uri"])
     if not files:
         raise RemoteJobError(f"{spec.name}: transform job {remote['job_name']} completed but wrote nothing "
                              f"under {remote['output_uri']}")
+    # The results stay where the job wrote them: publish reads them from there.
     return {"backend": BACKEND, "model_version": model["version"], "job_name": remote["job_name"],
-            "output_files": len(files)}
+            "raw_predictions_uri": remote["output_uri"], "output_files": len(files)}
+
+
+def s3_storage(spec: PipelineSpec) -> Storage:
+    """The storage layer with the SageMaker connection for s3:// staging."""
+    return Storage(aws_conn_id=spec.predict.sagemaker.aws_conn_id, gcp_conn_id=spec.storage.gcp_conn_id)
 
 
 def stop_job(name: str, aws_conn_id: str | None, region: str | None) -> None:

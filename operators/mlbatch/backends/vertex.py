@@ -24,10 +24,10 @@ from airflow.providers.google.cloud.triggers.vertex_ai import CreateBatchPredict
 from mlbatch.backends import cloud_logging
 from mlbatch.backends.completion import require_success_event
 from mlbatch.backends.job_names import Verdict, find_attempt, job_name
-from mlbatch.backends.object_store import ObjectStore, join
 from mlbatch.errors import RemoteJobError
-from mlbatch.run_paths import RunPaths, empty_local_dir, local_path, run_key
+from mlbatch.run_paths import RunPaths, run_key
 from mlbatch.spec import PipelineSpec
+from mlbatch.storage import Storage, join
 
 BACKEND = "vertex"
 POLL_SECONDS = 30
@@ -186,11 +186,11 @@ def sync_model(spec: PipelineSpec, model: dict) -> str:
     import mlflow
 
     artifact_uri = join(cfg.gcs_staging_uri, "models", model["name"], f"v{model['version']}")
-    store = ObjectStore("gs", cfg.gcp_conn_id)
+    store = gcs_storage(spec)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model["artifact_uri"], dst_path=tmp))
         for path in sorted(p for p in local.rglob("*") if p.is_file()):
-            store.upload_file(path, join(artifact_uri, str(path.relative_to(local))))
+            store.copy(str(path), join(artifact_uri, str(path.relative_to(local))))
     operation = hook.upload_model(project_id=cfg.project, region=cfg.region,
                                   model=model_request(spec, model, artifact_uri))
     return hook.wait_for_operation(operation=operation).model
@@ -210,8 +210,9 @@ def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: di
     job = attempt.job
     if attempt.verdict == "absent":
         model_resource = sync_model(spec, model)
-        store = ObjectStore("gs", cfg.gcp_conn_id)
-        inputs = store.upload_dir(local_path(paths.prepared), join(staging, "input"), pattern="*.jsonl")
+        inputs = gcs_storage(spec).copy_tree(paths.prepared, join(staging, "input"))
+        if not inputs:
+            raise FileNotFoundError(f"{spec.name}: no prepared files under {paths.prepared}")
         request = job_request(spec, attempt.name, model_resource, inputs, join(staging, "output"), run_id)
         client = job_hook(cfg.gcp_conn_id).get_job_service_client(cfg.region)
         job = client.create_batch_prediction_job(
@@ -248,13 +249,18 @@ def complete(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model:
     if job.state.name not in SUCCEEDED:
         raise RemoteJobError(f"{spec.name}: the trigger reported success but Vertex job {job.name} is "
                              f"{job.state.name} ({job.error.message}); see {remote['console_url']}")
-    out = empty_local_dir(paths.raw_predictions)
-    files = ObjectStore("gs", remote["gcp_conn_id"]).download_dir(job.output_info.gcs_output_directory, out)
+    output = job.output_info.gcs_output_directory
+    files = gcs_storage(spec).files(output)
     if not files:
-        raise RemoteJobError(f"{spec.name}: Vertex job {job.name} succeeded but wrote nothing under "
-                             f"{job.output_info.gcs_output_directory}")
+        raise RemoteJobError(f"{spec.name}: Vertex job {job.name} succeeded but wrote nothing under {output}")
+    # The results stay where the job wrote them: publish reads them from there.
     return {"backend": BACKEND, "model_version": model["version"], "job_id": job.name,
-            "output_files": len(files)}
+            "raw_predictions_uri": output, "output_files": len(files)}
+
+
+def gcs_storage(spec: PipelineSpec) -> Storage:
+    """The storage layer with the Vertex connection for gs:// staging."""
+    return Storage(aws_conn_id=spec.storage.aws_conn_id, gcp_conn_id=spec.predict.vertex.gcp_conn_id)
 
 
 def cancel(remote: dict) -> None:

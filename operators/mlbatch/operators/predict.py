@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 from mlbatch.backends.dataflow_options import model_sharing_args
@@ -20,8 +19,9 @@ from mlbatch.links import RemoteJobConsoleLink
 from mlbatch.operators.base import PipelineStepOperator
 from mlbatch.operators.remote_job import RemoteJobMixin
 from mlbatch.operators.prep import beam_runner_args
-from mlbatch.run_paths import RunPaths, local_path
+from mlbatch.run_paths import RunPaths
 from mlbatch.spec import PipelineSpec
+from mlbatch.storage import Storage
 
 
 class PredictOperator(RemoteJobMixin, PipelineStepOperator):
@@ -55,14 +55,16 @@ class PredictOperator(RemoteJobMixin, PipelineStepOperator):
                 self.log.info("predict.backend auto -> %s: %s", backend, spec.predict._auto_reason)
             return self.run_remote(backend, context, spec, paths, model)
         stop_leftover_job(paths.result_file("predict"))  # an earlier try's job must not write on
-        shutil.rmtree(local_path(out), ignore_errors=True)  # a retry starts clean
+        storage = Storage.for_spec(spec)
+        storage.rm(out)  # a retry starts clean
         common = [
             "--model-uri", model["artifact_uri"],
             "--id-column", spec.input.id_column,
             "--feature-columns", ",".join(f.name for f in spec.input.features),
             "--output-dir", out,
         ]
-        self._job = JobProcess(module, common + args, paths.result_file("predict"))
+        env, storage_args = storage.job_env([paths.work, model["artifact_uri"]])
+        self._job = JobProcess(module, common + args + storage_args, paths.result_file("predict"), env=env)
         result = self._job.run()
         self.log.info("predict (%s, model v%s): %s", backend, model["version"], result)
         return {**result, "backend": backend, "model_version": model["version"]}

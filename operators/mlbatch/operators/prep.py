@@ -10,7 +10,6 @@ Parquet files on GCS for the predict job and brings the dead letters back to `re
 from __future__ import annotations
 
 import json
-import shutil
 from typing import Any
 
 from mlbatch.backends.dataflow_options import local_runner_args
@@ -18,8 +17,9 @@ from mlbatch.job_process import JobProcess, stop_leftover_job
 from mlbatch.links import RemoteJobConsoleLink
 from mlbatch.operators.base import PipelineStepOperator
 from mlbatch.operators.remote_job import RemoteJobMixin
-from mlbatch.run_paths import RunPaths, local_path
+from mlbatch.run_paths import RunPaths
 from mlbatch.spec import PipelineSpec
+from mlbatch.storage import Storage
 
 
 def prepared_format(spec: PipelineSpec) -> str:
@@ -56,9 +56,10 @@ class BeamPrepOperator(RemoteJobMixin, PipelineStepOperator):
 
     def run(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> dict:
         stop_leftover_job(paths.result_file("prep"))  # an earlier try's job must not write on
+        storage = Storage.for_spec(spec)
         for folder in (paths.prepared, paths.rejected_staging):  # a retry starts clean
-            shutil.rmtree(local_path(folder), ignore_errors=True)
-        local_path(paths.work).mkdir(parents=True, exist_ok=True)
+            storage.rm(folder)
+        storage.make_dirs(paths.work)
         if runs_on_dataflow(spec):  # submit or re-attach, then defer (see mlbatch.operators.remote_job)
             model = context["ti"].xcom_pull(task_ids="resolve_model")
             return self.run_remote("dataflow", context, spec, paths, model)
@@ -72,7 +73,8 @@ class BeamPrepOperator(RemoteJobMixin, PipelineStepOperator):
             "--batch-rows", str(spec.prep.batch_rows),
             *beam_runner_args(spec),
         ]
-        self._job = JobProcess("mlbatch_beam.prep", args, paths.result_file("prep"))
+        env, storage_args = storage.job_env([paths.input_pattern, paths.work])
+        self._job = JobProcess("mlbatch_beam.prep", args + storage_args, paths.result_file("prep"), env=env)
         result = self._job.run()
         self.log.info("prep: %s", result)
         return result

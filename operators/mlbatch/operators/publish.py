@@ -1,8 +1,10 @@
-"""publish: reconcile row counts, then commit the output and dead-letter partitions atomically.
+"""publish: reconcile row counts, then commit the output and dead-letter partitions as one run.
 
 Rows in (counted in the input files) must equal rows scored (counted in the output) plus rows rejected
 (counted in the dead letters); otherwise the task fails, says by how much, and publishes nothing.
-For batch-prediction backends it first turns their JSON Lines results into the spec's output format.
+For batch-prediction backends it first turns their result files into the spec's output format.
+Everything goes through the storage layer: input, staging and output may be local, gs:// or s3://.
+The commit protocol (mlbatch.partition_commit, docs/storage.md) makes the run visible in one write.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from typing import Any
 from mlbatch.assets import event_extra, output_asset
 from mlbatch.errors import CountMismatchError, TooManyRejectedError
 from mlbatch.operators.base import PipelineStepOperator
-from mlbatch.partition_commit import commit_partition
+from mlbatch.partition_commit import Partition, commit, new_attempt
 from mlbatch.prediction_stats import prediction_stats
 from mlbatch.row_counts import count_rows
-from mlbatch.run_paths import RunPaths, empty_local_dir, local_path
+from mlbatch.run_paths import RunPaths, run_key
 from mlbatch.spec import PipelineSpec
+from mlbatch.staged_files import clean_up_after_commit
+from mlbatch.storage import Storage, join, write_table
 
 
 class PublishOperator(PipelineStepOperator):
@@ -27,16 +31,22 @@ class PublishOperator(PipelineStepOperator):
         super().__init__(spec=spec, **kwargs)
 
     def run(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> dict:
-        import shutil
-
-        model = context["ti"].xcom_pull(task_ids="resolve_model")
+        storage = Storage.for_spec(spec)
+        ti = context["ti"]
+        model = ti.xcom_pull(task_ids="resolve_model")
+        prep = ti.xcom_pull(task_ids="prep") or {}
+        predicted = ti.xcom_pull(task_ids="predict") or {}
+        # Where the jobs left their files: the run's work folder, or a cloud job's own output prefix.
+        output_staging = predicted.get("output_uri") or paths.output_staging
+        rejected_staging = prep.get("rejected_uri") or paths.rejected_staging
         if spec.predict.backend != "dataflow":
-            self._convert_batch_predictions(spec, paths)
+            output_staging = self._convert_batch_predictions(
+                storage, spec, predicted.get("raw_predictions_uri") or paths.raw_predictions, paths)
 
         out_fmt = spec.output.format
-        rows_in, files_in = count_rows(str(local_path(paths.input_pattern)), spec.input.format)
-        rows_scored, _ = count_rows(f"{local_path(paths.output_staging)}/*", out_fmt)
-        rows_rejected, _ = count_rows(f"{local_path(paths.rejected_staging)}/*", "jsonl")
+        rows_in, files_in = count_rows(paths.input_pattern, spec.input.format, storage)
+        rows_scored, _ = count_rows(output_staging, out_fmt, storage)
+        rows_rejected, _ = count_rows(rejected_staging, "jsonl", storage)
         counts = {"rows_in": rows_in, "rows_scored": rows_scored, "rows_rejected": rows_rejected}
         self.log.info("Reconciliation over %d input files: %s", files_in, counts)
         missing = rows_in - rows_scored - rows_rejected
@@ -44,49 +54,55 @@ class PublishOperator(PipelineStepOperator):
             raise CountMismatchError(
                 f"{spec.name}: rows in ({rows_in}) != rows scored ({rows_scored}) + rows rejected "
                 f"({rows_rejected}): {abs(missing)} rows {'missing' if missing > 0 else 'too many'}; "
-                f"nothing was published (staging kept at {paths.work})"
+                f"nothing was published (staging kept at {output_staging} and {rejected_staging})"
             )
         if rows_in and rows_rejected / rows_in > spec.prep.max_rejected_fraction:
             raise TooManyRejectedError(
                 f"{spec.name}: {rows_rejected} of {rows_in} rows rejected "
                 f"({rows_rejected / rows_in:.2%}) > prep.max_rejected_fraction "
-                f"{spec.prep.max_rejected_fraction:.2%}; see {paths.rejected_staging}; nothing was published"
+                f"{spec.prep.max_rejected_fraction:.2%}; see {rejected_staging}; nothing was published"
             )
 
-        stats = prediction_stats(str(local_path(paths.output_staging)), out_fmt, spec.output.prediction_column)
-        manifest = {
-            **counts,
-            "pipeline": spec.name,
-            "run_id": context["run_id"],
-            "model": model["uri"],
-            "input": paths.input_pattern,
-        }
-        commit_partition(local_path(paths.rejected_staging), local_path(paths.dead_letter), manifest)
-        commit_partition(local_path(paths.output_staging), local_path(paths.output), manifest)
-        for scratch in (paths.prepared, paths.raw_predictions):
-            shutil.rmtree(local_path(scratch), ignore_errors=True)
-        self.log.info("Published %s (%d rows) and %s (%d rows)", paths.output, rows_scored,
-                      paths.dead_letter, rows_rejected)
+        stats = prediction_stats(storage.files(output_staging), out_fmt, spec.output.prediction_column, storage)
+        record = commit(
+            storage, Partition(paths.output, output_staging), Partition(paths.dead_letter, rejected_staging),
+            new_attempt(run_key(context["run_id"])),
+            {**counts, "pipeline": spec.name, "run_id": context["run_id"], "model": model["uri"],
+             "model_version": model["version"], "input": paths.input_pattern, "format": out_fmt},
+        )
+        self.log.info("Committed attempt %s: %s (%d rows in %d files) and %s (%d rows)", record["attempt"],
+                      paths.output, rows_scored, len(record["files"]), paths.dead_letter, rows_rejected)
+        cleaned = clean_up_after_commit(storage, spec, context["run_id"], paths, [output_staging, rejected_staging])
+        self.log.info("Staged files: %s", cleaned)
         published = {**counts, "output_uri": paths.output, "dead_letter_uri": paths.dead_letter,
-                     "input_uri": paths.input_pattern, "stats": stats}
+                     "input_uri": paths.input_pattern, "stats": stats, "attempt": record["attempt"],
+                     "commit_record": join(paths.output, "_SUCCESS"), "files": len(record["files"])}
         self._asset_event(context, spec, published)
         return published
 
     def _asset_event(self, context: Any, spec: PipelineSpec, published: dict) -> None:
-        """Say which partition this run published in the asset event: downstream pipelines scheduled on
-        this asset take their data date (`ds`) and input partition from it."""
+        """Say which partition (and which committed attempt) this run published in the asset event:
+        downstream pipelines scheduled on this asset take their data date (`ds`) and input from it."""
         ds = self._renderer(context, spec)("{{ ds }}")
         for asset in self.outlets:
             context["outlet_events"][asset].extra.update(event_extra(spec, ds, published))
 
-    def _convert_batch_predictions(self, spec: PipelineSpec, paths: RunPaths) -> None:
-        """Batch-prediction results (Vertex/SageMaker JSON Lines) -> the spec's output format."""
-        from mlbatch_beam.predictions import read_batch_predictions, write_table
+    def _convert_batch_predictions(self, storage: Storage, spec: PipelineSpec, raw: str,
+                                   paths: RunPaths) -> str:
+        """Batch-prediction results (Vertex/SageMaker files) -> the spec's output format, table by table
+        into the run's output staging folder; returns that folder. The services' files are parsed by
+        mlbatch_beam.predictions (the backends' contract) through Beam's filesystems, which get this
+        pipeline's connections for the duration."""
+        from mlbatch_beam.predictions import read_batch_predictions
 
-        staging = empty_local_dir(paths.output_staging)
+        staging = paths.output_staging
+        storage.rm(staging)  # a retry starts clean
         flavor = spec.predict.local.flavor if spec.predict.backend == "local" else spec.predict.backend
-        tables = read_batch_predictions(paths.raw_predictions, flavor, id_column=spec.input.id_column,
-                                        input_dir=paths.prepared)
-        for i, table in enumerate(tables):
-            table = table.rename_columns([spec.input.id_column, spec.output.prediction_column])
-            write_table(table, str(staging / f"part-{i:05d}.{spec.output.format}"), spec.output.format)
+        with storage.beam_filesystems([raw, paths.prepared]):
+            tables = read_batch_predictions(raw, flavor, id_column=spec.input.id_column,
+                                            input_dir=paths.prepared)
+            for i, table in enumerate(tables):
+                table = table.rename_columns([spec.input.id_column, spec.output.prediction_column])
+                write_table(storage, table, join(staging, f"part-{i:05d}.{spec.output.format}"),
+                            spec.output.format)
+        return staging

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from mlbatch.sensors.objects import ObjectInfo, find, parse_target
+from mlbatch.sensors.objects import ObjectInfo, find
 from mlbatch.spec import PipelineSpec
 
 
@@ -41,8 +41,10 @@ def incomplete_reasons(spec: PipelineSpec, pattern: str, now: datetime | None = 
                            f"{checks.max_age_minutes:g}")
     if checks.min_rows is not None:
         from mlbatch.row_counts import count_rows
+        from mlbatch.storage import Storage
 
-        rows, counted = count_rows(parse_target(pattern).key, spec.input.format)  # local (spec-checked)
+        rows, counted = count_rows(pattern, spec.input.format,
+                                    Storage(spec.wait.aws_conn_id, spec.wait.gcp_conn_id))
         if rows < checks.min_rows:
             reasons.append(f"{rows} rows in {counted} files < min_rows {checks.min_rows}")
     return reasons

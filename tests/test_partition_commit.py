@@ -1,0 +1,101 @@
+"""The commit protocol on local disk, the GCS emulator and the moto S3 server: a crash before any step
+leaves the previous complete run or the new one visible to a reader following docs/storage.md, never a
+mix; a rerun converges; superseded attempts are collected."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mlbatch.partition_commit import ATTEMPTS, STEPS, Partition, commit, committed, committed_files, new_attempt
+from mlbatch.storage import Storage, join
+
+
+class Crash(Exception):
+    pass
+
+
+def stage(storage: Storage, root: str, run: str, rows: int, rejected: int) -> tuple[Partition, Partition]:
+    """Stage a run's output (two files) and dead letters as the jobs do, under the run's work folder."""
+    work = join(root, "_work", run)
+    for i in range(2):
+        table = pa.table({"id": [f"{run}-{i}-{r}" for r in range(rows)], "prediction": [1.0] * rows})
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        storage.write_bytes(join(work, "output", f"part-{i}.parquet"), sink.getvalue())
+    storage.write_bytes(join(work, "rejected", "rejected-0.jsonl"), "".join(
+        json.dumps({"row": {"id": f"{run}-bad-{r}"}, "reason": "x"}) + "\n" for r in range(rejected)).encode())
+    return (Partition(join(root, "out", "ds=2026-11-20"), join(work, "output")),
+            Partition(join(root, "out", "_rejected", "ds=2026-11-20"), join(work, "rejected")))
+
+
+def read_as_documented(storage: Storage, output: str) -> tuple[str, set, set] | None:
+    """docs/storage.md's reader: the commit record, then exactly the files it names."""
+    record = committed(storage, output)
+    if record is None:
+        return None
+    ids = set()
+    for uri in committed_files(storage, output):
+        with storage.open(uri) as fh:
+            ids |= set(pq.read_table(fh).column("id").to_pylist())
+    bad = set()
+    for uri in record["dead_letter"]["files"]:
+        with storage.open(uri) as fh:
+            bad |= {json.loads(line)["row"]["id"] for line in fh if line.strip()}
+    runs = {i.split("-")[0] for i in ids | bad}
+    assert len(runs) == 1, f"a mix of runs is visible: {runs}"
+    assert record["run_id"] in runs
+    assert len(ids) == record["rows_scored"] and len(bad) == record["rows_rejected"]
+    manifest = storage.read_bytes(join(output, "_manifest")).decode().split()
+    manifest_runs = set()
+    for uri in manifest:  # the BigQuery/Athena manifest names one complete attempt too
+        with storage.open(uri) as fh:
+            manifest_runs |= {i.split("-")[0] for i in pq.read_table(fh).column("id").to_pylist()}
+    assert len(manifest_runs) == 1
+    return record["run_id"], ids, bad
+
+
+def publish(storage, root, run, rows, rejected, before_step=lambda step: None):
+    output, dead = stage(storage, root, run, rows, rejected)
+    return commit(storage, output, dead, new_attempt(run),
+                  {"run_id": run, "rows_scored": 2 * rows, "rows_rejected": rejected}, before_step)
+
+
+@pytest.mark.parametrize("crash_before", STEPS)
+def test_a_crash_before_any_step_leaves_one_complete_run_and_a_rerun_converges(store_root, crash_before):
+    storage = Storage()
+    publish(storage, store_root, "runA", rows=3, rejected=1)
+    output = join(store_root, "out", "ds=2026-11-20")
+    assert read_as_documented(storage, output)[0] == "runA"
+
+    def crash(step):
+        if step == crash_before:
+            raise Crash(step)
+
+    with pytest.raises(Crash):
+        publish(storage, store_root, "runB", rows=5, rejected=2, before_step=crash)
+    seen = read_as_documented(storage, output)
+    expected = "runB" if STEPS.index(crash_before) > STEPS.index("commit") else "runA"
+    assert seen[0] == expected
+
+    record = publish(storage, store_root, "runB", rows=5, rejected=2)  # the retry of publish
+    run, ids, bad = read_as_documented(storage, output)
+    assert run == "runB" and len(ids) == 10 and len(bad) == 2
+    attempts = {u.split(f"/{ATTEMPTS}/")[1].split("/")[0] for u in storage.walk(join(output, ATTEMPTS))}
+    assert attempts == {record["attempt"]}, "superseded and crashed attempts are collected"
+    dead_record = committed(storage, join(store_root, "out", "_rejected", "ds=2026-11-20"))
+    assert dead_record["attempt"] == record["attempt"] and dead_record["files"] == record["dead_letter"]["files"]
+
+
+def test_stray_top_level_files_are_collected_and_an_empty_output_commits(store_root):
+    storage = Storage()
+    output = join(store_root, "out", "ds=2026-11-20")
+    storage.write_bytes(join(output, "part-old-layout.parquet"), b"not parquet")
+    publish(storage, store_root, "runC", rows=0, rejected=3)
+    assert storage.files(output) == []
+    record = committed(storage, output)
+    assert record["rows_rejected"] == 3 and len(record["dead_letter"]["files"]) == 1
