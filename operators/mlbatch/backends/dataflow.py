@@ -9,15 +9,16 @@ What this module adds around the providers, and why:
   name, so a retry would launch a second job. Here the name is deterministic and, before launching,
   the jobs list (DataflowHook's REST client, `name=` filter, exact match) says whether that job already
   runs or finished: a retry re-attaches; a failed/cancelled job moves on to the next attempt's name.
-- **Data on GCS**: publish works on local staging folders; everything the jobs read and write lives
-  under `<predict.dataflow.temp_location>/mlbatch/<pipeline>/<run>/<job name>/`. The prep job reads
-  the input (uploaded to `.../input` first when it is local; a gs:// input is read in place) and writes
-  the prepared Parquet files to `.../prepared` and the dead letters to `.../rejected`; its `complete`
-  downloads the dead letters to `paths.rejected_staging` (publish counts them there) and returns the
-  gs:// prepared prefix, which the predict job reads directly. Without it (prep ran elsewhere) the
-  local prepared files are uploaded to the predict job's `.../input`. The model artifact is uploaded
-  once per model version unless it already is on GCS. The predict job's `complete` downloads its
-  output to `paths.output_staging`, where publish expects it.
+- **Data on GCS**: everything the jobs read and write lives under
+  `<predict.dataflow.temp_location>/mlbatch/<pipeline>/<run>/<job name>/`. The prep job reads the input
+  (a gs:// input in place; a local or s3:// one is copied to `.../input` first, streamed through the
+  storage layer) and writes the prepared Parquet files to `.../prepared` and the dead letters to
+  `.../rejected`; its `complete` returns both prefixes (`prepared_uri` for the predict job,
+  `rejected_uri` for publish). The predict job reads the prepared prefix (or local prepared files copied
+  to its `.../input`) and writes to `.../output`, which its `complete` returns as `output_uri`: publish
+  counts and commits from there, nothing is downloaded. The model artifact is uploaded once per model
+  version unless it already is on GCS. Publish deletes the run's staging prefix after the commit
+  (`storage.keep_staged_days`).
 - **Cancel while deferred**: the provider's trigger is subclassed with an `on_kill` that cancels the
   job; the task's `on_kill` and a deferral timeout cancel it through RemoteJobMixin.
 - **Status check on completion**: `complete` refuses any event that is not "success" *and* re-reads
