@@ -29,7 +29,7 @@ class RunningDataflowService(FakeDataflowService):
     def launch(self, cmd, log, process_line_callback=None, working_directory=None,
                is_dataflow_job_id_exist_callback=None):
         super().launch(cmd, log, process_line_callback, working_directory, is_dataflow_job_id_exist_callback)
-        job_id = max(self.jobs, key=lambda j: self.jobs[j].create_time.seconds)
+        job_id = list(self.jobs)[-1]  # the job the launcher just registered
         local = [a if a != "--runner=DataflowRunner" else "--runner=FnApiRunner" for a in cmd]
         done = subprocess.run([sys.executable, *local[1:]], capture_output=True, text=True, timeout=600)
         self.finish(job_id, "JOB_STATE_DONE" if done.returncode == 0 else "JOB_STATE_FAILED")
