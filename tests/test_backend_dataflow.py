@@ -124,19 +124,12 @@ def _snake(query: dict) -> dict:
     return {re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), k): v for k, v in query.items()}
 
 
-@pytest.fixture
-def dataflow(gcs_emulator, monkeypatch):
+def install(service: FakeDataflowService, monkeypatch) -> None:
+    """Point DataflowHook's REST client, the trigger's async client and BeamHook's launcher at `service`."""
     from airflow.providers.apache.beam.hooks import beam as beam_hooks
     from airflow.providers.google.cloud.hooks.dataflow import AsyncDataflowHook, DataflowHook
     from googleapiclient.discovery import build
 
-    monkeypatch.setenv("AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT", json.dumps({
-        "conn_type": "google_cloud_platform", "extra": {"is_anonymous": True, "project": "example-ml-prod",
-                                                        "gcs.endpoint": gcs_emulator.endpoint_url}}))
-    client = gcs_emulator.client("example-ml-prod")
-    if not client.lookup_bucket(BUCKET):
-        client.create_bucket(BUCKET)
-    service = FakeDataflowService()
     monkeypatch.setattr(DataflowHook, "get_conn", lambda self: build(
         "dataflow", "v1b3", http=service, static_discovery=True, cache_discovery=False))
 
@@ -152,6 +145,18 @@ def dataflow(gcs_emulator, monkeypatch):
             return b"2.77.0\n"
 
     monkeypatch.setattr(beam_hooks, "subprocess", LauncherPython)
+
+
+@pytest.fixture
+def dataflow(gcs_emulator, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT", json.dumps({
+        "conn_type": "google_cloud_platform", "extra": {"is_anonymous": True, "project": "example-ml-prod",
+                                                        "gcs.endpoint": gcs_emulator.endpoint_url}}))
+    client = gcs_emulator.client("example-ml-prod")
+    if not client.lookup_bucket(BUCKET):
+        client.create_bucket(BUCKET)
+    service = FakeDataflowService()
+    install(service, monkeypatch)
     return service, gcs_emulator
 
 

@@ -14,7 +14,7 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
-from test_backend_dataflow import FakeDataflowService
+from test_backend_dataflow import FakeDataflowService, install
 
 from stores import connect_gcs, ensure_gcs_bucket
 
@@ -38,29 +38,11 @@ class RunningDataflowService(FakeDataflowService):
 
 @pytest.fixture
 def prod_on_gcs(gcs_emulator, monkeypatch):
-    from airflow.providers.apache.beam.hooks import beam as beam_hooks
-    from airflow.providers.google.cloud.hooks.dataflow import AsyncDataflowHook, DataflowHook
-    from googleapiclient.discovery import build
-
     connect_gcs(gcs_emulator, monkeypatch, project=BUCKET)
     ensure_gcs_bucket(gcs_emulator, BUCKET)
     monkeypatch.setenv("MLBATCH_ENV", "prod")
     service = RunningDataflowService()
-    monkeypatch.setattr(DataflowHook, "get_conn", lambda self: build(
-        "dataflow", "v1b3", http=service, static_discovery=True, cache_discovery=False))
-
-    async def initialize_client(self, client_class):
-        return service.async_client()
-
-    monkeypatch.setattr(AsyncDataflowHook, "initialize_client", initialize_client)
-    monkeypatch.setattr(beam_hooks, "run_beam_command", service.launch)
-
-    class LauncherPython:  # BeamHook's version probe of the launcher interpreter
-        @staticmethod
-        def check_output(cmd):
-            return b"2.77.0\n"
-
-    monkeypatch.setattr(beam_hooks, "subprocess", LauncherPython)
+    install(service, monkeypatch)
     return service
 
 
