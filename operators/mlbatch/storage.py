@@ -95,6 +95,7 @@ class Storage:
         """Data files matching a glob, or under a folder (not recursive), sorted; bookkeeping and
         empty folders are skipped. A missing folder matches nothing."""
         fs, path = self.fs(pattern)
+        fs.invalidate_cache()  # other processes (Beam jobs, cloud services) write here: list afresh
         if has_glob(pattern):
             found = fs.glob(path, detail=True)
         else:
@@ -108,6 +109,7 @@ class Storage:
     def walk(self, folder: str) -> list[str]:
         """Every file under `folder`, bookkeeping included (for copies and garbage collection)."""
         fs, path = self.fs(folder)
+        fs.invalidate_cache()
         try:
             found = fs.find(path)
         except FileNotFoundError:
@@ -116,6 +118,7 @@ class Storage:
 
     def exists(self, uri: str) -> bool:
         fs, path = self.fs(uri)
+        fs.invalidate_cache()
         return fs.exists(path)
 
     def size(self, uri: str) -> int:
