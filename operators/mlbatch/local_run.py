@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from mlbatch.errors import SpecError
-from mlbatch.local_env import DEFAULT_HOME, ensure_airflow_db, local_env, pipelines_dir
+from mlbatch.local_env import DEFAULT_HOME, PIPELINES_DIR_ENV, ensure_airflow_db, local_env, pipelines_dir
 from mlbatch.spec import PipelineSpec
 from mlbatch.spec_loader import active_environment, load_spec, with_overrides
 
@@ -144,7 +144,8 @@ def run(name: str, date: str | None, assignments: list[str], environment: str | 
 
     console = Console(highlight=False, soft_wrap=True)
     path = spec_path(name, dict(os.environ))
-    env = local_env(home, pipelines=path.parent)
+    env = local_env(home)
+    env[PIPELINES_DIR_ENV] = str(path.parent)  # the DAG file builds the spec that was named, wherever it is
     env["MLBATCH_ENV"] = environment or active_environment()
     env["MLBATCH_PROGRESS"] = "1"
     os.environ.update(env)  # spec interpolation (${env:...}) sees what the run will see
@@ -210,6 +211,6 @@ def summary(console, facts: dict, env: dict[str, str], ok: bool, seconds: float,
         if tracking.startswith(("http://", "https://")):
             console.print(f"  MLflow UI    : {tracking}")
         else:
-            console.print(f"  MLflow UI    : mlflow ui --backend-store-uri {tracking}  "
+            console.print(f"  MLflow UI    : mlflow ui --workers 1 --backend-store-uri {tracking}  "
                           "(then open http://127.0.0.1:5000)")
     console.print(f"  full log     : {log_file}")
