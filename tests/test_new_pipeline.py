@@ -8,6 +8,7 @@ way a user's training script would, before any mlbatch command runs.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -131,7 +132,8 @@ def test_new_then_run_publishes_a_partition(workdir):
 
     output = workdir / ".demo" / "data" / "predictions" / "churn_daily" / f"ds={DATE}"
     assert f"output       : {output}" in ran.stdout
-    published = pq.read_table(output).to_pandas()
+    record = json.loads((output / "_SUCCESS").read_text())  # the reader's rule (docs/storage.md)
+    published = pq.ParquetDataset(record["files"]).read().to_pandas()
     assert len(published) == ROWS - BAD
     assert set(published["customer_id"]) == set(range(100_000 + BAD, 100_000 + ROWS))
     assert published["prediction"].between(0, 1).all() and published["prediction"].nunique() > 10  # P(churn)

@@ -202,7 +202,8 @@ def summary(console, facts: dict, env: dict[str, str], ok: bool, seconds: float,
     console.print(f"[bold]{'Done' if ok else 'FAILED'}[/] in {seconds:.0f} s")
     if "published" in facts:
         output, scored, dead_letters, rejected = facts["published"]
-        console.print(f"  output       : {output}  ({int(scored):,} rows)")
+        console.print(f"  output       : {output}  ({int(scored):,} rows; its _SUCCESS lists the files, "
+                      "see docs/storage.md)")
         console.print(f"  dead letters : {dead_letters}  ({int(rejected):,} rows)")
     if "mlflow_run" in facts:
         run_id, experiment = facts["mlflow_run"]

@@ -28,7 +28,8 @@ FACTS = {  # message patterns of the pipeline steps -> what the summary line say
     "pinned": re.compile(r"Pinned (models:/\S+) \(alias (\S+)\)"),
     "prep": re.compile(r"\] prep: (\{.*?'rows_in'.*?\})"),
     "predict": re.compile(r"\] predict \((\w+), model v(\d+)\): (\{.*?\})"),
-    "published": re.compile(r"Published (\S+) \((\d+) rows\) and (\S+) \((\d+) rows\)"),
+    # publish: "Committed attempt A: OUT (N rows in K files) and DEAD (M rows)" (older: "Published OUT (N rows) ...")
+    "published": re.compile(r"(?:Published|Committed attempt \S+:) (\S+) \((\d+) rows[^)]*\) and (\S+) \((\d+) rows\)"),
     "mlflow_run": re.compile(r"MLflow run (\w+) in experiment (\S+)"),
 }
 LEVEL = re.compile(r"^\S+ \[(error|warning|critical)\s*\] (.*)$")
