@@ -43,6 +43,18 @@ class TooManyRejectedError(RuntimeError):
     """The rejected fraction of the input exceeds the spec's `prep.max_rejected_fraction`."""
 
 
+class NoValidRowsError(TooManyRejectedError):
+    """prep found no valid row: there is nothing to predict."""
+
+
+class ModelNotFoundError(LookupError):
+    """The spec's model, alias or version is not in the registry."""
+
+
+class ModelMismatchError(ValueError):
+    """The spec's features do not fit the model's signature."""
+
+
 class RemoteJobError(RuntimeError):
     """A Beam or batch-prediction job ended in failure."""
 

@@ -34,6 +34,7 @@ class PredictOperator(RemoteJobMixin, PipelineStepOperator):
 
     def run(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> dict:
         model = context["ti"].xcom_pull(task_ids="resolve_model")
+        require_prepared_rows(spec, paths, context["ti"].xcom_pull(task_ids="prep"))
         backend = spec.predict.backend
         if backend == "local":
             out, module, args = paths.raw_predictions, "mlbatch_beam.local_predict", [
@@ -73,3 +74,20 @@ class PredictOperator(RemoteJobMixin, PipelineStepOperator):
         if self._job:
             self._job.kill()
         super().on_kill()  # stops the remote job, if one was started
+
+
+def require_prepared_rows(spec: PipelineSpec, paths: RunPaths, prep: dict | None) -> None:
+    """Never score an empty or missing prepared set: say so, and where prep's verdict is."""
+    prep = prep or {}
+    if prep.get("rows_valid") == 0 or prep.get("prepared_files") == 0:
+        raise RuntimeError(f"{spec.name}: prep left no valid row to predict (its result: {prep}); "
+                           f"see the prep task's log and {paths.rejected_staging}")
+    if prep.get("prepared_uri"):  # prep ran on Dataflow: its files are on GCS
+        return
+    try:
+        prepared = local_path(paths.prepared)
+    except ValueError:  # not a local folder: the backend reads it and fails on a missing input
+        return
+    if not prepared.is_dir() or not any(prepared.iterdir()):
+        raise RuntimeError(f"{spec.name}: the prepared input {paths.prepared} is missing or empty; "
+                           "clear the prep task of this run to prepare it again")

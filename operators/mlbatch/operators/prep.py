@@ -15,8 +15,9 @@ from typing import Any
 from mlbatch.backends.dataflow_options import local_runner_args
 from mlbatch.job_process import JobProcess, stop_leftover_job
 from mlbatch.links import RemoteJobConsoleLink
-from mlbatch.operators.base import PipelineStepOperator
+from mlbatch.operators.base import PipelineStepOperator, effective_spec
 from mlbatch.operators.remote_job import RemoteJobMixin
+from mlbatch.rejections import check_prep
 from mlbatch.run_paths import RunPaths
 from mlbatch.spec import PipelineSpec
 from mlbatch.storage import Storage
@@ -62,7 +63,9 @@ class BeamPrepOperator(RemoteJobMixin, PipelineStepOperator):
         storage.make_dirs(paths.work)
         if runs_on_dataflow(spec):  # submit or re-attach, then defer (see mlbatch.operators.remote_job)
             model = context["ti"].xcom_pull(task_ids="resolve_model")
-            return self.run_remote("dataflow", context, spec, paths, model)
+            result = self.run_remote("dataflow", context, spec, paths, model)  # returns if already done
+            check_prep(spec, result, paths.rejected_staging, storage)
+            return result
         args = [
             "--input", paths.input_pattern,
             "--input-format", spec.input.format,
@@ -77,6 +80,14 @@ class BeamPrepOperator(RemoteJobMixin, PipelineStepOperator):
         self._job = JobProcess("mlbatch_beam.prep", args + storage_args, paths.result_file("prep"), env=env)
         result = self._job.run()
         self.log.info("prep: %s", result)
+        check_prep(spec, result, paths.rejected_staging, storage)
+        return result
+
+    def execute_complete(self, context: Any, event: dict | None = None) -> Any:
+        """Back from a Dataflow prep job: the same verdict on its rejected rows as a local run."""
+        result = super().execute_complete(context, event)
+        spec = effective_spec(self.spec, context["params"])
+        check_prep(spec, result, self.run_paths(context, spec).rejected_staging, Storage.for_spec(spec))
         return result
 
     def on_kill(self) -> None:

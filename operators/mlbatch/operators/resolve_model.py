@@ -1,4 +1,5 @@
-"""resolve_model: turn the spec's MLflow alias into one pinned model version for the whole run.
+"""resolve_model: turn the spec's MLflow alias into one pinned model version for the whole run, and check
+that the spec's features fit that version's signature.
 
 Later steps read the version from this task's XCom, never the alias, so moving `champion` while a run
 is in flight cannot mix two models in one output partition.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mlbatch.errors import ModelMismatchError, ModelNotFoundError
 from mlbatch.links import MlflowModelVersionLink
 from mlbatch.operators.base import PipelineStepOperator
 from mlbatch.run_paths import RunPaths
@@ -24,18 +26,56 @@ class ResolveModelOperator(PipelineStepOperator):
 
         ref = spec.model
         client = MlflowClient(tracking_uri=ref.tracking_uri)
-        if ref.alias:
-            version = client.get_model_version_by_alias(ref.name, ref.alias)
-        else:
-            version = client.get_model_version(ref.name, str(ref.version))
+        version = pinned_version(client, ref)
+        artifact_uri = client.get_model_version_download_uri(ref.name, version.version)
         pinned = {
             "name": ref.name,
             "alias": ref.alias,
             "version": int(version.version),
             "uri": f"models:/{ref.name}/{version.version}",
-            "artifact_uri": client.get_model_version_download_uri(ref.name, version.version),
+            "artifact_uri": artifact_uri,
             "source_run_id": version.run_id,
             "tracking_uri": ref.tracking_uri or mlflow.get_tracking_uri(),
         }
+        check_signature(spec, pinned)
         self.log.info("Pinned %s (alias %s) for run %s", pinned["uri"], ref.alias, context["run_id"])
         return pinned
+
+
+def pinned_version(client: Any, ref: Any) -> Any:
+    """The model version the alias (or version) names; a missing one says what the registry has."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if ref.alias:
+            return client.get_model_version_by_alias(ref.name, ref.alias)
+        return client.get_model_version(ref.name, str(ref.version))
+    except MlflowException:  # stores differ in the error code: look at what the registry has
+        where = f"the registry at {client.tracking_uri}"
+        try:
+            registered = client.get_registered_model(ref.name)
+        except MlflowException:
+            raise ModelNotFoundError(f"model {ref.name!r} is not registered in {where}") from None
+        if ref.alias and ref.alias not in registered.aliases:
+            aliases = ", ".join(f"{a} -> v{v}" for a, v in sorted(registered.aliases.items())) or "none"
+            raise ModelNotFoundError(
+                f"model {ref.name!r} has no alias {ref.alias!r} in {where}; its aliases: {aliases}") from None
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{ref.name}'"))
+        if ref.version and ref.version not in versions:
+            raise ModelNotFoundError(
+                f"model {ref.name!r} has no version {ref.version} in {where}; its versions: {versions}") from None
+        raise
+
+
+def check_signature(spec: PipelineSpec, pinned: dict) -> None:
+    """Fail before any job runs when input.features does not fit the model's signature."""
+    from mlflow.models import get_model_info
+
+    from mlbatch.model_signature import signature_problems
+
+    signature = get_model_info(pinned["artifact_uri"]).signature
+    problems = signature_problems(spec.input.features, signature)
+    if problems:
+        raise ModelMismatchError(
+            f"{spec.name}: input.features do not fit {pinned['uri']} (its MLflow signature):\n- "
+            + "\n- ".join(problems))
