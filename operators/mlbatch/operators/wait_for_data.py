@@ -18,6 +18,7 @@ from mlbatch.errors import WaitFailedError
 from mlbatch.operators.base import PipelineStepOperator, effective_spec
 from mlbatch.run_paths import RunPaths
 from mlbatch.spec import PipelineSpec
+from mlbatch.triggers.deadline import TIMEOUT, DeadlineTrigger
 
 
 class WaitForInputOperator(PipelineStepOperator):
@@ -36,6 +37,9 @@ class WaitForInputOperator(PipelineStepOperator):
     def execute_complete(self, context: Any, event: Any = None, deadline: str = "", waiting_for: str = "",
                          satisfied: bool = False) -> dict:
         """Back from the triggerer: check the event, then look again at everything (it may have changed)."""
+        if isinstance(event, dict) and event.get("status") == TIMEOUT:  # the deadline, held in the trigger
+            spec, paths = self._spec_and_paths(context)
+            self._timed_out(context, spec, paths)
         if not _succeeded(event):
             raise WaitFailedError(f"{self.spec.name}: waiting for {waiting_for} failed: {_message(event)}")
         self.log.info("Arrived: %s", waiting_for)
@@ -123,7 +127,10 @@ class WaitForInputOperator(PipelineStepOperator):
             self._timed_out(context, spec, paths)
         self.log.info("Deferring until %s (%.0f s left): %s", "complete" if satisfied else "it exists",
                       remaining.total_seconds(), what)
-        self.defer(trigger=trigger, method_name="execute_complete", timeout=remaining,
+        # The deadline travels inside the trigger too: `dags test` runs triggers in-process and ignores
+        # the deferral timeout. The triggerer's own timeout stays, a little later, as a backstop.
+        self.defer(trigger=DeadlineTrigger.wrap(trigger, deadline), method_name="execute_complete",
+                   timeout=remaining + timedelta(seconds=60),
                    kwargs={"deadline": deadline.isoformat(), "waiting_for": what, "satisfied": satisfied})
 
     def _timed_out(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> None:
