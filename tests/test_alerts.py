@@ -315,3 +315,71 @@ def test_success_message_carries_counts_model_and_mlflow_link(fake_slack, tmp_pa
     assert "models:/natality_weight/7 (alias champion)" in text and "12 min" in text
     assert "https://mlflow.example/#/experiments/4/runs/abc123" in text
     assert "mlbatch_retry" not in text and fake_slack.files == {}  # nothing to retry, no log file
+
+
+# --- never lost, never doubled, bounded -------------------------------------------------------------
+
+def test_a_failing_connection_lookup_keeps_the_alert_pending_for_the_next_flush(fake_slack, monkeypatch,
+                                                                               tmp_path):
+    from types import SimpleNamespace
+
+    from airflow.sdk import BaseHook
+
+    from mlbatch.alerts.__main__ import main
+    from mlbatch.alerts.notifier import PipelineAlertNotifier
+    from mlbatch.alerts.outbox import Outbox
+
+    def unreachable(conn_id):  # e.g. the API server or the secrets backend is down for a moment
+        raise ConnectionError(f"cannot reach the API server for connection {conn_id}")
+
+    ti = SimpleNamespace(dag_id="natality_daily", task_id="prep", run_id="manual__1", try_number=1, max_tries=0,
+                         map_index=-1, start_date=None, end_date=None, log_url="http://localhost:8080/x",
+                         xcom_pull=lambda **kw: None)
+    notifier = PipelineAlertNotifier(pipeline="natality_daily", channel="#ml-alerts", outbox_dir=str(tmp_path),
+                                     budget_s=1.0)
+    with monkeypatch.context() as patched:
+        patched.setattr(BaseHook, "get_connection", classmethod(lambda cls, conn_id: unreachable(conn_id)))
+        notifier.notify({"ti": ti, "exception": ValueError("bad input partition"), "logical_date": None})
+    assert notifier.last_result["status"] == "pending"
+    [entry] = Outbox(tmp_path).entries()
+    assert entry.status == "pending" and "cannot reach the API server" in entry.last_error
+    assert fake_slack.messages == []
+
+    assert main(["flush", "--dir", str(tmp_path)]) == 0  # the connection is back
+    assert Outbox(tmp_path).get(entry.id).status == "sent"
+    [posted] = fake_slack.messages
+    assert "bad input partition" in json.dumps(posted)
+
+
+def test_two_flushers_at_once_post_each_alert_once(fake_slack, outbox):
+    import threading
+
+    from airflow.providers.slack.hooks.slack import SlackHook  # noqa: F401  (imported once, not in two threads)
+
+    entries = [queue(outbox, make_alert(task_id=f"t{i}"), thread_key=None, attachment=None) for i in range(4)]
+    for entry in entries:
+        outbox.mark_failed(entry, "Slack was down")  # tried once: now any flusher may send them
+    fake_slack.delay_s = 0.3  # slow enough that the two flushes overlap
+    flushers = [threading.Thread(target=lambda: delivery(outbox).send_within(None, 5)) for _ in range(2)]
+    for t in flushers:
+        t.start()
+    for t in flushers:
+        t.join()
+    texts = [m["blocks"][0]["text"]["text"] for m in fake_slack.messages]
+    assert sorted(texts) == sorted(f"🔴 natality_daily.t{i} failed (try 2 of 2)" for i in range(4)), texts
+    assert {e.status for e in outbox.entries()} == {"sent"}
+
+
+def test_the_outbox_is_bounded_and_pruned(outbox):
+    import sqlite3
+
+    ids = [queue(outbox, make_alert(), attachment=None) for _ in range(6)]
+    for entry in ids[:3]:
+        outbox.mark_sent(entry, ts="1.0", channel_id="C1")
+    with sqlite3.connect(outbox.path) as db:  # two of the sent alerts are old
+        db.execute("UPDATE alerts SET created = created - 40 * 86400 WHERE id IN (?, ?)", ids[:2])
+    assert outbox.prune() == 2
+    assert [e.id for e in outbox.entries()] == ids[2:]
+
+    assert outbox.prune(max_entries=2) == 2  # over the bound: the sent one goes first, then the oldest pending
+    assert [(e.id, e.status) for e in outbox.entries()] == [(ids[4], "pending"), (ids[5], "pending")]

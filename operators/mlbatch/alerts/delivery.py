@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BUDGET_S = 4.0
 REQUEST_TIMEOUT_S = 3.0
 LOCAL = "local"
+FRESH_S = 60.0  # a never-tried alert this young belongs to the process that queued it
 
 
 class Deadline:
@@ -42,13 +43,20 @@ class SendResult:
 
 
 def slack_connection_status(conn_id: str) -> str | None:
-    """None when `conn_id` exists and has a token; otherwise why alerts stay local."""
-    try:
-        from airflow.sdk import BaseHook
+    """None when `conn_id` exists and has a token; otherwise why alerts stay local.
 
+    Only a connection that does not exist means local mode. Any other error of the look-up (secrets
+    backend or API server unreachable, a malformed connection) is raised: the caller keeps the alert
+    pending for the next flush instead of filing it as local, where it would never be sent.
+    """
+    from airflow.sdk import BaseHook
+
+    try:
         conn = BaseHook.get_connection(conn_id)
-    except Exception as exc:  # AirflowNotFoundException, or no metadata access at all
-        return f"no Slack connection {conn_id!r} ({type(exc).__name__})"
+    except Exception as exc:
+        if type(exc).__name__ != "AirflowNotFoundException":  # core and task SDK each have one
+            raise
+        return f"no Slack connection {conn_id!r}"
     if not conn.password:
         return f"Slack connection {conn_id!r} has no token (password)"
     return None
@@ -117,10 +125,19 @@ class SlackDelivery:
         return SendResult("pending", f"not sent within the {budget_s:.1f} s budget")
 
     def _flush(self, route: Route, deadline: Deadline, exclude: int | None, into: list[SendResult]) -> None:
-        """Re-send pending alerts, oldest first, while the budget lasts; stop at the first failure."""
+        """Re-send pending alerts, oldest first, while the budget lasts; stop at the first failure.
+        One flusher per outbox at a time: another process flushing means nothing to do here."""
+        with self.outbox.flush_lock() as mine:
+            if mine:
+                self._flush_locked(route, deadline, exclude, into)
+
+    def _flush_locked(self, route: Route, deadline: Deadline, exclude: int | None,
+                      into: list[SendResult]) -> None:
         for entry in self.outbox.entries("pending", limit=50):
             if entry.id == exclude:
                 continue
+            if entry.attempts == 0 and time.time() - entry.created < FRESH_S:
+                continue  # its own process is sending it right now: not ours to post
             if deadline.remaining() < 0.5:
                 break
             into.append(self._send_safely(entry.id, route, deadline, delayed=True))

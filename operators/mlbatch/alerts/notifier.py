@@ -76,7 +76,11 @@ class PipelineAlertNotifier(BaseNotifier):
                                   "unfurl_links": False, "unfurl_media": False}, redact_text)
         outbox = Outbox(self.outbox_dir)
         ti = context["ti"]
-        why_local = slack_connection_status(self.slack_conn_id)
+        try:
+            why_local = slack_connection_status(self.slack_conn_id)
+        except Exception as exc:  # not "no connection": keep the alert pending, the delivery says why
+            log.warning("Looking up Slack connection %r failed: %s", self.slack_conn_id, exc)
+            why_local = None
         entry_id = outbox.add(
             kind=self.kind, channel=self.channel, payload=payload,
             thread_key=f"{ti.dag_id}.{ti.task_id}.{getattr(ti, 'map_index', -1)}" if self.kind == "failure" else None,

@@ -2,17 +2,24 @@
 
 One SQLite file per machine (`MLBATCH_ALERTS_DIR`, else `$AIRFLOW_HOME/mlbatch_alerts`). An alert is
 `pending` until Slack accepted it (`sent`), or `local` when no Slack token is configured. Pending alerts
-are re-sent by the next alert on this machine or by `python -m mlbatch.alerts flush`.
+are re-sent by the next alert on this machine or by `python -m mlbatch.alerts flush`, one flusher at a
+time (a lock file beside the database), so two processes never post the same alert twice. The file is
+bounded: sent and local alerts older than `KEEP_DAYS` go, and beyond `MAX_ENTRIES` the oldest entries
+go (pending ones last).
 The same file remembers the Slack thread of each task's last failure alert, so repeated failures of one
 task within the spec's window become replies instead of new messages.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import logging
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +48,13 @@ CREATE TABLE IF NOT EXISTS threads (
     started REAL NOT NULL
 );
 """
+
+
+log = logging.getLogger(__name__)
+
+KEEP_DAYS = 30          # sent/local alerts are kept this long (for `show` and threads)
+MAX_ENTRIES = 5000      # hard bound on the file, whatever the status
+THREAD_KEEP_DAYS = 7
 
 
 @dataclass
@@ -87,7 +101,43 @@ class Outbox:
                 "INSERT INTO alerts (created, kind, thread_key, channel, payload, attachment, attachment_name,"
                 " status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (time.time(), kind, thread_key, channel, json.dumps(payload), attachment, attachment_name, status))
-            return int(cur.lastrowid)
+            entry_id = int(cur.lastrowid)
+        self.prune()
+        return entry_id
+
+    def prune(self, keep_days: float = KEEP_DAYS, max_entries: int = MAX_ENTRIES) -> int:
+        """Drop old delivered alerts and old threads; cap the entry count (pending entries go last).
+        Returns how many alerts were dropped."""
+        now = time.time()
+        with self._db() as db:
+            dropped = db.execute("DELETE FROM alerts WHERE status != 'pending' AND created < ?",
+                                 (now - keep_days * 86400,)).rowcount
+            db.execute("DELETE FROM threads WHERE started < ?", (now - THREAD_KEEP_DAYS * 86400,))
+            excess = db.execute("SELECT COUNT(*) FROM alerts").fetchone()[0] - max_entries
+            if excess > 0:
+                lost = db.execute("SELECT COUNT(*) FROM (SELECT status FROM alerts ORDER BY status = 'pending',"
+                                  " id LIMIT ?) WHERE status = 'pending'", (excess,)).fetchone()[0]
+                db.execute("DELETE FROM alerts WHERE id IN (SELECT id FROM alerts ORDER BY status = 'pending',"
+                           " id LIMIT ?)", (excess,))
+                dropped += excess
+                if lost:
+                    log.warning("Outbox %s over %d entries: dropped the %d oldest pending alerts unsent",
+                                self.path, max_entries, lost)
+        return dropped
+
+    @contextlib.contextmanager
+    def flush_lock(self) -> Iterator[bool]:
+        """Yields True when this process holds the flush lock, False when another one flushes now."""
+        with open(self.path.with_suffix(".flush.lock"), "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def mark_sent(self, entry_id: int, *, ts: str | None, channel_id: str | None) -> None:
         """Sent; `last_error` keeps the history (why it was late, what was refused on the way)."""
