@@ -78,8 +78,10 @@ def cluster(tmp_path_factory, registered_model, moto_server, gcs_emulator):
     for spec in [
         pipeline("chain_upstream", data),
         pipeline("chain_downstream", data, wait={"kind": "upstream_asset", "assets": ["chain_upstream"]}),
+        # its deadline must outlast the upstream's four tasks, minutes on a loaded 2-core machine
         pipeline("after_upstream_task", data,
-                 wait={"kind": "upstream_task", "dag_id": "chain_upstream", "task_ids": ["publish"]}),
+                 wait={"kind": "upstream_task", "dag_id": "chain_upstream", "task_ids": ["publish"],
+                       "timeout_minutes": 10}),
         pipeline("wait_then_skip", data, wait={"targets": [never], "timeout_minutes": 0.1, "on_timeout": "skip"}),
         pipeline("wait_then_fail", data, wait={"targets": [never], "timeout_minutes": 0.1, "on_timeout": "fail"}),
         *(on_object_store(f"wait_{scheme}", f"{scheme}://{bucket}", data) for scheme in ("s3", "gs")),

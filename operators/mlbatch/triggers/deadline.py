@@ -48,16 +48,21 @@ class DeadlineTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         remaining = (datetime.fromisoformat(self.deadline) - datetime.now(timezone.utc)).total_seconds()
         events = self.inner().run()
+        timed_out = ended = False
+        event = None
         try:
-            # the first event, or the deadline; never yield inside the timeout (a suspended yield
-            # would be cancelled by it)
-            event = await asyncio.wait_for(anext(events), timeout=max(remaining, 0))
-        except (asyncio.TimeoutError, StopAsyncIteration) as exc:
-            await events.aclose()
-            message = (f"deadline {self.deadline} passed" if isinstance(exc, asyncio.TimeoutError)
-                       else "the trigger ended without an event")
-            yield TriggerEvent({"status": TIMEOUT if isinstance(exc, asyncio.TimeoutError) else "error",
-                                "message": message})
-            return
+            # the first event, or the deadline, in this very task (the wrapped trigger may rely on the
+            # task's context); never yield inside the timeout block (a suspended yield would be cut)
+            async with asyncio.timeout(max(remaining, 0)):
+                event = await anext(events)
+        except TimeoutError:
+            timed_out = True
+        except StopAsyncIteration:
+            ended = True
         await events.aclose()
-        yield event
+        if timed_out:
+            yield TriggerEvent({"status": TIMEOUT, "message": f"deadline {self.deadline} passed"})
+        elif ended:
+            yield TriggerEvent({"status": "error", "message": f"{self.classpath} ended without an event"})
+        else:
+            yield event
