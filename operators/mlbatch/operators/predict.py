@@ -84,10 +84,6 @@ def require_prepared_rows(spec: PipelineSpec, paths: RunPaths, prep: dict | None
                            f"see the prep task's log and {paths.rejected_staging}")
     if prep.get("prepared_uri"):  # prep ran on Dataflow: its files are on GCS
         return
-    try:
-        prepared = local_path(paths.prepared)
-    except ValueError:  # not a local folder: the backend reads it and fails on a missing input
-        return
-    if not prepared.is_dir() or not any(prepared.iterdir()):
+    if not Storage.for_spec(spec).files(paths.prepared):
         raise RuntimeError(f"{spec.name}: the prepared input {paths.prepared} is missing or empty; "
                            "clear the prep task of this run to prepare it again")
