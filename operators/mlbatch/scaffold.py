@@ -349,9 +349,10 @@ def render(ctx: dict[str, Any]) -> str:
     ]
     if ctx["alias"]:
         lines += ["  model_alias: {field: model.alias, description: MLflow alias to score with.}"]
-    other = "local" if ctx["base_backend"] == "dataflow" else "dataflow"
+    choices = [ctx["base_backend"], "local" if ctx["base_backend"] == "dataflow" else "dataflow"]
+    choices += [backend] if backend not in choices else []  # prod's cloud backend stays a valid default
     lines += [
-        f"  backend: {{field: predict.backend, enum: [{ctx['base_backend']}, {other}]}}",
+        f"  backend: {{field: predict.backend, enum: [{', '.join(choices)}]}}",
         "  date: {field: ds, format: date, description: Score this day's data instead of the run's date.}",
         "",
         "wait:",
