@@ -2,6 +2,9 @@
 # local packages (operators/ for Airflow, include/beam_jobs/ for the Beam jobs).
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 AIRFLOW_HOME=/opt/airflow
+# uv compiles no bytecode by default: without .pyc files in the image, every task and Beam job process
+# of a fresh container compiles Airflow, MLflow and Beam from source (about twice the import CPU).
+ENV UV_COMPILE_BYTECODE=1
 WORKDIR /opt/airflow
 RUN pip install --no-cache-dir uv==0.13.8
 COPY requirements.txt .

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-alert test bench venv lock validate clean-demo up down
+.PHONY: demo demo-alert test bench bench-whole-run venv lock validate clean-demo up down
 
 demo: $(STAMP)
 	$(BIN)/python -m mlbatch.demo
@@ -17,18 +17,26 @@ demo-alert: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
-# Time every way of scoring the same data with the same model (bench/results.md, bench/results.png).
+# Time every way of scoring the same data with the same model (bench/results.md, bench/results.png),
+# then the whole natality_daily DAG run against the raw limit of the same work (bench/whole_run.py).
 # Data and models are generated once into .bench/ and reused.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
+# Only the whole-run section of bench/results.md (e.g. SIZES=1k,1m for a quicker look).
+bench-whole-run: $(STAMP)
+	$(BIN)/python bench/whole_run.py $(if $(SIZES),--sizes $(SIZES))
+
 venv: $(STAMP)
 
+# --compile-bytecode: uv writes no .pyc files by default, and where PYTHONDONTWRITEBYTECODE is set (or
+# site-packages is read-only) every process would compile Airflow, MLflow and Beam from source again:
+# about twice the import CPU of each task and job process (bench/results.md, whole run).
 $(STAMP): requirements.txt operators/pyproject.toml include/beam_jobs/setup.py include/beam_jobs/worker-requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
-	$(BIN)/uv pip sync -q --python $(BIN)/python requirements.txt
-	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e operators -e include/beam_jobs
+	$(BIN)/uv pip sync -q --compile-bytecode --python $(BIN)/python requirements.txt
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python --no-deps -e operators -e include/beam_jobs
 	touch $(STAMP)
 
 # Re-resolve requirements.txt from the short top-level list in requirements.in.

@@ -16,6 +16,10 @@ Cases:
               in_memory.
   ours_mp2    the same, FnApiRunner multi_processing with 2 worker processes.
   local       our `local` backend (mlbatch_beam.local_predict, vertex flavor) on JSON Lines.
+  raw_run     the raw limit of a whole pipeline run (bench/whole_run.py): pyarrow reads the raw input,
+              prep's own vectorised rules (mlbatch_beam.validate.split_valid) split valid from rejected
+              rows, rejected rows are written as JSON Lines with their reason, one `predict` on the
+              valid rows, one Parquet write. No Beam, no Airflow, no MLflow registry look-up.
 """
 from __future__ import annotations
 
@@ -57,6 +61,40 @@ def raw(ds: Dataset, out: str, sample: str | None) -> dict:
     pq.write_table(pa.table({"id": table.column("id"), "prediction": predictions}),
                    f"{out}/predictions.parquet")
     return {**info, "rows": table.num_rows}
+
+
+def raw_run(ds: Dataset, out: str, sample: str | None) -> dict:
+    import glob
+    import json as json_
+    import os
+
+    import mlflow.sklearn
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import sklearn.ensemble  # noqa: F401
+
+    from mlbatch_beam.schema import FeatureSchema
+    from mlbatch_beam.validate import split_valid
+
+    info = _imported()
+    import gc
+
+    gc.freeze()
+    schema = FeatureSchema.from_json(ds.schema_json)
+    model = mlflow.sklearn.load_model(ds.artifact_uri)
+    table = pq.read_table(sorted(glob.glob(sample or ds.parquet_glob)))
+    valid, rejected = split_valid(table.combine_chunks().to_batches()[0], schema, "input")
+    x = np.column_stack([valid.column(f).to_numpy(zero_copy_only=False).astype("float64")
+                         for f in schema.feature_names])
+    predictions = model.predict(x)
+    os.makedirs(f"{out}/output", exist_ok=True)
+    os.makedirs(f"{out}/rejected", exist_ok=True)
+    pq.write_table(pa.table({schema.id_column: valid.column(schema.id_column), ds.prediction_column: predictions}),
+                   f"{out}/output/predictions.parquet")
+    with open(f"{out}/rejected/rejected.jsonl", "w") as f:
+        f.writelines(json_.dumps(r) + "\n" for r in rejected)
+    return {**info, "rows": table.num_rows, "rows_scored": valid.num_rows, "rows_rejected": len(rejected)}
 
 
 def _parquet_sink(out: str):
@@ -180,7 +218,7 @@ def local(ds: Dataset, out: str, sample: str | None) -> dict:
 
 
 CASES = {"raw": raw, "stock": stock, "naive": naive, "ours_inmem": ours_inmem, "ours_mp2": ours_mp2,
-         "local": local}
+         "local": local, "raw_run": raw_run}
 
 if __name__ == "__main__":
     case, dataset_json, out_dir = sys.argv[1:4]

@@ -34,6 +34,8 @@ class Dataset:
     model_uri: str          # models:/<name>/<version> in the bench registry
     artifact_uri: str       # the same model's artifact folder (what the operators pass)
     sklearn_pickle: str     # the artifact's model.pkl, for SklearnModelHandlerNumpy
+    schema_json: str = ""   # prep's FeatureSchema as JSON (raw_run validates with it; bench/whole_run.py)
+    prediction_column: str = "prediction"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -339,6 +339,8 @@ def main(argv=None) -> None:
                         help="comma-separated from natality_1m, natality_10m, wide_1m")
     parser.add_argument("--repeats", type=int, default=2, help="runs per case (the best counts)")
     parser.add_argument("--results", default=str(HERE / "results.md"))
+    parser.add_argument("--whole-run-sizes", default="1k,1m,10m",
+                        help="sizes of the whole-run section (bench/whole_run.py); empty: skip it")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     results = run_all([s.strip() for s in args.sets.split(",") if s.strip()], args.repeats)
@@ -348,7 +350,14 @@ def main(argv=None) -> None:
     write_report(results, line, time.perf_counter() - started, results_path)
     say("\n" + table(results))
     say(f"\nwrote {results_path} and {results_path.with_suffix('.png')}")
-    say(line)
+    lines = [line]
+    sizes = [s.strip() for s in args.whole_run_sizes.split(",") if s.strip()]
+    if sizes:
+        import whole_run
+
+        lines += whole_run.run_and_report(sorted(sizes, key=whole_run.SIZES.get), results_path, args.repeats)
+    for text in lines:
+        say(text)
 
 
 if __name__ == "__main__":
