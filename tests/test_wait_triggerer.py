@@ -53,15 +53,16 @@ def pipeline(name: str, data: Path, **extra) -> dict:
     return spec
 
 
-MIN_BYTES = 2_000
+MIN_BYTES, MIN_ROWS = 4_000, 100
 USER, PASSWORD = "tester", secrets.token_hex(8)
 
 
 def on_object_store(name: str, root: str, data: Path) -> dict:
-    """Input and marker in a bucket (moto S3 or the GCS emulator), at least MIN_BYTES of data files."""
+    """Input and marker in a bucket (moto S3 or the GCS emulator): MIN_BYTES and MIN_ROWS of data at least."""
     return pipeline(name, data, input={"uri": f"{root}/natality/ds={{{{ ds }}}}/*.parquet",
                                        "marker": f"{root}/natality/ds={{{{ ds }}}}/_SUCCESS"},
-                    wait={"checks": {"min_bytes": MIN_BYTES}, "timeout_minutes": 30, "poke_seconds": 3},
+                    wait={"checks": {"min_bytes": MIN_BYTES, "min_rows": MIN_ROWS}, "timeout_minutes": 30,
+                          "poke_seconds": 3},
                     # Airflow 3.3.2 can fail a task resumed from a trigger that fired within a second of the
                     # deferral (a stale executor event: apache/airflow#72716); 3 s pokes and a second retry
                     # keep that scheduler race out of what this test checks.
@@ -289,8 +290,9 @@ def test_sensor_defers_in_the_triggerer_resumes_on_data_and_chains_by_asset(clus
 
 
 def test_sensor_waits_for_s3_and_gcs_markers_in_the_triggerer_and_checks_completeness(cluster, tmp_path):
-    """The marker lands after the task deferred; a partition below wait.checks.min_bytes keeps the run
-    waiting (the completeness check runs in the resumed task), the rest of the data lets it go on."""
+    """The marker lands after the task deferred; a partition below wait.checks (min_bytes, min_rows: rows
+    counted from the Parquet footers in the bucket) keeps the run waiting (the checks run in the resumed
+    task), the rest of the data lets it go on."""
     from mlbatch.demo.natality import write_partition
 
     bucket, prefix = cluster["bucket"], f"natality/ds={DATE}"
@@ -308,17 +310,18 @@ def test_sensor_waits_for_s3_and_gcs_markers_in_the_triggerer_and_checks_complet
                                       lambda: held_trigger(dag_id), cluster)
         assert held == classpath and key in json.dumps(kwargs) and bucket in json.dumps(kwargs)
 
-    # A producer writes a truncated file and its marker: the triggers fire, the check keeps the runs waiting.
-    parquet = sorted(write_partition(tmp_path / "part", 300, files=2, seed=5).glob("*.parquet"))
-    small, rest = b"PAR1" + b"\0" * 96, parquet[1].read_bytes()
+    # A producer writes too little data and the marker: the triggers fire, the checks keep the runs waiting.
+    small = (write_partition(tmp_path / "small", 4, files=1) / "part-00000.parquet").read_bytes()
+    rest = (write_partition(tmp_path / "rest", 150, files=1, seed=5) / "part-00000.parquet").read_bytes()
     assert len(small) < MIN_BYTES <= len(small) + len(rest)
     cluster["s3"].put_object(Bucket=bucket, Key=f"{prefix}/part-00000.parquet", Body=small)
     cluster["s3"].put_object(Bucket=bucket, Key=f"{prefix}/_SUCCESS", Body=b"")
     cluster["gcs"].blob(f"{prefix}/part-00000.parquet").upload_from_string(small)
     cluster["gcs"].blob(f"{prefix}/_SUCCESS").upload_from_string(b"")
     for dag_id in expected:
-        wait_until(f"{dag_id}: the completeness check ran and failed", lambda: "Input not complete yet: 100 bytes "
-                   f"in 1 files < min_bytes {MIN_BYTES}" in task_log(cluster, dag_id, "wait_for_data"), cluster)
+        wait_until(f"{dag_id}: the completeness checks ran and failed", lambda: (
+            f"Input not complete yet: {len(small)} bytes in 1 files < min_bytes {MIN_BYTES}; "
+            f"4 rows in 1 files < min_rows {MIN_ROWS}") in task_log(cluster, dag_id, "wait_for_data"), cluster)
         assert ti_state(cluster, dag_id, "wait_for_data") != "success"  # still waiting (deferred, by time)
 
     # The rest of the partition arrives: the next poke finds it complete and the runs go on.
