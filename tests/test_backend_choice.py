@@ -58,3 +58,33 @@ def test_find_attempt_skips_failed_jobs_only():
     assert (attempt.number, attempt.verdict) == (2, "active")
     states["j-2"] = "failed"
     assert find_attempt(lambda n: f"j-{n}", lambda name: (states.get(name, "absent"), None)).number == 3
+
+
+def test_job_names_carry_the_result_identity_and_never_collide_when_cut():
+    from mlbatch.backends.job_names import fit, job_name
+
+    run_id = "scheduled__2026-11-20T00:00:00+00:00"
+    assert job_name("p", run_id, "predict", 1, identity="v1") != job_name("p", run_id, "predict", 1, identity="v2")
+    assert job_name("p", run_id, "predict", 1, identity="v1") == job_name("p", run_id, "predict", 1, identity="v1")
+    long_a = "natality_sagemaker_with_a_very_long_pipeline_name_for_region_a"
+    long_b = "natality_sagemaker_with_a_very_long_pipeline_name_for_region_b"
+    a, b = (job_name(n, run_id, "predict", 1) for n in (long_a, long_b))
+    assert a != b and len(a) == len(b) == 63
+    assert fit("short", 10) == "short" and len(fit("x" * 200, 128)) == 128
+
+
+def test_find_attempt_waits_out_a_stopping_job_then_moves_on():
+    from mlbatch.backends.job_names import find_attempt
+
+    looks = {"n": 0}
+
+    def describe(name):
+        if name == "j-1":
+            looks["n"] += 1
+            return ("ending" if looks["n"] < 3 else "failed"), None
+        return "absent", None
+
+    attempt = find_attempt(lambda n: f"j-{n}", describe, poll_s=0.01)
+    assert (attempt.number, attempt.verdict, looks["n"]) == (2, "absent", 3)
+    with pytest.raises(RuntimeError, match="still stopping after 0 s"):
+        find_attempt(lambda n: f"j-{n}", lambda name: ("ending", None), ending_wait_s=0, poll_s=0.01)

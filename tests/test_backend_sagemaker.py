@@ -63,15 +63,15 @@ def submit(spec, context, model):
 def jobs_of(run_id: str, moto_server) -> list[dict]:
     sm = moto_server.client("sagemaker")
     names = [j["TransformJobName"] for j in sm.list_transform_jobs(MaxResults=100)["TransformJobSummaries"]]
-    from mlbatch.backends.job_names import job_name
-
-    prefix = job_name("natality_sagemaker", run_id, "predict", 1).rsplit("-a", 1)[0]
-    return [sm.describe_transform_job(TransformJobName=n) for n in names if n.startswith(prefix)]
+    jobs = [sm.describe_transform_job(TransformJobName=n) for n in names
+            if n.startswith("natality-sagemaker-predict-")]
+    return [j for j in jobs if {"Key": "mlbatch-run-id", "Value": run_id} in
+            sm.list_tags(ResourceArn=j["TransformJobArn"])["Tags"]]
 
 
 def test_submit_builds_the_requests_from_the_spec_and_defers(spec, model, aws_conn, sagemaker_lifecycle,
                                                             staging_bucket):
-    from mlbatch.backends.sagemaker import SageMakerTransformTrigger, model_name
+    from mlbatch.backends.sagemaker import SageMakerTransformTrigger, model_config
 
     context = task_context("manual__submit", DS, model)
     op, deferred = submit(spec, context, model)
@@ -98,8 +98,9 @@ def test_submit_builds_the_requests_from_the_spec_and_defers(spec, model, aws_co
     assert {"Key": "team", "Value": "ml-platform"} in tags
     assert {"Key": "mlbatch-pipeline", "Value": "natality_sagemaker"} in tags
 
-    described = aws_conn.client("sagemaker").describe_model(ModelName=model_name(model))
-    assert job["ModelName"] == model_name(model)
+    model_name = model_config(spec, model)["ModelName"]
+    described = aws_conn.client("sagemaker").describe_model(ModelName=model_name)
+    assert job["ModelName"] == model_name and model_name.startswith(f"mlb-natality-weight-v{model['version']}-")
     assert described["PrimaryContainer"]["Image"] == spec.predict.sagemaker.image_uri
     assert described["PrimaryContainer"]["Environment"]["MLFLOW_DEPLOYMENT_FLAVOR_NAME"] == "python_function"
     s3 = aws_conn.client("s3")
@@ -121,14 +122,15 @@ def test_retry_after_a_worker_crash_reattaches_instead_of_submitting_again(spec,
     run_id = "scheduled__crash"
     first_op, first = submit(spec, task_context(run_id, DS, model), model)
     del first_op  # the worker died while the task waited: no on_kill, the job keeps running
+    models_before = {m["ModelName"] for m in aws_conn.client("sagemaker").list_models()["Models"]}
 
     retry_context = task_context(run_id, DS, model)  # a new try: its XCom starts empty
     _, second = submit(spec, retry_context, model)
 
     assert second.trigger.job_name == first.trigger.job_name
     assert len(jobs_of(run_id, aws_conn)) == 1  # exactly one job was created
-    models = aws_conn.client("sagemaker").list_models()["Models"]
-    assert len([m for m in models if m["ModelName"].endswith(f"-v{model['version']}")]) == 1
+    models = {m["ModelName"] for m in aws_conn.client("sagemaker").list_models()["Models"]}
+    assert models == models_before  # and no second model
 
 
 def test_retry_after_a_failed_job_submits_a_new_distinct_attempt(spec, model, aws_conn, sagemaker_lifecycle):
@@ -170,21 +172,49 @@ def test_execution_timeout_while_deferred_stops_the_job(spec, model, aws_conn, s
     assert moto_transform_jobs()[deferred.trigger.job_name].transform_job_status == "Stopped"
 
 
-@pytest.mark.parametrize("event", [
-    {"status": "failed", "job_name": "x", "message": "AlgorithmError: model crashed"},
-    {"status": "stopped", "job_name": "x", "message": "stopped"},
-    {"status": "timeout", "job_name": "x", "message": "max attempts"},
-    None,
+@pytest.mark.parametrize("event, job_status", [
+    ({"status": "failed", "job_name": "x", "message": "AlgorithmError: model crashed"}, "Failed"),
+    ({"status": "stopped", "job_name": "x", "message": "stopped"}, "Stopped"),
+    ({"status": "timeout", "job_name": "x", "message": "max attempts"}, "InProgress"),
+    (None, "InProgress"),
 ])
 def test_execute_complete_refuses_an_event_that_is_not_success(spec, model, aws_conn, sagemaker_lifecycle,
-                                                                event):
+                                                                event, job_status):
+    """A job that ended badly fails the try; a trigger that failed while the job runs on only means
+    waiting again (never stopping or abandoning a healthy job)."""
+    from airflow.sdk.exceptions import TaskDeferred
+
     from mlbatch.errors import RemoteJobError
     from mlbatch.operators.predict import PredictOperator
 
     context = task_context(f"manual__event_{(event or {}).get('status')}", DS, model)
-    submit(spec, context, model)
-    with pytest.raises(RemoteJobError, match="did not succeed"):
-        PredictOperator(task_id="predict", spec=spec).execute_complete(context, event)
+    _, deferred = submit(spec, context, model)
+    sagemaker_lifecycle(deferred.trigger.job_name, job_status)
+    op = PredictOperator(task_id="predict", spec=spec)
+    if job_status == "InProgress":
+        with pytest.raises(TaskDeferred) as again:
+            op.execute_complete(context, event)
+        assert again.value.trigger.job_name == deferred.trigger.job_name and again.value.timeout
+        assert moto_transform_jobs()[deferred.trigger.job_name].transform_job_status == "InProgress"
+    else:
+        with pytest.raises(RemoteJobError, match="did not succeed"):
+            op.execute_complete(context, event)
+
+
+def test_a_trigger_failure_fails_the_try_without_stopping_the_job(spec, model, aws_conn, sagemaker_lifecycle):
+    from airflow.sdk.bases.operator import TriggerFailureReason
+    from airflow.sdk.exceptions import TaskDeferralError
+
+    from mlbatch.operators.predict import PredictOperator
+
+    context = task_context("manual__trigger_crash", DS, model)
+    _, deferred = submit(spec, context, model)
+    with pytest.raises(TaskDeferralError):
+        PredictOperator(task_id="predict", spec=spec).resume_execution(
+            "__fail__", {"error": TriggerFailureReason.TRIGGER_FAILURE}, context)
+    assert moto_transform_jobs()[deferred.trigger.job_name].transform_job_status == "InProgress"
+    _, retry = submit(spec, task_context("manual__trigger_crash", DS, model), model)  # the retry
+    assert retry.trigger.job_name == deferred.trigger.job_name and retry.timeout  # re-attached, with a deadline
 
 
 def test_execute_complete_rechecks_the_job_when_the_event_says_success(spec, model, aws_conn,

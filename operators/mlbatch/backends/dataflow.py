@@ -42,7 +42,8 @@ from airflow.providers.google.cloud.triggers.dataflow import DataflowJobStatusTr
 from mlbatch.backends import cloud_logging
 from mlbatch.backends.dataflow_options import DATAFLOW_RUNNER, dataflow_pipeline_args, model_sharing_args
 from mlbatch.backends.completion import require_success_event
-from mlbatch.backends.job_names import Verdict, find_attempt, job_name
+from mlbatch.backends.job_names import (
+    Verdict, files_fingerprint, find_attempt, job_name, result_identity, short_hash)
 from mlbatch.errors import RemoteJobError
 from mlbatch.run_paths import RunPaths, run_key
 from mlbatch.spec import PipelineSpec
@@ -56,8 +57,8 @@ MAX_NAME = 63  # Dataflow allows 1024; kept as short as the other backends' name
 CONSOLE = "https://console.cloud.google.com/dataflow/jobs/{region}/{job_id}?project={project}"
 SUCCEEDED = {"JOB_STATE_DONE"}
 # Ended without (usable) output, or on its way there: a retry moves on to the next attempt's name.
-FAILED = {"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_CANCELLING", "JOB_STATE_DRAINED",
-          "JOB_STATE_DRAINING", "JOB_STATE_UPDATED"}
+FAILED = {"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_DRAINED", "JOB_STATE_UPDATED"}
+ENDING = {"JOB_STATE_CANCELLING", "JOB_STATE_DRAINING"}  # waited out before the next attempt
 TERMINAL = SUCCEEDED | {"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_DRAINED", "JOB_STATE_UPDATED"}
 
 
@@ -118,6 +119,8 @@ def find_job(spec: PipelineSpec, name: str) -> tuple[Verdict, dict | None]:
     state = job.get("currentState", "JOB_STATE_UNKNOWN")
     if state in SUCCEEDED:
         return "succeeded", job
+    if state in ENDING:
+        return "ending", job
     return ("failed" if state in FAILED else "active"), job
 
 
@@ -249,6 +252,30 @@ def staged_input(spec: PipelineSpec, paths: RunPaths, staging: str) -> str:
     return join(staging, "input", pattern[len(_glob_root(pattern).rstrip("/")):])
 
 
+def job_identity(kind: str, context: Any, spec: PipelineSpec, paths: RunPaths, model: dict) -> str:
+    """What determines the job's result (see job_names): for prep the input files (names, sizes and
+    modification times or etags, any store) and the schema; for predict the model version, the
+    prepared files (their contents, or the prep job that wrote them on GCS) and the predict settings."""
+    settings = spec.predict.model_dump(exclude={"labels"}, mode="json")
+    storage = gcs_storage(spec)
+    if kind == "prep":
+        listing = []
+        for uri in storage.files(paths.input_pattern):
+            fs, path = storage.fs(uri)
+            info = fs.info(path)
+            stamp = next((info[k] for k in ("mtime", "ETag", "etag", "updated", "LastModified") if info.get(k)),
+                         None)
+            listing.append((uri, info.get("size"), str(stamp)))
+        return result_identity({}, short_hash(listing), [settings, spec.input.model_dump(mode="json"),
+                                                         spec.prep.model_dump(mode="json")])
+    prep = context["ti"].xcom_pull(task_ids=PREP_TASK_ID)
+    if prepared_on_gcs(context):
+        fingerprint = short_hash(prep.get("job_id"), prep.get("prepared_uri"))
+    else:
+        fingerprint = files_fingerprint(storage, storage.files(paths.prepared))
+    return result_identity(model, fingerprint, [settings, spec.output.model_dump(mode="json")])
+
+
 def prepared_on_gcs(context: Any) -> str | None:
     """The gs:// prefix of this run's prepared files, when the prep step ran on Dataflow."""
     prep = context["ti"].xcom_pull(task_ids=PREP_TASK_ID)
@@ -261,7 +288,9 @@ def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: di
     kind = job_kind(operator)
     cfg = spec.predict.dataflow
     run_id = context["run_id"]
-    attempt = find_attempt(lambda n: job_name(spec.name, run_id, operator.task_id, n, max_len=MAX_NAME),
+    identity = job_identity(kind, context, spec, paths, model)
+    attempt = find_attempt(lambda n: job_name(spec.name, run_id, operator.task_id, n, identity=identity,
+                                              max_len=MAX_NAME),
                            lambda name: find_job(spec, name))
     staging = join(cfg.temp_location, "mlbatch", spec.name, run_key(run_id), attempt.name)
     result_file = paths.result_file(operator.task_id)

@@ -5,8 +5,14 @@ in deferrable mode.
 What this module adds around the provider, and why:
 - **Idempotent names** (`job_names`): the provider's `check_if_job_exists` would submit a *second*,
   timestamp-suffixed job on a retry; here a retry re-attaches to the job already running or finished.
-- **Model synced once**: named from model name + version and created only if missing (the provider's
-  `check_if_model_exists` would create a timestamp-suffixed copy on every run).
+- **Model synced once**: named from model name + version + a hash of every setting that changes its
+  behaviour or security (image, role, VPC, network isolation, KMS key, environment) and created only
+  if missing (the provider's `check_if_model_exists` would create a timestamp-suffixed copy on every
+  run; a name of version alone would silently keep an old image or role).
+- **Honest reruns**: the job name carries a hash of the model version, the prepared input's contents
+  and the spec's predict settings, so a cleared run with another version or input runs a new job;
+  a job that is still Stopping is waited out before the next attempt; `complete` reports the model
+  version of the job's own SageMaker Model, not the one it assumes.
 - **Cancel while deferred**: the provider's SageMakerTrigger is swapped for `SageMakerTransformTrigger`,
   whose `on_kill` stops the job when a user marks the deferred task failed/success or clears it.
 - **Status check on completion**: `complete` refuses any event that is not "success" *and* re-reads the
@@ -21,6 +27,7 @@ import asyncio
 import re
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -28,7 +35,8 @@ from urllib.parse import quote
 from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
 
 from mlbatch.backends.completion import require_success_event
-from mlbatch.backends.job_names import Verdict, find_attempt, job_name
+from mlbatch.backends.job_names import (
+    Verdict, files_fingerprint, find_attempt, fit, job_name, result_identity, short_hash)
 from mlbatch.errors import RemoteJobError
 from mlbatch.run_paths import RunPaths, run_key
 from mlbatch.spec import PipelineSpec
@@ -36,7 +44,8 @@ from mlbatch.storage import Storage, join
 
 BACKEND = "sagemaker"
 LOG_GROUP = "/aws/sagemaker/TransformJobs"
-ACTIVE = {"InProgress", "Stopping"}
+ACTIVE = {"InProgress"}
+ENDING = {"Stopping"}
 FAILED = {"Failed", "Stopped"}
 CONSOLE = "https://console.{domain}/sagemaker/home?region={region}#/transform-jobs/{name}"
 POLL_SECONDS = 30
@@ -70,6 +79,8 @@ def describe(hook, name: str) -> tuple[Verdict, dict | None]:
     status = job["TransformJobStatus"]
     if status == "Completed":
         return "succeeded", job
+    if status in ENDING:
+        return "ending", job
     return ("failed" if status in FAILED else "active"), job
 
 
@@ -81,11 +92,12 @@ def _require(spec: PipelineSpec) -> None:
         raise ValueError(f"{spec.name}: backend sagemaker needs {', '.join(missing)}")
 
 
-def model_name(model: dict) -> str:
-    """One SageMaker Model per MLflow model version: `mlb-<model>-v<version>`, at most 63 characters."""
+def model_name(model: dict, behaviour: dict) -> str:
+    """One SageMaker Model per MLflow model version and behaviour: `mlb-<model>-v<version>-<hash>`, at
+    most 63 characters; the hash covers every CreateModel setting (`model_behaviour`)."""
     base = re.sub(r"[^a-zA-Z0-9]+", "-", model["name"]).strip("-")
-    suffix = f"-v{model['version']}"
-    return f"mlb-{base}"[: 63 - len(suffix)].rstrip("-") + suffix
+    suffix = f"-v{model['version']}-{short_hash(behaviour, length=8)}"
+    return fit(f"mlb-{base}", 63 - len(suffix)) + suffix
 
 
 def staging_uri(spec: PipelineSpec, run_id: str) -> str:
@@ -97,11 +109,24 @@ def tags(spec: PipelineSpec, run_id: str) -> list[dict]:
     return [{"Key": k, "Value": str(v)} for k, v in sorted(values.items())]
 
 
-def model_config(spec: PipelineSpec, model: dict, model_data_url: str) -> dict:
+def model_artifact_uri(spec: PipelineSpec, model: dict) -> str:
+    return join(spec.predict.sagemaker.s3_staging_uri, "models", model["name"], f"v{model['version']}",
+                "model.tar.gz")
+
+
+def model_config(spec: PipelineSpec, model: dict, model_data_url: str | None = None) -> dict:
     """CreateModel request: MLflow's SageMaker serving contract (pyfunc flavor), the spec's network."""
+    behaviour = model_behaviour(spec, model, model_data_url or model_artifact_uri(spec, model))
+    # the jobs' KMS key is part of the name too: a changed key never re-uses a model made under the old
+    name = model_name(model, {**behaviour, "kms_key": spec.predict.network.kms_key})
+    return {"ModelName": name, **behaviour,
+            "Tags": [{"Key": "mlbatch-model", "Value": f"{model['name']}/{model['version']}"}]}
+
+
+def model_behaviour(spec: PipelineSpec, model: dict, model_data_url: str) -> dict:
+    """Every CreateModel setting that changes what the model does or may reach (all but name and tags)."""
     net = spec.predict.network
     config: dict[str, Any] = {
-        "ModelName": model_name(model),
         "ExecutionRoleArn": spec.predict.sagemaker.role_arn,
         "PrimaryContainer": {
             "Image": spec.predict.sagemaker.image_uri,
@@ -109,7 +134,6 @@ def model_config(spec: PipelineSpec, model: dict, model_data_url: str) -> dict:
             "Environment": {"MLFLOW_DEPLOYMENT_FLAVOR_NAME": "python_function",
                             "SERVING_ENVIRONMENT": "SageMaker"},
         },
-        "Tags": [{"Key": "mlbatch-model", "Value": f"{model['name']}/{model['version']}"}],
     }
     if net.subnetwork or net.security_group_ids:
         if not (net.subnetwork and net.security_group_ids):
@@ -142,7 +166,7 @@ def transform_config(spec: PipelineSpec, name: str, model: dict, input_uri: str,
                          f"compute.machine_type {compute.machine_type!r} is not a GPU type (ml.g*/ml.p*)")
     config: dict[str, Any] = {
         "TransformJobName": name,
-        "ModelName": model_name(model),
+        "ModelName": model["sagemaker_model"],
         "MaxPayloadInMB": cfg.max_payload_mb,
         "BatchStrategy": "SingleRecord",  # with SplitType None a record is a whole file
         "TransformInput": {
@@ -194,7 +218,8 @@ def sync_model(hook, spec: PipelineSpec, model: dict) -> str:
     """Create the SageMaker Model of this MLflow version unless it exists: artifact as model.tar.gz."""
     from botocore.exceptions import ClientError
 
-    name = model_name(model)
+    config = model_config(spec, model)
+    name = config["ModelName"]
     try:
         hook.describe_model(name)
         return name
@@ -203,8 +228,7 @@ def sync_model(hook, spec: PipelineSpec, model: dict) -> str:
             raise
     import mlflow
 
-    artifact_uri = join(spec.predict.sagemaker.s3_staging_uri, "models", model["name"],
-                        f"v{model['version']}", "model.tar.gz")
+    artifact_uri = model_artifact_uri(spec, model)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model["artifact_uri"], dst_path=tmp))
         archive = Path(tmp) / "model.tar.gz"
@@ -213,7 +237,7 @@ def sync_model(hook, spec: PipelineSpec, model: dict) -> str:
                 tar.add(item, arcname=item.name)
         s3_storage(spec).copy(str(archive), artifact_uri)
     try:
-        hook.create_model(model_config(spec, model, artifact_uri))
+        hook.create_model(config)
     except ClientError as exc:  # another run created it in between: fine, it is the same version
         if "already existing" not in str(exc) and "already exists" not in str(exc):
             raise
@@ -226,6 +250,13 @@ def console_url(name: str, region: str, partition: str = "aws") -> str:
     return CONSOLE.format(domain=domain, region=region, name=quote(name, safe=""))
 
 
+def job_identity(spec: PipelineSpec, paths: RunPaths, model: dict) -> str:
+    """What determines the job's result (see job_names): model version, prepared input, settings."""
+    storage = s3_storage(spec)  # the storage write_request_files reads the prepared files with
+    prepared = files_fingerprint(storage, storage.files(paths.prepared))
+    return result_identity(model, prepared, spec.predict.model_dump(exclude={"labels"}, mode="json"))
+
+
 def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: dict) -> dict:
     """Submit the transform job, or re-attach to this run's job; defers while it runs."""
     from airflow.sdk.exceptions import TaskDeferred
@@ -235,7 +266,8 @@ def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: di
     cfg = spec.predict.sagemaker
     hook = _hook(cfg.aws_conn_id, cfg.region)
     run_id = context["run_id"]
-    attempt = find_attempt(lambda n: job_name(spec.name, run_id, operator.task_id, n),
+    identity = job_identity(spec, paths, model)
+    attempt = find_attempt(lambda n: job_name(spec.name, run_id, operator.task_id, n, identity=identity),
                            lambda name: describe(hook, name))
     region = cfg.region or hook.conn_region_name
     output_uri = join(staging_uri(spec, run_id), attempt.name, "output")
@@ -250,7 +282,8 @@ def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: di
     if attempt.verdict == "active":
         operator.log.info("Re-attaching to running transform job %s (%s)", attempt.name,
                           remote["console_url"])
-        operator.defer(trigger=trigger(remote), method_name="execute_complete")
+        operator.defer(trigger=trigger(remote), method_name="execute_complete",
+                       timeout=operator.execution_timeout)
 
     model_ref = sync_model(hook, spec, model)
     input_uri = join(staging_uri(spec, run_id), attempt.name, "input")
@@ -281,9 +314,17 @@ def complete(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model:
              event: dict | None) -> dict:
     """Check the event *and* the job's own status, then bring its output next to the run's staging."""
     remote = operator.remote_job(context)
+    hook = _hook(remote["aws_conn_id"], remote["region"])
+    if not (isinstance(event, dict) and event.get("status") == "success"):
+        verdict, _ = describe(hook, remote["job_name"])
+        if verdict == "active":  # the trigger failed, not the job: keep waiting for it
+            operator.log.warning("Trigger of %s reported %s while the job runs on: waiting again",
+                                 remote["job_name"], event)
+            operator.defer(trigger=trigger(remote), method_name="execute_complete",
+                           timeout=operator.execution_timeout)
     require_success_event(spec.name, f"SageMaker transform job {remote['job_name']}", event,
                           remote["console_url"])
-    job = _hook(remote["aws_conn_id"], remote["region"]).describe_transform_job(remote["job_name"])
+    job = hook.describe_transform_job(remote["job_name"])
     if job["TransformJobStatus"] != "Completed":
         raise RemoteJobError(f"{spec.name}: the trigger reported success but transform job "
                              f"{remote['job_name']} is {job['TransformJobStatus']}: "
@@ -293,8 +334,9 @@ def complete(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model:
         raise RemoteJobError(f"{spec.name}: transform job {remote['job_name']} completed but wrote nothing "
                              f"under {remote['output_uri']}")
     # The results stay where the job wrote them: publish reads them from there.
-    return {"backend": BACKEND, "model_version": model["version"], "job_name": remote["job_name"],
-            "raw_predictions_uri": remote["output_uri"], "output_files": len(files)}
+    return {"backend": BACKEND, "model_version": job_model_version(hook, job, model),
+            "job_name": remote["job_name"], "raw_predictions_uri": remote["output_uri"],
+            "output_files": len(files)}
 
 
 def s3_storage(spec: PipelineSpec) -> Storage:
@@ -302,10 +344,31 @@ def s3_storage(spec: PipelineSpec) -> Storage:
     return Storage(aws_conn_id=spec.predict.sagemaker.aws_conn_id, gcp_conn_id=spec.storage.gcp_conn_id)
 
 
-def stop_job(name: str, aws_conn_id: str | None, region: str | None) -> None:
-    """Stop a transform job unless it already ended (StopTransformJob on an ended job is an error)."""
+def job_model_version(hook, job: dict, model: dict) -> int:
+    """The MLflow version the job's SageMaker Model was made from (its `mlbatch-model` tag)."""
+    described = hook.describe_model(job["ModelName"])
+    tags = hook.conn.list_tags(ResourceArn=described["ModelArn"])["Tags"]
+    value = next((t["Value"] for t in tags if t["Key"] == "mlbatch-model"), None)
+    if value is None:
+        raise RemoteJobError(f"transform job {job['TransformJobName']} used model {job['ModelName']}, "
+                             "which has no mlbatch-model tag: cannot tell which version produced its rows")
+    name, _, version = value.rpartition("/")
+    if name != model["name"]:
+        raise RemoteJobError(f"transform job {job['TransformJobName']} ran model {value}, not {model['name']}")
+    return int(version)
+
+
+def stop_job(name: str, aws_conn_id: str | None, region: str | None, *, appear_s: float = 10.0) -> None:
+    """Stop a transform job unless it already ended (StopTransformJob on an ended job is an error).
+
+    A kill can come while CreateTransformJob is on its way: a job not there yet is looked for by its
+    deterministic name for `appear_s` seconds, so it cannot start after the task is gone."""
     hook = _hook(aws_conn_id, region)
+    deadline = time.monotonic() + appear_s
     verdict, _ = describe(hook, name)
+    while verdict == "absent" and time.monotonic() < deadline:
+        time.sleep(1.0)
+        verdict, _ = describe(hook, name)
     if verdict == "active":
         hook.conn.stop_transform_job(TransformJobName=name)
 

@@ -17,13 +17,15 @@ with a `display_name="..."` list filter before submitting.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 from airflow.providers.google.cloud.triggers.vertex_ai import CreateBatchPredictionJobTrigger
 
 from mlbatch.backends import cloud_logging
 from mlbatch.backends.completion import require_success_event
-from mlbatch.backends.job_names import Verdict, find_attempt, job_name
+from mlbatch.backends.job_names import (
+    Verdict, files_fingerprint, find_attempt, fit, job_name, result_identity, short_hash)
 from mlbatch.errors import RemoteJobError
 from mlbatch.run_paths import RunPaths, run_key
 from mlbatch.spec import PipelineSpec
@@ -35,6 +37,7 @@ CONSOLE = ("https://console.cloud.google.com/vertex-ai/locations/{region}/batch-
            "?project={project}")
 SUCCEEDED = {"JOB_STATE_SUCCEEDED"}
 FAILED = {"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED", "JOB_STATE_PARTIALLY_SUCCEEDED"}
+ENDING = {"JOB_STATE_CANCELLING"}  # waited out before the next attempt
 
 
 class VertexBatchPredictionTrigger(CreateBatchPredictionJobTrigger):
@@ -81,8 +84,14 @@ def labels(spec: PipelineSpec, run_id: str) -> dict[str, str]:
             "mlbatch-pipeline": clean(spec.name), "mlbatch-run": clean(run_key(run_id))}
 
 
-def model_display_name(model: dict) -> str:
-    return f"mlb-{model['name']}-v{model['version']}"[:128]
+def model_display_name(model: dict, spec: PipelineSpec) -> str:
+    """`mlb-<model>-v<version>-<hash>`: the hash covers every setting that changes the uploaded Model's
+    behaviour or security (image, routes, environment, KMS key), so a changed one uploads a new Model."""
+    cfg = spec.predict.vertex
+    behaviour = short_hash(cfg.serving_container_image_uri, cfg.predict_route, cfg.health_route,
+                           "python_function", spec.predict.network.kms_key, length=8)
+    suffix = f"-v{model['version']}-{behaviour}"
+    return fit(f"mlb-{model['name']}", 128 - len(suffix)) + suffix
 
 
 # The MLflow serving image (`mlflow models build-docker`): nginx on 8080 in front of the pyfunc scoring
@@ -110,13 +119,13 @@ def model_request(spec: PipelineSpec, model: dict, artifact_uri: str):
 
     cfg = spec.predict.vertex
     return Model(
-        display_name=model_display_name(model),
+        display_name=model_display_name(model, spec),
         artifact_uri=artifact_uri,
         container_spec=ModelContainerSpec(
             image_uri=serving_image(spec, model), predict_route=cfg.predict_route,
             health_route=cfg.health_route, ports=[Port(container_port=MLFLOW_IMAGE_PORT)],
             env=[EnvVar(name="MLFLOW_DEPLOYMENT_FLAVOR_NAME", value="python_function")]),
-        labels={"mlbatch-model": model_display_name(model).lower()[:63]},
+        labels={"mlbatch-model": fit(re.sub(r"[^a-z0-9_-]+", "-", model_display_name(model, spec).lower()), 63)},
         encryption_spec=EncryptionSpec(kms_key_name=spec.predict.network.kms_key)
         if spec.predict.network.kms_key else None,
     )
@@ -168,6 +177,8 @@ def find_job(spec: PipelineSpec, name: str) -> tuple[Verdict, Any]:
     state = job.state.name
     if state in SUCCEEDED:
         return "succeeded", job
+    if state in ENDING:
+        return "ending", job
     return ("failed" if state in FAILED else "active"), job
 
 
@@ -175,7 +186,7 @@ def sync_model(spec: PipelineSpec, model: dict) -> str:
     """The Vertex Model resource of this MLflow version, uploaded once (found by display name)."""
     cfg = spec.predict.vertex
     hook = model_hook(cfg.gcp_conn_id)
-    display = model_display_name(model)
+    display = model_display_name(model, spec)
     existing = list(hook.list_models(project_id=cfg.project, region=cfg.region,
                                      filter=f'display_name="{display}"'))
     if existing:
@@ -204,7 +215,11 @@ def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: di
     _require(spec)
     cfg = spec.predict.vertex
     run_id = context["run_id"]
-    attempt = find_attempt(lambda n: job_name(spec.name, run_id, operator.task_id, n, max_len=128),
+    prepared = gcs_storage(spec)  # the storage the prepared files are copied with
+    identity = result_identity(model, files_fingerprint(prepared, prepared.files(paths.prepared)),
+                               spec.predict.model_dump(exclude={"labels"}, mode="json"))
+    attempt = find_attempt(lambda n: job_name(spec.name, run_id, operator.task_id, n, identity=identity,
+                                              max_len=128),
                            lambda name: find_job(spec, name))
     staging = join(cfg.gcs_staging_uri, spec.name, run_key(run_id), attempt.name)
     job = attempt.job

@@ -63,12 +63,13 @@ class PublishOperator(PipelineStepOperator):
                 f"{spec.prep.max_rejected_fraction:.2%}; see {rejected_staging}; nothing was published"
             )
 
+        version = produced_by(context, model)  # the version that produced the rows, as predict found it
         stats = prediction_stats(storage.files(output_staging), out_fmt, spec.output.prediction_column, storage)
         record = commit(
             storage, Partition(paths.output, output_staging), Partition(paths.dead_letter, rejected_staging),
             new_attempt(run_key(context["run_id"])),
-            {**counts, "pipeline": spec.name, "run_id": context["run_id"], "model": model["uri"],
-             "model_version": model["version"], "input": paths.input_pattern, "format": out_fmt},
+            {**counts, "pipeline": spec.name, "run_id": context["run_id"], "model": f"models:/{model['name']}/{version}",
+             "model_version": version, "input": paths.input_pattern, "format": out_fmt},
         )
         self.log.info("Committed attempt %s: %s (%d rows in %d files) and %s (%d rows)", record["attempt"],
                       paths.output, rows_scored, len(record["files"]), paths.dead_letter, rows_rejected)
@@ -106,3 +107,9 @@ class PublishOperator(PipelineStepOperator):
                 write_table(storage, table, join(staging, f"part-{i:05d}.{spec.output.format}"),
                             spec.output.format)
         return staging
+
+
+def produced_by(context: Any, model: dict) -> int:
+    """The model version predict reports for its rows (read from the remote job), else the pinned one."""
+    predicted = context["ti"].xcom_pull(task_ids="predict") or {}
+    return int(predicted.get("model_version") or model["version"])

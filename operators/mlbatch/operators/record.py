@@ -2,7 +2,9 @@
 
 It holds what a reviewer needs to compare runs: the pinned model version, input/output URIs, row
 counts, each step's wall time, CPU time and peak memory, prediction statistics and a histogram.
-A retry of this task updates the same MLflow run (found by its `airflow.run_id` tag), never a second.
+A retry of this task updates the same MLflow run (same `airflow.run_id` and published result); a rerun
+of the DAG run that published a different result (another model version, other input) gets its own
+MLflow run, tagged `mlbatch.attempt` and linked to the previous one by `mlbatch.previous_run_id`.
 """
 
 from __future__ import annotations
@@ -38,33 +40,42 @@ class RecordRunOperator(PipelineStepOperator):
         experiment = f"mlbatch/{spec.name}"
         experiment_id = ensure_experiment(experiment)
         run_id = context["run_id"]
-        existing = MlflowClient().search_runs(
-            [experiment_id], filter_string=f"tags.`airflow.run_id` = '{run_id}'", max_results=1
-        )
+        version = int(predicted.get("model_version") or model["version"])  # what produced the rows
+        params = {
+            "model_uri": f"models:/{model['name']}/{version}",
+            "model_alias": model["alias"],
+            "model_version": version,
+            "model_source_run_id": model["source_run_id"],
+            "backend": spec.predict.backend,
+            "input_uri": published["input_uri"],
+            "output_uri": published["output_uri"],
+            "dead_letter_uri": published["dead_letter_uri"],
+            "logical_date": context["ds"],
+        }
+        attempt_key = _attempt_key(params, published)
+        earlier = MlflowClient().search_runs(
+            [experiment_id], filter_string=f"tags.`airflow.run_id` = '{run_id}'", max_results=100,
+            order_by=["attributes.start_time ASC"])
+        same = [r for r in earlier if r.data.tags.get("mlbatch.attempt_key") == attempt_key]
         with mlflow.start_run(
-            run_id=existing[0].info.run_id if existing else None,
+            run_id=same[0].info.run_id if same else None,  # a retry of record: the same MLflow run
             experiment_id=experiment_id,
             run_name=f"{spec.name} {context['ds']}",
         ) as run:
-            mlflow.set_tags({
+            tags = {
                 "airflow.dag_id": context["dag"].dag_id,
                 "airflow.run_id": run_id,
                 "pipeline": spec.name,
                 "backend": spec.predict.backend,
                 "model.name": model["name"],
-                "model.version": str(model["version"]),
-            })
-            mlflow.log_params({
-                "model_uri": model["uri"],
-                "model_alias": model["alias"],
-                "model_version": model["version"],
-                "model_source_run_id": model["source_run_id"],
-                "backend": spec.predict.backend,
-                "input_uri": published["input_uri"],
-                "output_uri": published["output_uri"],
-                "dead_letter_uri": published["dead_letter_uri"],
-                "logical_date": context["ds"],
-            })
+                "model.version": str(version),
+                "mlbatch.attempt_key": attempt_key,
+            }
+            if not same and earlier:  # a rerun that published anew: its own MLflow run, linked
+                tags["mlbatch.attempt"] = str(len(earlier) + 1)
+                tags["mlbatch.previous_run_id"] = earlier[-1].info.run_id
+            mlflow.set_tags(tags)
+            mlflow.log_params(params)
             metrics = {k: published[k] for k in ("rows_in", "rows_scored", "rows_rejected")}
             for key, value in published["stats"].items():
                 if isinstance(value, (int, float)):
@@ -86,6 +97,16 @@ class RecordRunOperator(PipelineStepOperator):
             self.log.info("MLflow run %s in experiment %s", run.info.run_id, experiment)
             return {"mlflow_run_id": run.info.run_id, "experiment": experiment,
                     "experiment_id": experiment_id, "tracking_uri": mlflow.get_tracking_uri()}
+
+
+def _attempt_key(params: dict, published: dict) -> str:
+    """Same published result -> same key (record's retries update one MLflow run); a rerun that
+    published something else gets its own run, as MLflow params cannot change."""
+    import hashlib
+    import json
+
+    counts = {k: published.get(k) for k in ("rows_in", "rows_scored", "rows_rejected")}
+    return hashlib.sha256(json.dumps([params, counts], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _histogram_png(stats: dict, spec: PipelineSpec, path: Path) -> Path | None:

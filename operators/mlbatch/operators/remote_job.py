@@ -2,7 +2,7 @@
 remember it (XCom `remote_job`, console link), defer, check the completion event, and stop the job
 whenever the task is killed -- while running on a worker (`on_kill`), while deferred (the backend's
 trigger `on_kill`, called by the triggerer on user actions) and when the deferral times out
-(`resume_execution` with `__fail__`).
+(`resume_execution` with `__fail__` and the timeout reason; no other trigger error stops a job).
 
 Backend modules (mlbatch.backends.<name>) provide
 `start(operator, context, spec, paths, model)`, `complete(operator, context, spec, paths, model,
@@ -68,8 +68,12 @@ class RemoteJobMixin:
         return result
 
     def resume_execution(self, next_method: str, next_kwargs: dict | None, context: Any) -> Any:
-        """A deferral that timed out (execution timeout) comes back as `__fail__`: stop the job first."""
-        if next_method == "__fail__":
+        """A deferral that timed out (execution timeout) comes back as `__fail__`: stop the job first.
+        Only the deadline stops it: a trigger that crashed (`Trigger failure`) fails this try, and the
+        retry re-attaches to the job, which runs on."""
+        from airflow.sdk.bases.operator import TriggerFailureReason
+
+        if next_method == "__fail__" and (next_kwargs or {}).get("error") == TriggerFailureReason.TRIGGER_TIMEOUT:
             self._cancel_remote(context)
         return super().resume_execution(next_method, next_kwargs, context)
 
