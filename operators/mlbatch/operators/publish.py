@@ -68,7 +68,8 @@ class PublishOperator(PipelineStepOperator):
         record = commit(
             storage, Partition(paths.output, output_staging), Partition(paths.dead_letter, rejected_staging),
             new_attempt(run_key(context["run_id"])),
-            {**counts, "pipeline": spec.name, "run_id": context["run_id"], "model": f"models:/{model['name']}/{version}",
+            {**counts, "pipeline": spec.name, "run_id": context["run_id"],
+             "model": model["uri"] if version == model["version"] else f"models:/{model['name']}/{version}",
              "model_version": version, "input": paths.input_pattern, "format": out_fmt},
         )
         self.log.info("Committed attempt %s: %s (%d rows in %d files) and %s (%d rows)", record["attempt"],
