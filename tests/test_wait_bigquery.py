@@ -66,6 +66,7 @@ class FakeBigQuery:
         self.errors: list[str] = []
         self.incomplete_first = True
         self.deny = False  # answer like BigQuery does to a caller without access
+        self.unavailable = 0  # this many answers are 503 (a transient backend error)
 
     def answer(self, path: str, body: dict | None) -> dict:
         if body is not None:
@@ -106,10 +107,14 @@ def fake_bigquery(monkeypatch):
 
     class Handler(BaseHTTPRequestHandler):
         def _reply(self, body: dict | None):
-            if fake.deny:
-                data = json.dumps({"error": {"code": 403, "status": "PERMISSION_DENIED",
-                                             "message": "Access Denied: Table proj:events.natality"}}).encode()
-                self.send_response(403)
+            if fake.deny or fake.unavailable:
+                code = 403 if fake.deny else 503
+                if not fake.deny:
+                    fake.unavailable -= 1
+                data = json.dumps({"error": {"code": code, "status": "PERMISSION_DENIED" if fake.deny else
+                                             "UNAVAILABLE", "message": "Access Denied: Table proj:events.natality"
+                                             if fake.deny else "backend error"}}).encode()
+                self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -194,8 +199,19 @@ def test_table_trigger_and_errors_come_back_as_events(fake_bigquery):
     assert "403" in payload["message"]
 
 
-async def _first(t):
+async def _first(t, timeout: float = 10):
     events = t.run()
-    event = await asyncio.wait_for(events.__anext__(), 10)
+    event = await asyncio.wait_for(events.__anext__(), timeout)
     await events.aclose()
     return event.payload
+
+
+def test_transient_errors_are_retried_not_reported(fake_bigquery):
+    fake_bigquery.partitions["20261120"] = (10, 1.7636e9)
+    fake_bigquery.unavailable = 2  # two 503s, then BigQuery answers
+    payload = asyncio.run(_first(trigger(partition_id="20261120"), timeout=60))
+    assert payload["status"] == "success" and payload["total_rows"] == 10
+
+    fake_bigquery.unavailable = 100  # down for good: an error event after a bounded number of tries
+    payload = asyncio.run(_first(trigger(partition_id="20261120"), timeout=60))
+    assert payload["status"] == "error" and "503" in payload["message"] and "5 tries" in payload["message"]

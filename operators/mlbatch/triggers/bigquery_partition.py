@@ -15,6 +15,17 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+MAX_TRIES = 5            # consecutive failed look-ups of a transient kind before the error event
+MAX_RESULT_POLLS = 60    # getQueryResults calls (each waits up to 10 s) for one look-up
+
+
+def _transient(exc: Exception) -> bool:
+    """Worth another look: server errors, throttling, timeouts and dropped connections."""
+    status = getattr(exc, "status", None) or getattr(exc, "code", None)
+    if isinstance(status, int):
+        return status == 429 or status >= 500
+    return isinstance(exc, (TimeoutError, ConnectionError, OSError)) or "Timeout" in type(exc).__name__
+
 
 class BigQueryPartitionTrigger(BaseTrigger):
     """Fires when `project.dataset.table` (and `partition_id`, if given) exists.
@@ -65,12 +76,21 @@ class BigQueryPartitionTrigger(BaseTrigger):
         from airflow.providers.google.cloud.hooks.bigquery import BigQueryAsyncHook
 
         hook = BigQueryAsyncHook(gcp_conn_id=self.gcp_conn_id, impersonation_chain=self.impersonation_chain)
+        failures = 0
         while True:
             try:
                 found = await self.lookup(hook)
+                failures = 0
             except Exception as exc:  # the event carries the error to the worker, which fails the task
+                failures += 1
+                if _transient(exc) and failures < MAX_TRIES:  # 5xx, 429, network: look again later
+                    self.log.warning("Looking up %s failed (%s), try %d of %d; retrying", self.what, exc,
+                                     failures, MAX_TRIES)
+                    await asyncio.sleep(min(self.poke_seconds * failures, 60))
+                    continue
                 self.log.exception("Looking up %s failed", self.what)
-                yield TriggerEvent({"status": "error", "message": f"looking up {self.what}: {exc}"})
+                tries = f" after {failures} tries" if failures > 1 else ""
+                yield TriggerEvent({"status": "error", "message": f"looking up {self.what}{tries}: {exc}"})
                 return
             if found is not None:
                 yield TriggerEvent({"status": "success", "message": f"{self.what} exists", **found})
@@ -101,7 +121,11 @@ class BigQueryPartitionTrigger(BaseTrigger):
         async with ClientSession() as session:
             job = await hook.get_job_instance(self.project_id, None, session)
             response = await job.query(self.query_request(), session)
-            while not response.get("jobComplete"):
+            polls = 0
+            while not response.get("jobComplete"):  # bounded: a stuck query is an error, tried again
+                polls += 1
+                if polls > MAX_RESULT_POLLS:
+                    raise TimeoutError(f"query job not complete after {MAX_RESULT_POLLS} polls")
                 await asyncio.sleep(1)
                 job.job_id = response["jobReference"]["jobId"]
                 response = await job.get_query_results(session, params={"timeoutMs": 10_000})
