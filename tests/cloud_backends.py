@@ -135,3 +135,16 @@ def direct_model_predictions(rows, model_uri: str, features: list[str], work) ->
                "--result-file", str(work / "result.json"), "--runner=FnApiRunner"])
     scored = pq.read_table(sorted((work / "scored").glob("*.parquet"))).to_pandas()
     return scored.set_index("id")["prediction"]
+
+
+def retire_active_asset(name: str) -> None:
+    """Forget which URI the asset `name` was active with. A test that re-points a pipeline's output (dev
+    paths -> gs:// or s3://) in the session's shared Airflow DB needs this: on a live deployment the
+    scheduler's asset orphanage retires the old URI once the DAG is re-parsed, but `dag.test` runs no
+    scheduler, and Airflow refuses an outlet whose name is still active with another URI."""
+    from airflow.models.asset import AssetActive
+    from airflow.utils.session import create_session
+    from sqlalchemy import delete
+
+    with create_session() as session:
+        session.execute(delete(AssetActive).where(AssetActive.name == name))
