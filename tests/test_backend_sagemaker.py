@@ -91,7 +91,7 @@ def test_submit_builds_the_requests_from_the_spec_and_defers(spec, model, aws_co
         "VolumeKmsKeyId": spec.predict.network.kms_key}
     assert job["MaxConcurrentTransforms"] == 4 and job["MaxPayloadInMB"] == 6
     assert job["TransformInput"]["ContentType"] == "application/vnd.apache.parquet"
-    assert job["TransformInput"]["SplitType"] == "None" and job["BatchStrategy"] == "SingleRecord"
+    assert job["TransformInput"]["SplitType"] == "None" and not job.get("BatchStrategy")
     assert job["TransformOutput"]["Accept"] == "application/json"
     assert job["TransformOutput"]["KmsKeyId"] == spec.predict.network.kms_key
     tags = aws_conn.client("sagemaker").list_tags(ResourceArn=job["TransformJobArn"])["Tags"]
@@ -330,3 +330,13 @@ def aws_conn_jobs(bucket: str) -> list[str]:
     """Transform jobs that wrote under this test's staging bucket."""
     return [name for name, job in moto_transform_jobs().items()
             if job.transform_output["S3OutputPath"].startswith(f"s3://{bucket}/")]
+
+
+def test_concurrent_payloads_over_100_mb_are_refused_before_submitting():
+    """CreateTransformJob: MaxConcurrentTransforms * MaxPayloadInMB cannot exceed 100 MB."""
+    from mlbatch.backends.sagemaker import transform_config
+    from mlbatch.spec_loader import load_spec, with_overrides
+
+    spec = with_overrides(load_spec(SPEC), {"predict.sagemaker.max_concurrent_transforms": 20})
+    with pytest.raises(ValueError, match="max_concurrent_transforms x max_payload_mb = 120 MB"):
+        transform_config(spec, "j-a1", {"name": "m", "version": 1}, "s3://b/in/", "s3://b/out", "r")

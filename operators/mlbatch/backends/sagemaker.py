@@ -168,7 +168,7 @@ def transform_config(spec: PipelineSpec, name: str, model: dict, input_uri: str,
         "TransformJobName": name,
         "ModelName": model["sagemaker_model"],
         "MaxPayloadInMB": cfg.max_payload_mb,
-        "BatchStrategy": "SingleRecord",  # with SplitType None a record is a whole file
+        # No BatchStrategy: the API enables it only with SplitType Line/RecordIO/TFRecord.
         "TransformInput": {
             "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input_uri}},
             "ContentType": CONTENT_TYPE,
@@ -180,6 +180,10 @@ def transform_config(spec: PipelineSpec, name: str, model: dict, input_uri: str,
         "Tags": tags(spec, run_id),
     }
     if cfg.max_concurrent_transforms:
+        if cfg.max_concurrent_transforms * cfg.max_payload_mb > 100:
+            raise ValueError(f"{spec.name}: predict.sagemaker.max_concurrent_transforms x max_payload_mb = "
+                             f"{cfg.max_concurrent_transforms * cfg.max_payload_mb} MB; SageMaker allows "
+                             "at most 100 MB (CreateTransformJob MaxPayloadInMB)")
         config["MaxConcurrentTransforms"] = cfg.max_concurrent_transforms
     if net.kms_key:
         config["TransformOutput"]["KmsKeyId"] = net.kms_key
