@@ -374,7 +374,9 @@ def environments_block(backend: str) -> list[str]:
                       "    s3_staging_uri: s3://my-bucket/mlbatch"],
         "vertex": ["predict:", "  backend: vertex", "  vertex:", "    project: my-project",
                    "    region: europe-west1",
-                   "    serving_container_image_uri: europe-docker.pkg.dev/my-project/mlflow/pyfunc:latest",
+                   "    # the MLflow image serves the model baked into it: one image per version,",
+                   "    # built by `mlflow models build-docker -m models:/<name>/<version>`",
+                   "    serving_container_image_uri: europe-docker.pkg.dev/my-project/mlflow/{model_name}:v{model_version}",
                    "    gcs_staging_uri: gs://my-bucket/mlbatch"],
     }
     if backend not in blocks:
