@@ -339,4 +339,5 @@ def test_concurrent_payloads_over_100_mb_are_refused_before_submitting():
 
     spec = with_overrides(load_spec(SPEC), {"predict.sagemaker.max_concurrent_transforms": 20})
     with pytest.raises(ValueError, match="max_concurrent_transforms x max_payload_mb = 120 MB"):
-        transform_config(spec, "j-a1", {"name": "m", "version": 1}, "s3://b/in/", "s3://b/out", "r")
+        transform_config(spec, "j-a1", {"name": "m", "version": 1, "sagemaker_model": "mlb-m-v1"},
+                         "s3://b/in/", "s3://b/out", "r")
