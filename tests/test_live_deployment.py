@@ -211,8 +211,12 @@ def test_rest_trigger_defers_survives_a_killed_task_and_publishes_once(live):
     os.kill(task_pid, signal.SIGKILL)
     wait_until("the job process to die with its task", lambda: not _alive(job_pid), timeout=10, every=0.1)
 
-    final = wait_until("the run to finish", lambda: (r := live.run(run_id))["state"] in ("success", "failed") and r,
-                       timeout=240, every=1)
+    try:  # generous: on a loaded 2-core machine each task process start takes 10 s and more
+        final = wait_until("the run to finish", lambda: (r := live.run(run_id))["state"] in ("success", "failed")
+                           and r, timeout=480, every=1)
+    except AssertionError as exc:
+        tasks = live.api("GET", f"{path}/{run_id}/taskInstances").json()["task_instances"]
+        raise AssertionError(f"{exc}; tasks: {[(t['task_id'], t['state'], t['try_number']) for t in tasks]}") from None
     TIMINGS["data landed -> run finished (incl. kill + retry)"] = time.monotonic() - started - TIMINGS["trigger -> deferred"]
     states = {t["task_id"]: (t["state"], t["try_number"]) for t in
               live.api("GET", f"{path}/{run_id}/taskInstances").json()["task_instances"]}
