@@ -170,7 +170,7 @@ def test_vertex_example_runs_end_to_end(airflow_db, registered_model, session_di
     manifest = json.loads((out / "_SUCCESS").read_text())
     assert manifest["rows_in"] == 3_000 == manifest["rows_scored"] + manifest["rows_rejected"]
     assert job.completion_stats.successful_count == manifest["rows_scored"]
-    table = pq.read_table(sorted(out.glob("*.parquet")), partitioning=None).to_pandas()
+    table = pq.read_table(manifest["files"], partitioning=None).to_pandas()  # the files the commit names
     source = pd.read_parquet(session_dir / "data" / "natality" / f"ds={E2E_DATE}")
     direct = direct_model_predictions(source[source.id.isin(table.id)],
                                       f"models:/{registered_model['name']}/{registered_model['version']}",
