@@ -26,6 +26,7 @@ os.environ.update({
     "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_SESSION_DIR}/airflow/airflow.db",
     "MLFLOW_TRACKING_URI": f"sqlite:///{_SESSION_DIR}/mlflow.db",
+    "MLBATCH_TEST_MLFLOW_URI": f"sqlite:///{_SESSION_DIR}/mlflow.db",  # what every test must leave
     "MLBATCH_MLFLOW_ARTIFACT_ROOT": str(_SESSION_DIR / "mlartifacts"),
     "MLBATCH_DATA_ROOT": str(_SESSION_DIR / "data"),
     "MLBATCH_PIPELINES_DIR": str(REPO / "include" / "pipelines"),
@@ -68,6 +69,22 @@ def model(registered_model) -> dict:
     name, version = registered_model["name"], registered_model["version"]
     return {"name": name, "version": version, "uri": f"models:/{name}/{version}", "alias": "champion",
             "artifact_uri": MlflowClient().get_model_version_download_uri(name, version)}
+
+
+@pytest.fixture(autouse=True)
+def mlflow_registry_unchanged():
+    """Fail a test that leaves MLflow pointed at another registry: MLflow's set_*_uri export it to every
+    later subprocess (live stacks, Beam jobs), and later tests would resolve models there."""
+    yield
+    import mlflow
+
+    expected = os.environ.get("MLBATCH_TEST_MLFLOW_URI")
+    found = {"MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI"),
+             "MLFLOW_REGISTRY_URI": os.environ.get("MLFLOW_REGISTRY_URI", expected),
+             "mlflow.get_tracking_uri()": mlflow.get_tracking_uri(),
+             "mlflow.get_registry_uri()": mlflow.get_registry_uri()}
+    leaked = {k: v for k, v in found.items() if v != expected}
+    assert not leaked, f"the test left MLflow pointed elsewhere than {expected}: {leaked}"
 
 
 @pytest.fixture(autouse=True, scope="session")

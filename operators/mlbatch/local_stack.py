@@ -72,7 +72,8 @@ class LocalStack:
         airflow_home = self.home / "airflow"
         db = self.db_url or f"sqlite:///{airflow_home}/airflow.db"
         env = {k: v for k, v in os.environ.items()  # the stack's own Airflow and MLflow settings only
-               if not k.startswith("AIRFLOW__") and k != "MLBATCH_MLFLOW_ARTIFACT_ROOT"}
+               if not k.startswith("AIRFLOW__")
+               and k not in ("MLBATCH_MLFLOW_ARTIFACT_ROOT", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         env.update({
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # mlflow, airflow
             "AIRFLOW_HOME": str(airflow_home),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,8 +72,13 @@ class RegisteredModel:
 
 
 @pytest.fixture(scope="session")
-def mlflow_model(tmp_path_factory) -> RegisteredModel:
-    """A LinearRegression logged and registered as models:/natality/1."""
+def _beam_registry(tmp_path_factory) -> RegisteredModel:
+    """A LinearRegression logged and registered as models:/natality/1 in a registry of its own.
+
+    MLflow's tracking and registry URIs are process-wide and exported to every subprocess (its
+    set_*_uri functions write MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI), so they are restored as soon
+    as the model is registered: left set, they would send every later test's model lookups, and the
+    live stacks started from them, to this registry."""
     import mlflow
     import mlflow.sklearn
     from mlflow.models import infer_signature
@@ -80,15 +86,11 @@ def mlflow_model(tmp_path_factory) -> RegisteredModel:
 
     tmp = tmp_path_factory.mktemp("mlflow")
     tracking_uri = f"sqlite:///{tmp}/mlflow.db"
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
     train = make_frame(500, seed=42)
     X = train[FEATURES]
     y = 3.0 + 0.05 * X["mother_age"] - 0.4 * X["plurality"] + 0.1 * X["gestation_weeks"]
     model = LinearRegression().fit(X, y)
-    with warnings.catch_warnings():
+    with _mlflow_pointed_at(tracking_uri), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MLflow's own deprecation / pickle-format hints
         experiment = mlflow.create_experiment(
             "beam-tests", artifact_location=(tmp / "artifacts").as_uri())
@@ -98,9 +100,34 @@ def mlflow_model(tmp_path_factory) -> RegisteredModel:
                 signature=infer_signature(X, model.predict(X)),
                 registered_model_name="natality",
                 pip_requirements=["scikit-learn"])  # skips slow requirement inference
-    artifact_uri = mlflow.MlflowClient().get_model_version_download_uri("natality", "1")
-    yield RegisteredModel("models:/natality/1", artifact_uri, tracking_uri, model, FEATURES)
-    if previous is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = previous
+        artifact_uri = mlflow.MlflowClient().get_model_version_download_uri("natality", "1")
+    return RegisteredModel("models:/natality/1", artifact_uri, tracking_uri, model, FEATURES)
+
+
+@pytest.fixture
+def mlflow_model(_beam_registry) -> RegisteredModel:
+    """The beam tests' model, with MLflow (this process and its subprocesses) pointed at its registry
+    for the duration of one test."""
+    with _mlflow_pointed_at(_beam_registry.tracking_uri):
+        yield _beam_registry
+
+
+@contextmanager
+def _mlflow_pointed_at(uri: str):
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved = tracking_utils._tracking_uri, registry_utils._registry_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
