@@ -77,7 +77,7 @@ def test_retry_button_value_round_trips_and_rejects_bad_values():
 # --- redaction -------------------------------------------------------------------------------------
 
 def test_token_and_key_patterns_are_masked():
-    from mlbatch.alerts.redaction import redact_text
+    from mlbatch.redaction import redact_text
 
     secrets = ["xoxb-2222222222-abcdefghijkl", "xapp-1-A0AAAAAAA-1234-abcdef", "AKIAIOSFODNN7EXAMPLE",
                "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abcdefghijkl",
@@ -95,7 +95,7 @@ def test_token_and_key_patterns_are_masked():
 def test_secrets_known_to_airflow_are_masked():
     from airflow.sdk.log import mask_secret
 
-    from mlbatch.alerts.redaction import redact_text
+    from mlbatch.redaction import redact_text
 
     mask_secret("plain-looking-value-8812")
     assert redact_text("connected with plain-looking-value-8812 ok") == "connected with *** ok"

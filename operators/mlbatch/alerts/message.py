@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mlbatch.alerts.actions import OPEN_LOGS_ACTION_ID, RETRY_ACTION_ID, RetryTarget, encode_retry_value
+from mlbatch.retry_button import OPEN_LOGS_ACTION_ID, RETRY_ACTION_ID, RetryTarget, encode_retry_value
 
 MAX_SECTION_TEXT = 3000
 MAX_BLOCKS = 50

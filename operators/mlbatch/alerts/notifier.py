@@ -68,7 +68,7 @@ class PipelineAlertNotifier(BaseNotifier):
         from mlbatch.alerts.delivery import DEFAULT_BUDGET_S, SlackDelivery, slack_connection_status
         from mlbatch.alerts.message import as_text, blocks
         from mlbatch.alerts.outbox import Outbox
-        from mlbatch.alerts.redaction import redact_text
+        from mlbatch.redaction import redact_text
 
         raised = time.monotonic()
         alert, full_log = self._alert(context)
@@ -108,7 +108,7 @@ class PipelineAlertNotifier(BaseNotifier):
 
     def _alert(self, context: Any):
         from mlbatch.alerts.message import Alert, Link
-        from mlbatch.alerts.redaction import redact_text
+        from mlbatch.redaction import redact_text
         from mlbatch.alerts.task_log import read_try_log
 
         ti = context["ti"]
@@ -151,7 +151,7 @@ class PipelineAlertNotifier(BaseNotifier):
     def _remote(self, ti: Any, alert) -> None:
         """The remote job's own log tail, fetched with a time limit (cloud log APIs can be slow)."""
         from mlbatch.alerts.message import Link
-        from mlbatch.alerts.redaction import redact_text
+        from mlbatch.redaction import redact_text
         from mlbatch.remote_logs import REMOTE_JOB_KEY, remote_log_tail
 
         job = _safe(lambda: ti.xcom_pull(task_ids=ti.task_id, key=REMOTE_JOB_KEY))

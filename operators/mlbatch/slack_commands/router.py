@@ -1,6 +1,6 @@
-"""One command router behind both front doors.
+"""One command router behind the Bolt app (`bolt_app`), whichever front door the request came through.
 
-`acknowledge()` is cheap (parse, then authorise against the policy in memory and the cached user-group
+`acknowledge()` (run by the app's policy middleware) is cheap (parse, then authorise against the policy in memory and the cached user-group
 membership): its reply is the answer Slack gets within its 3 seconds — final for `help`, malformed
 text and refusals, "working on it" otherwise. So a user who may not do something is told so first, and
 the audit trail never says "working on" for a refused command. `execute()` does the slow part after the
@@ -229,7 +229,7 @@ class Router:
         task = self._pick_task(tasks, command.task_id, run)
         if not task.get("try_number"):
             raise CommandError(f"Task `{task['task_id']}` of run `{run_id}` has not run yet: no log.")
-        from mlbatch.alerts.redaction import redact_text
+        from mlbatch.redaction import redact_text
 
         content = await self.airflow.log(dag_id, run_id, task["task_id"], task["try_number"],
                                          task.get("map_index", -1))

@@ -4,8 +4,9 @@ scope `connections:write`); no signing secret is involved, the token authenticat
 
     python -m mlbatch.slack_commands.socket_mode
 
-Each envelope is acknowledged at once (the command's first reply rides on the ack), the slow part is
-posted to the `response_url`, exactly like the HTTP front door.
+The same Bolt app as the HTTP front door, behind Bolt's asyncio Socket Mode handler: each envelope is
+acknowledged at once (the command's first reply rides on the ack), the slow part is posted to the
+`response_url`.
 """
 
 from __future__ import annotations
@@ -14,57 +15,30 @@ import asyncio
 import logging
 import signal
 
-from mlbatch.slack_commands.assembly import build_dispatcher
-from mlbatch.slack_commands.dispatch import Dispatcher
-from mlbatch.slack_commands.interactions import handle_interaction
-from mlbatch.slack_commands.router import SlackRequest
 from mlbatch.slack_commands.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-class SocketModeFrontDoor:
-    """A `socket_mode_request_listeners` entry of slack_sdk's asyncio Socket Mode clients."""
-
-    def __init__(self, dispatcher: Dispatcher):
-        self.dispatcher = dispatcher
-
-    async def __call__(self, client, request) -> None:
-        from slack_sdk.socket_mode.response import SocketModeResponse
-
-        if request.type == "slash_commands":
-            slack_request = SlackRequest.from_slash_command(request.payload, source="socket")
-            reply, command = await self.dispatcher.router.acknowledge(slack_request)
-            await client.send_socket_mode_response(
-                SocketModeResponse(envelope_id=request.envelope_id, payload=reply.to_slack()))
-            if command is not None:
-                self.dispatcher.start(slack_request, command)
-        elif request.type == "interactive":
-            await client.send_socket_mode_response(SocketModeResponse(envelope_id=request.envelope_id))
-            handle_interaction(self.dispatcher, request.payload, source="socket")
-        else:  # events this app did not subscribe to: ack so Slack does not resend them
-            await client.send_socket_mode_response(SocketModeResponse(envelope_id=request.envelope_id))
-
-
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    from slack_sdk.socket_mode.aiohttp import SocketModeClient
+    from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
     from slack_sdk.web.async_client import AsyncWebClient
+
+    from mlbatch.slack_commands.bolt_app import SlackCommandsApp
 
     if not settings.app_token:
         raise SystemExit("SLACK_APP_TOKEN (xapp-..., scope connections:write) is not set")
-    dispatcher = build_dispatcher(settings)
+    commands = SlackCommandsApp(settings)
     web_kwargs = {"base_url": settings.slack_api_url} if settings.slack_api_url else {}
-    client = SocketModeClient(app_token=settings.app_token, web_client=AsyncWebClient(**web_kwargs))
-    client.socket_mode_request_listeners.append(SocketModeFrontDoor(dispatcher))
+    handler = AsyncSocketModeHandler(commands.app, settings.app_token, web_client=AsyncWebClient(**web_kwargs))
     stop = stop or asyncio.Event()
-    await client.connect()
+    await handler.connect_async()
     log.info("Slack Socket Mode connected; Airflow API at %s", settings.airflow_api_url)
     try:
         await stop.wait()
     finally:
-        await client.close()
-        await dispatcher.aclose()
-        await dispatcher.router.airflow.aclose()
+        await handler.close_async()
+        await commands.aclose()
 
 
 def main() -> None:

@@ -1,0 +1,179 @@
+"""One slack-bolt `AsyncApp` for both front doors (HTTP and Socket Mode).
+
+Bolt does the Slack plumbing: parsing requests, `ack()` within Slack's 3 seconds, lazy listeners for
+the slow part, `respond()` to the request's `response_url`, the Socket Mode envelopes. Ours is what
+Bolt does not know, as middleware:
+
+- `_verified` (global, before authorisation; HTTP only — in Socket Mode the app-level token
+  authenticates the connection): Slack's signature over the raw body, the 5-minute window, and the
+  replay guard (`signature.RequestVerifier`), with the reason of every refusal in the log;
+- `_authorised` (on the command listener): parse the command and check the policy
+  (`Router.acknowledge`); help, malformed text and refusals are answered in the ack itself, so a
+  refused user never sees "working on it" and nothing runs.
+
+Replies go only to URLs under `response_url_prefix` (Slack's `https://hooks.slack.com/`): a signed
+request is from Slack, but this keeps a leaked signing secret from turning the bot into a proxy for
+arbitrary URLs. A reply that cannot be delivered is logged with its text, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.authorization import AuthorizeResult
+from slack_bolt.response import BoltResponse
+from slack_sdk.web.async_client import AsyncWebClient
+
+from mlbatch.retry_button import RETRY_ACTION_ID, decode_retry_value
+from mlbatch.slack_commands.assembly import build_router
+from mlbatch.slack_commands.audit import audit
+from mlbatch.slack_commands.commands import Command, RunRef
+from mlbatch.slack_commands.policy import Actor
+from mlbatch.slack_commands.router import Reply, SlackRequest
+from mlbatch.slack_commands.settings import Settings
+from mlbatch.slack_commands.signature import MemoryReplayGuard, RedisReplayGuard, RequestVerifier, UnverifiedRequest
+
+log = logging.getLogger(__name__)
+
+ANY = re.compile(".*")
+
+
+class SlackCommandsApp:
+    """The Bolt app (`.app`) with our router behind it; `aclose()` waits for the work still running."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.router = build_router(settings)
+        guard = RedisReplayGuard(settings.replay_redis_url) if settings.replay_redis_url else MemoryReplayGuard()
+        self.verifier = RequestVerifier(settings.signing_secret, guard)
+        self._running: set[asyncio.Task] = set()
+        web_kwargs = {"base_url": settings.slack_api_url} if settings.slack_api_url else {}
+        # Bolt passes listener and middleware arguments by parameter name: plain functions, no `self`
+        async def verified(req, next):
+            return await self._verified(req, next)
+
+        async def authorize(enterprise_id, team_id, user_id):
+            """One workspace, the bot token from the settings: nothing to look up (no `auth.test`)."""
+            return AuthorizeResult(enterprise_id=enterprise_id, team_id=team_id, user_id=user_id,
+                                   bot_token=settings.bot_token)
+
+        async def authorised(req, body, context, next):
+            return await self._authorised(req, body, context, next)
+
+        async def execute_command(context, respond):
+            await self._work(context["mlbatch_request"], context["mlbatch_command"], respond)
+
+        async def retry_button(req, body, action, respond):
+            await self._retry_button(req, body, action, respond)
+
+        self.app = AsyncApp(
+            client=AsyncWebClient(**web_kwargs),
+            signing_secret=settings.signing_secret or "",
+            request_verification_enabled=False,  # `_verified` does it, with the replay guard
+            before_authorize=verified,
+            authorize=authorize,
+            ignoring_self_events_enabled=False,
+        )
+        self.app.command(ANY, middleware=[authorised])(ack=_ack_with_context, lazy=[execute_command])
+        self.app.action(RETRY_ACTION_ID)(ack=_ack, lazy=[retry_button])
+        self.app.action(ANY)(_ack)  # the alert's URL buttons: Slack needs only the ack
+        self.app.event(ANY)(_ack)  # events this app did not subscribe to: ack so Slack does not resend
+
+    # -- middleware ----------------------------------------------------------------------------------
+    async def _verified(self, req, next):
+        if req.mode == "socket_mode":
+            return await next()
+        headers = {name: values[0] for name, values in req.headers.items() if values}
+        try:
+            await self.verifier.verify(req.raw_body.encode("utf-8"), headers)
+        except UnverifiedRequest as exc:
+            log.warning("Slack request refused (401): %s", exc)
+            return BoltResponse(status=401, body={"detail": "request not signed by Slack, stale or replayed"})
+        return await next()
+
+    async def _authorised(self, req, body, context, next):
+        request = SlackRequest.from_slash_command(body, source=_source(req))
+        reply, command = await self.router.acknowledge(request)
+        if command is None:  # final: help, malformed text, refused
+            return BoltResponse(status=200, body=reply.to_slack())
+        context["mlbatch_request"], context["mlbatch_command"] = request, command
+        context["mlbatch_ack"] = reply.to_slack()
+        return await next()
+
+    # -- lazy listeners (after the ack) --------------------------------------------------------------
+    async def _retry_button(self, req, body, action, respond):
+        """A press on an alert's Retry button: a `retry` of that task instance, authorised like the command."""
+        user, team = body.get("user") or {}, body.get("team") or {}
+        actor = Actor(user_id=user.get("id", ""), user_name=user.get("username") or user.get("name", ""),
+                      team_id=team.get("id", ""))
+        request = SlackRequest(actor=actor, text="retry (button)", response_url=body.get("response_url"),
+                               channel_id=(body.get("channel") or {}).get("id", ""), source=_source(req))
+        try:
+            target = decode_retry_value(action.get("value") or "")
+        except ValueError as exc:
+            audit(actor, "retry", "rejected", source=request.source, detail=f"bad button value: {exc}")
+            await self._post(request, Reply(f"⚠️ This Retry button cannot be used: {exc}"), respond)
+            return
+        command = Command("retry", run=RunRef(target.run_id, target.dag_id), task_id=target.task_id,
+                          map_index=target.map_index)
+        request = SlackRequest(actor=actor, text=f"retry {target.dag_id}/{target.run_id} {target.task_id}",
+                               response_url=request.response_url, channel_id=request.channel_id,
+                               source=request.source, button=command)
+        await self._work(request, command, respond)
+
+    async def _work(self, request: SlackRequest, command: Command, respond) -> None:
+        task = asyncio.current_task()
+        self._running.add(task)
+        timeout = self.settings.work_timeout_seconds
+        try:
+            try:
+                reply = await asyncio.wait_for(self.router.execute(request, command), timeout)
+            except asyncio.TimeoutError:
+                log.error("Slack command %s by %s took longer than %.0f s", command.action, request.actor, timeout)
+                reply = Reply(f"⚠️ `{command.action}` took longer than {timeout:.0f} s and was "
+                              "abandoned; check Airflow before trying again.")
+            except Exception:
+                log.exception("Slack command %s by %s failed", command.action, request.actor)
+                reply = Reply(f"⚠️ `{command.action}` failed with an internal error (logged on the server).")
+            await self._post(request, reply, respond)
+        finally:
+            self._running.discard(task)
+
+    async def _post(self, request: SlackRequest, reply: Reply, respond) -> None:
+        url, prefix = request.response_url, self.settings.response_url_prefix
+        if not url or not url.startswith(prefix):
+            log.error("Reply to %s not delivered: response_url %r is not under %r. Reply: %s",
+                      request.actor, url, prefix, reply.text)
+            return
+        message = reply.to_slack()
+        try:
+            sent = await respond(text=message["text"], response_type=message["response_type"],
+                                 # a button's answer comes as a new message: keep the alert
+                                 replace_original=False if request.button is not None else None)
+        except Exception as exc:  # aiohttp/network errors: the reply is in the log instead
+            log.error("Reply to %s not delivered to response_url: %s. Reply: %s", request.actor, exc, reply.text)
+            return
+        if sent.status_code != 200:
+            log.error("Reply to %s not delivered to response_url: HTTP %s %s. Reply: %s", request.actor,
+                      sent.status_code, sent.body[:200], reply.text)
+
+    async def aclose(self) -> None:
+        """Wait for the commands still running (shutdown), then close the Airflow client."""
+        while self._running:
+            await asyncio.gather(*list(self._running), return_exceptions=True)
+        await self.router.airflow.aclose()
+
+
+async def _ack(ack):
+    await ack()
+
+
+async def _ack_with_context(ack, context):
+    await ack(context["mlbatch_ack"])  # "⏳ Working on …", decided by `_authorised`
+
+
+def _source(req) -> str:
+    return "socket" if req.mode == "socket_mode" else "http"
