@@ -7,7 +7,11 @@ bearer tokens, private key blocks, `password=` in URLs and key-value pairs).
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
+
+log = logging.getLogger(__name__)
 
 MASK = "***"
 
@@ -50,8 +54,22 @@ def _mask(match: re.Match[str]) -> str:
 
 
 def _airflow_masker(text: str) -> str:
+    redact = airflow_redact()
+    return redact(text) if redact is not None else text
+
+
+@functools.cache
+def airflow_redact():
+    """Airflow's secrets masker, as the Task SDK's log pipeline applies it to every task log line.
+
+    Airflow 3 makes `airflow.sdk.log.mask_secret` public (register a secret) but no function to redact
+    a string; `airflow.sdk.log` is where both live, so that is the one place we take `redact` from. A
+    test checks that a secret registered with the public `mask_secret` is masked here; if an upgrade
+    moves it, the alert still goes out masked by `PATTERNS` and the log says so at ERROR, once."""
     try:
-        from airflow.sdk._shared.secrets_masker import redact
-    except ImportError:  # used outside Airflow (CLI flush, tests of the patterns alone)
-        return text
-    return redact(text)
+        from airflow.sdk.log import redact
+    except ImportError as exc:
+        log.error("Airflow's secrets masker not found (%s): Slack messages are masked by mlbatch's "
+                  "patterns only, not by Airflow's registered secrets", exc)
+        return None
+    return redact

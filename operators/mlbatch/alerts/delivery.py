@@ -68,7 +68,8 @@ def default_channel(conn_id: str) -> str | None:
         from airflow.sdk import BaseHook
 
         return BaseHook.get_connection(conn_id).extra_dejson.get("channel")
-    except Exception:
+    except Exception as exc:
+        log.warning("No default Slack channel from connection %r: %s: %s", conn_id, type(exc).__name__, exc)
         return None
 
 

@@ -135,7 +135,7 @@ class PipelineAlertNotifier(BaseNotifier):
         full_log = "\n".join(redacted)
         alert.task_log = redacted[-self.log_lines:] if self.kind == "failure" else []
         alert.task_log_source = _short_source(task_log.source)
-        alert.log_url = _safe(lambda: ti.log_url)
+        alert.log_url = _safe("the log URL", lambda: ti.log_url)
         if alert.log_url:
             alert.links.append(Link("Airflow task log", alert.log_url))
         if self.kind == "failure":
@@ -154,7 +154,7 @@ class PipelineAlertNotifier(BaseNotifier):
         from mlbatch.redaction import redact_text
         from mlbatch.remote_logs import REMOTE_JOB_KEY, remote_log_tail
 
-        job = _safe(lambda: ti.xcom_pull(task_ids=ti.task_id, key=REMOTE_JOB_KEY))
+        job = _safe("the remote job", lambda: ti.xcom_pull(task_ids=ti.task_id, key=REMOTE_JOB_KEY))
         if not isinstance(job, dict):
             return
         alert.remote_backend = str(job.get("backend") or "remote")
@@ -182,13 +182,13 @@ def redact_payload(node: Any, redact: Any) -> Any:
 
 def _success_facts(ti: Any):
     facts: dict[str, str] = {}
-    published = _safe(lambda: ti.xcom_pull(task_ids="publish")) or {}
+    published = _safe("publish's result", lambda: ti.xcom_pull(task_ids="publish")) or {}
     if isinstance(published, dict) and "rows_in" in published:
         facts["Rows"] = (f"{published.get('rows_in', 0):,} in = {published.get('rows_scored', 0):,} scored"
                          f" + {published.get('rows_rejected', 0):,} rejected")
     if isinstance(published, dict) and published.get("output_uri"):
         facts["Output"] = str(published["output_uri"])
-    model = _safe(lambda: ti.xcom_pull(task_ids="resolve_model")) or {}
+    model = _safe("the pinned model", lambda: ti.xcom_pull(task_ids="resolve_model")) or {}
     if isinstance(model, dict) and model.get("uri"):
         facts["Model"] = f"{model['uri']}" + (f" (alias {model['alias']})" if model.get("alias") else "")
     return facts, _mlflow_links(ti)
@@ -199,12 +199,12 @@ def _mlflow_links(ti: Any) -> list:
     from mlbatch.alerts.message import Link
 
     links = []
-    model = _safe(lambda: ti.xcom_pull(task_ids="resolve_model")) or {}
+    model = _safe("the pinned model", lambda: ti.xcom_pull(task_ids="resolve_model")) or {}
     if isinstance(model, dict) and str(model.get("tracking_uri", "")).startswith("http"):
         base = model["tracking_uri"].rstrip("/")
         links.append(Link(f"MLflow model v{model.get('version')}",
                           f"{base}/#/models/{model.get('name')}/versions/{model.get('version')}"))
-    record = _safe(lambda: ti.xcom_pull(task_ids="record")) or {}
+    record = _safe("the MLflow run", lambda: ti.xcom_pull(task_ids="record")) or {}
     if isinstance(record, dict) and str(record.get("tracking_uri", "")).startswith("http"):
         base = record["tracking_uri"].rstrip("/")
         links.append(Link("MLflow run", f"{base}/#/experiments/{record.get('experiment_id')}/runs/"
@@ -242,11 +242,12 @@ def _file_name(ti: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", raw)[:200]
 
 
-def _safe(fn):
+def _safe(what: str, fn):
+    """A detail of the alert; when it cannot be read the alert still goes out, and the log says why."""
     try:
         return fn()
     except Exception as exc:
-        log.debug("Alert detail unavailable: %s", exc)
+        log.warning("Alert sent without %s: %s: %s", what, type(exc).__name__, exc)
         return None
 
 
