@@ -93,7 +93,8 @@ class Compute(_Model):
     accelerator_type: str | None = None
     accelerator_count: int = Field(default=0, ge=0)
     batch_rows: int = Field(default=65_536, ge=1)
-    local_workers: int = Field(default=1, ge=1, description="Processes for local Beam runs.")
+    local_workers: int = Field(default=1, ge=1, description=(
+        "Local Beam runs: this many in-memory jobs over disjoint groups of the input files (one model copy each)."))
     large_model: bool = Field(
         default=False, description="Direct-model jobs: one model copy per machine, shared by its worker processes.")
     model_copies: int | None = Field(

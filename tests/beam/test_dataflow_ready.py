@@ -11,7 +11,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from mlbatch.backends.dataflow_options import (
-    beam_jobs_setup_file, dataflow_pipeline_args, local_runner_args, model_sharing_args,
+    beam_jobs_setup_file, dataflow_pipeline_args, local_job, local_runner_args, model_sharing_args,
 )
 from mlbatch.spec import PipelineSpec
 
@@ -101,7 +101,10 @@ def test_incomplete_dataflow_settings_fail_with_the_field(dataflow, job_name, me
 def test_local_runner_and_model_sharing_flags():
     args = local_runner_args(make_spec(compute={"local_workers": 2}))
     assert unknown_to_beam(args) == set()
-    assert args == ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    assert args == ["--runner=FnApiRunner"]  # one in-memory job per process; local_job spreads the files
+    assert local_job(make_spec(), "mlbatch_beam.score") == ("mlbatch_beam.score", [])
+    assert local_job(make_spec(compute={"local_workers": 2}), "mlbatch_beam.prep") == (
+        "mlbatch_beam.shards", ["--shards", "2", "--job", "mlbatch_beam.prep"])
     assert model_sharing_args(make_spec()) == []
     assert model_sharing_args(make_spec(compute={"large_model": True, "model_copies": 2})) == [
         "--large-model", "--model-copies", "2"]

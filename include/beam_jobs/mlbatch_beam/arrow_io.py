@@ -61,19 +61,23 @@ def without_origin(table: pa.Table) -> pa.Table:
 
 # --- matching ----------------------------------------------------------------
 
-def match_paths(file_pattern: str) -> list[str]:
-    """Paths matching a pattern (sorted); raises if nothing matches.
+def match_paths(file_pattern: str | list[str]) -> list[str]:
+    """Paths matching a pattern, or any of several (sorted, once each); raises if a pattern matches nothing.
 
     An empty match is an error, not a silent zero-row success: a typo in
     the input path must fail the job.
     """
-    try:
-        metadata = FileSystems.match([file_pattern])[0].metadata_list
-    except BeamIOError as exc:  # e.g. a missing plain path or an unreadable bucket
-        raise FileNotFoundError(f"No input files match pattern {file_pattern!r}: {exc}") from exc
-    if not metadata:
-        raise FileNotFoundError(f"No input files match pattern {file_pattern!r}")
-    return sorted(m.path for m in metadata if m.size_in_bytes > 0)
+    patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
+    found: set[str] = set()
+    for pattern in patterns:
+        try:
+            metadata = FileSystems.match([pattern])[0].metadata_list
+        except BeamIOError as exc:  # e.g. a missing plain path or an unreadable bucket
+            raise FileNotFoundError(f"No input files match pattern {pattern!r}: {exc}") from exc
+        if not metadata:
+            raise FileNotFoundError(f"No input files match pattern {pattern!r}")
+        found.update(m.path for m in metadata if m.size_in_bytes > 0)
+    return sorted(found)
 
 
 # --- reading ------------------------------------------------------------------
@@ -224,7 +228,7 @@ class ReadArrowBatches(beam.PTransform):
     ``string`` so a bad value rejects one row instead of failing the file).
     """
 
-    def __init__(self, file_pattern: str, fmt: str, batch_rows: int = 65536,
+    def __init__(self, file_pattern: str | list[str], fmt: str, batch_rows: int = 65536,
                  csv_column_types: dict[str, pa.DataType] | None = None):
         super().__init__()
         if fmt not in INPUT_FORMATS:
@@ -239,7 +243,7 @@ class ReadArrowBatches(beam.PTransform):
     def expand(self, pbegin):
         return (
             pbegin
-            | "Pattern" >> beam.Create([self._pattern])
+            | "Pattern" >> beam.Create([self._pattern])  # one element: a pattern, or a list of them
             | "MatchPieces" >> beam.ParDo(_MatchPieces(self._fmt))
             | "SpreadPieces" >> beam.Reshuffle()
             | "ReadPieces" >> beam.ParDo(

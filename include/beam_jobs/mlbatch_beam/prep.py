@@ -87,7 +87,8 @@ def build(pipeline, args, schema: FeatureSchema) -> None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m mlbatch_beam.prep", description=__doc__)
-    parser.add_argument("--input", required=True, help="file pattern, e.g. gs://bucket/in/*.parquet")
+    parser.add_argument("--input", required=True, nargs="+",
+                        help="file pattern(s), e.g. gs://bucket/in/*.parquet (mlbatch_beam.shards passes files)")
     parser.add_argument("--input-format", required=True, choices=INPUT_FORMATS)
     parser.add_argument("--schema-json", required=True, help="FeatureSchema as JSON text")
     parser.add_argument("--output-dir", required=True)

@@ -80,7 +80,8 @@ class ScoreBatches(beam.PTransform):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m mlbatch_beam.score", description=__doc__)
-    parser.add_argument("--input", required=True, help="pattern of prepared files")
+    parser.add_argument("--input", required=True, nargs="+",
+                        help="pattern(s) of prepared files (mlbatch_beam.shards passes files)")
     parser.add_argument("--input-format", default="parquet", choices=INPUT_FORMATS)
     parser.add_argument("--model-uri", required=True, help="models:/name/version or an artifact URI")
     parser.add_argument("--id-column", required=True)

@@ -23,12 +23,19 @@ _JOB_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,1022}[a-z0-9])?$")
 
 def local_runner_args(spec: PipelineSpec) -> list[str]:
     """Local runs use FnApiRunner explicitly: Beam's default DirectRunner downloads Prism, which fails
-    offline. `compute.local_workers` > 1 runs that many worker processes."""
+    offline. One in-memory job per process; `local_job` says how several processes share the work."""
+    return [f"--runner={LOCAL_RUNNER}"]
+
+
+def local_job(spec: PipelineSpec, module: str) -> tuple[str, list[str]]:
+    """The module to run for a local Beam job, and its leading arguments. `compute.local_workers` = N > 1
+    runs N in-memory jobs over disjoint groups of the input files (`mlbatch_beam.shards`), not Beam's
+    multi_processing mode, which is slower than one process on 2 cores and stops scaling at ~4
+    (bench/results.md)."""
     workers = spec.predict.compute.local_workers
-    args = [f"--runner={LOCAL_RUNNER}"]
-    if workers > 1:
-        args += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
-    return args
+    if workers == 1:
+        return module, []
+    return "mlbatch_beam.shards", ["--shards", str(workers), "--job", module]
 
 
 def model_sharing_args(spec: PipelineSpec) -> list[str]:

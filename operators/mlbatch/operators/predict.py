@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlbatch.backends.dataflow_options import model_sharing_args
+from mlbatch.backends.dataflow_options import local_job, model_sharing_args
 from mlbatch.job_process import JobProcess, stop_leftover_job
 from mlbatch.links import RemoteJobConsoleLink
 from mlbatch.operators.base import PipelineStepOperator
@@ -65,7 +65,11 @@ class PredictOperator(RemoteJobMixin, PipelineStepOperator):
             "--output-dir", out,
         ]
         env, storage_args = storage.job_env([paths.work, model["artifact_uri"]])
-        self._job = JobProcess(module, common + args + storage_args, paths.result_file("predict"), env=env)
+        leading = []
+        if module == "mlbatch_beam.score":
+            module, leading = local_job(spec, module)
+        self._job = JobProcess(module, leading + common + args + storage_args, paths.result_file("predict"),
+                               env=env)
         result = self._job.run()
         self.log.info("predict (%s, model v%s): %s", backend, model["version"], result)
         return {**result, "backend": backend, "model_version": model["version"]}

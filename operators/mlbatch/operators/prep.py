@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mlbatch.backends.dataflow_options import local_runner_args
+from mlbatch.backends.dataflow_options import local_job, local_runner_args
 from mlbatch.job_process import JobProcess, stop_leftover_job
 from mlbatch.links import RemoteJobConsoleLink
 from mlbatch.operators.base import PipelineStepOperator, effective_spec
@@ -77,7 +77,8 @@ class BeamPrepOperator(RemoteJobMixin, PipelineStepOperator):
             *beam_runner_args(spec),
         ]
         env, storage_args = storage.job_env([paths.input_pattern, paths.work])
-        self._job = JobProcess("mlbatch_beam.prep", args + storage_args, paths.result_file("prep"), env=env)
+        module, leading = local_job(spec, "mlbatch_beam.prep")
+        self._job = JobProcess(module, leading + args + storage_args, paths.result_file("prep"), env=env)
         result = self._job.run()
         self.log.info("prep: %s", result)
         check_prep(spec, result, paths.rejected_staging, storage)

@@ -1,0 +1,131 @@
+"""Run one local Beam job (prep or score) as N independent in-memory jobs over disjoint groups of its files.
+
+Why: FnApiRunner's multi_processing mode routes every bundle through its one runner process; on this
+2-core machine two workers are slower than one, and on 16 cores it stops scaling at ~4 (bench/results.md,
+issue 14). Jobs over disjoint input files share nothing but their output folders, where file names come
+from the input pieces, so they never collide, and they scale with cores. Their counts add up.
+
+    python -m mlbatch_beam.shards --shards N --job mlbatch_beam.score <the job's own arguments>
+
+Local runs only (`compute.local_workers` > 1): on Dataflow the service spreads the work. Each shard loads
+its own model copy. Files are balanced by size (largest first onto the least-loaded shard); a job over
+fewer files than N runs that many shards. A shard that fails stops the others and fails the whole job;
+its log is in the job's log (every shard writes to the same stdout/stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+from apache_beam.io.filesystems import FileSystems
+
+from mlbatch_beam.arrow_io import match_paths
+from mlbatch_beam.options import pipeline_options
+from mlbatch_beam.results import write_result
+
+log = logging.getLogger("mlbatch_beam.shards")
+JOBS = ("mlbatch_beam.prep", "mlbatch_beam.score")
+# The runner modes a shard must not inherit: each shard is one in-memory FnApiRunner job.
+_RUNNER_MODE_FLAGS = ("--direct_running_mode", "--direct_num_workers")
+
+
+def balanced_groups(sizes: dict[str, int], shards: int) -> list[list[str]]:
+    """Paths split into at most `shards` non-empty groups of near-equal total size."""
+    groups: list[tuple[int, list[str]]] = [(0, []) for _ in range(min(shards, len(sizes)))]
+    for path in sorted(sizes, key=lambda p: (-sizes[p], p)):
+        total, members = min(groups, key=lambda g: g[0])
+        groups[groups.index((total, members))] = (total + sizes[path], members + [path])
+    return [sorted(members) for _, members in groups]
+
+
+def file_sizes(patterns: list[str]) -> dict[str, int]:
+    paths = match_paths(patterns)  # the job's own rule: a pattern matching nothing fails here
+    return {m.path: m.size_in_bytes for m in FileSystems.match(paths) for m in m.metadata_list}
+
+
+def _without(argv: list[str], option: str, takes_values: bool) -> list[str]:
+    """argv without `option` (and, if it takes values, every value up to the next --option)."""
+    out, skipping = [], False
+    for arg in argv:
+        if arg == option or arg.startswith(option + "="):
+            skipping = takes_values and "=" not in arg
+            continue
+        if skipping and not arg.startswith("--"):
+            continue
+        skipping = False
+        out.append(arg)
+    return out
+
+
+def shard_commands(job: str, argv: list[str], groups: list[list[str]], result_file: str) -> list[list[str]]:
+    base = _without(_without(argv, "--input", True), "--result-file", True)
+    for flag in _RUNNER_MODE_FLAGS:
+        base = _without(base, flag, True)
+    return [[sys.executable, "-u", "-m", job, *base, "--input", *group, "--result-file", f"{result_file}.shard-{k}"]
+            for k, group in enumerate(groups)]
+
+
+def combined(results: list[dict]) -> dict:
+    """Counts summed; every other field (the output folders) is the same in every shard."""
+    out: dict = {}
+    for result in results:
+        for key, value in result.items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                out[key] = out.get(key, 0) + value
+            elif out.setdefault(key, value) != value:
+                raise ValueError(f"shards disagree on {key!r}: {out[key]!r} vs {value!r}")
+    return out
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def run(argv=None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m mlbatch_beam.shards", description=__doc__.split("\n")[0])
+    parser.add_argument("--shards", type=int, required=True)
+    parser.add_argument("--job", required=True, choices=JOBS)
+    ours, job_argv = parser.parse_known_args(argv)
+    if ours.shards < 1:
+        parser.error(f"--shards must be at least 1, got {ours.shards}")
+    job_args, beam_args = importlib.import_module(ours.job).parse_args(job_argv)
+    pipeline_options(beam_args)  # the filesystems' options (S3 endpoint) for the match below
+    groups = balanced_groups(file_sizes(job_args.input), ours.shards)
+    log.info("%s: %d shards over %d files", ours.job, len(groups), sum(map(len, groups)))
+    procs = [subprocess.Popen(command, preexec_fn=_die_with_parent)
+             for command in shard_commands(ours.job, job_argv, groups, job_args.result_file)]
+    failed, running = [], {proc.pid: k for k, proc in enumerate(procs)}
+    while running:  # in the order they end: one failure fails the job, so the rest are stopped at once
+        pid, status = os.wait()
+        if pid not in running:
+            continue
+        k = running.pop(pid)
+        if os.waitstatus_to_exitcode(status) != 0 and not failed:
+            failed.append(f"shard {k} of {len(procs)} failed (exit {os.waitstatus_to_exitcode(status)})")
+            for other in running.values():
+                procs[other].terminate()
+            if running:
+                failed.append(f"stopped shard(s) {sorted(running.values())}")
+    for proc in procs:
+        proc.returncode = 0  # reaped above; keeps Popen from waiting for them again
+    if failed:
+        raise RuntimeError(f"{ours.job}: {'; '.join(failed)}; the failing shard's error is in the log above")
+    results = []
+    for k in range(len(procs)):
+        path = f"{job_args.result_file}.shard-{k}"
+        with FileSystems.open(path) as f:
+            results.append(json.loads(f.read()))
+        FileSystems.delete([path])
+    return write_result(job_args.result_file, {**combined(results), "shards": len(procs)})
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    print(json.dumps(run()), flush=True)
