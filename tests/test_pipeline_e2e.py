@@ -107,3 +107,32 @@ def test_invalid_trigger_params_are_refused(dag):
 
     with pytest.raises(ParamValidationError):
         run(dag, {"backend": "gpu"})
+
+
+def test_two_local_workers_score_every_row_as_file_shards(airflow_db, registered_model, partition, session_dir,
+                                                          tmp_path, monkeypatch):
+    """`compute.local_workers: 2` through the DAG: prep and predict run as two jobs over the two input files
+    (mlbatch_beam.shards), and every valid row is published once."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "include" / "pipelines" / "natality_daily.yaml").read_text()
+    two = (text.replace("name: natality_daily", "name: natality_daily_w2")
+               .replace("predictions/natality_daily/", "predictions/natality_daily_w2/")
+               .replace("local_workers: 1", "local_workers: 2"))
+    assert two.count("natality_daily_w2") == 2 and "local_workers: 2" in two
+    (tmp_path / "natality_daily_w2.yaml").write_text(two)
+    monkeypatch.setenv("MLBATCH_PIPELINES_DIR", str(tmp_path))
+    bag = DagBag(dag_folder=str(repo / "dags"))
+    assert bag.import_errors == {}
+    dagrun = run(bag.dags["natality_daily_w2"], {"backend": "dataflow"})
+    assert dagrun.state == "success"
+
+    out = session_dir / "data" / "predictions" / "natality_daily_w2" / f"ds={DATE}"
+    manifest = json.loads((out / "_SUCCESS").read_text())
+    assert (manifest["rows_in"], manifest["rows_rejected"]) == (partition["rows"], partition["bad"])
+    table = read_output(out)
+    assert len(table) == partition["rows"] - partition["bad"] and table.id.is_unique
+    steps = {ti.task_id: ti.xcom_pull(task_ids=ti.task_id) for ti in dagrun.get_task_instances()}
+    assert steps["prep"]["shards"] == 2 and steps["predict"]["shards"] == 2
+    assert steps["predict"]["model_loads"] == 2  # one model copy per shard
