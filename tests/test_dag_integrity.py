@@ -118,6 +118,19 @@ def test_broken_spec_is_a_marked_placeholder_dag_and_others_still_load(tmp_path,
         task.execute({})
 
 
+def test_a_bug_in_mlbatch_surfaces_as_itself_not_as_a_broken_spec(tmp_path, monkeypatch):
+    from mlbatch import dag_factory
+
+    shutil.copy(PIPELINES / "natality_daily.yaml", tmp_path)
+
+    def buggy_build_dag(*args, **kwargs):
+        raise TypeError("a bug in mlbatch, not in the spec")
+
+    monkeypatch.setattr(dag_factory, "build_dag", buggy_build_dag)
+    with pytest.raises(TypeError, match="a bug in mlbatch"):
+        dag_factory.build_dags(tmp_path)
+
+
 def _import_seconds(code: str, runs: int) -> float:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "0"}
     times = []

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import DAG, Param
+from pydantic import ValidationError
 
 from mlbatch.alerts.notifier import pipeline_callbacks, success_callback
 from mlbatch.assets import output_asset, upstream_schedule
 from mlbatch.broken_spec import broken_dag_id, broken_spec_dag
-from mlbatch.errors import SpecError
+from mlbatch.errors import SpecError, SpecProblem
 from mlbatch.operators.predict import PredictOperator
 from mlbatch.operators.prep import BeamPrepOperator
 from mlbatch.operators.publish import PublishOperator
@@ -28,6 +29,8 @@ from mlbatch.spec import PipelineSpec, TriggerParam
 from mlbatch.spec_loader import load_spec
 
 log = logging.getLogger(__name__)
+
+SPEC_ERRORS = (SpecError, ValidationError)  # what a spec can be wrong with; everything else is a bug
 
 STEPS = (
     ("wait_for_data", WaitForInputOperator),
@@ -102,9 +105,10 @@ def _value_at(spec: PipelineSpec, dotted: str) -> Any:
 
 
 def build_dags(pipelines_dir: str | Path) -> dict[str, DAG]:
-    """One DAG per `*.yaml` in `pipelines_dir`. Never raises for a spec: a broken one becomes a
-    placeholder DAG saying why (`mlbatch.broken_spec`), because an import error of the DAG file would
-    make a live dag-processor mark every pipeline of the file stale."""
+    """One DAG per `*.yaml` in `pipelines_dir`. A spec error (`SPEC_ERRORS`) stays with its spec: it
+    becomes a placeholder DAG saying why (`mlbatch.broken_spec`), because an import error of the DAG
+    file would make a live dag-processor mark every pipeline of the file stale. Anything else is a bug
+    in mlbatch, not in the spec, and is raised as itself (an import error with its traceback)."""
     dags: dict[str, Any] = {}
     broken: dict[str, tuple[Path, str]] = {}
     specs: dict[str, tuple[Path, PipelineSpec]] = {}
@@ -112,15 +116,16 @@ def build_dags(pipelines_dir: str | Path) -> dict[str, DAG]:
         try:
             spec = load_spec(path)
             if spec.dag_id in specs:
-                raise ValueError(f"{path}: DAG id {spec.dag_id!r} is used by another spec")
+                other = specs[spec.dag_id][0].name
+                raise SpecError(path, [SpecProblem("name", spec.name, f"a name no other spec uses ({other} does)")])
             specs[spec.dag_id] = (path, spec)
-        except Exception as exc:  # noqa: BLE001  (any failure of one spec stays with that spec)
+        except SPEC_ERRORS as exc:
             broken[broken_dag_id(path)] = (path, _describe(path, exc))
     known = {spec.name: output_asset(spec) for _, spec in specs.values()}  # for upstream_asset waits
     for dag_id, (path, spec) in specs.items():
         try:
             dags[dag_id] = build_dag(spec, path, pipeline_assets=known)
-        except Exception as exc:  # noqa: BLE001
+        except SPEC_ERRORS as exc:
             broken[dag_id] = (path, _describe(path, exc))
     for dag_id, (path, error) in broken.items():
         log.error("Pipeline spec cannot be loaded (placeholder DAG %s): %s", dag_id, error)
