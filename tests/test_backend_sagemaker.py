@@ -257,6 +257,20 @@ def test_log_tail_reads_the_transform_jobs_cloudwatch_streams(aws_conn):
     assert not any("not ours" in line for line in tail)
 
 
+def test_unknown_names_are_recognised_by_error_code_not_message(aws_conn):
+    """SageMaker (and moto) answer a Describe* of an unknown name with ValidationException."""
+    from botocore.exceptions import ClientError
+
+    from mlbatch.backends.sagemaker import _hook, _model_exists, describe, error_code
+
+    hook = _hook("aws_default", "us-east-1")
+    assert describe(hook, "no-such-transform-job") == ("absent", None)
+    assert _model_exists(hook, "no-such-model") is False
+    with pytest.raises(ClientError) as refused:
+        hook.describe_model("no-such-model")
+    assert error_code(refused.value) == "ValidationException"
+
+
 E2E_DATE = "2026-11-22"
 
 

@@ -66,14 +66,22 @@ def _hook(conn_id: str, region: str | None):
     return SageMakerHook(aws_conn_id=conn_id, region_name=region)
 
 
+# SageMaker answers a Describe* of an unknown name with ValidationException (ResourceNotFound on some APIs)
+NOT_FOUND_CODES = ("ValidationException", "ResourceNotFound")
+
+
+def error_code(exc: Exception) -> str | None:
+    """The AWS error code of a botocore `ClientError` (matched instead of its message text)."""
+    return getattr(exc, "response", {}).get("Error", {}).get("Code")
+
+
 def describe(hook, name: str) -> tuple[Verdict, dict | None]:
     from botocore.exceptions import ClientError
 
     try:
         job = hook.describe_transform_job(name)
     except ClientError as exc:
-        if "Could not find" in str(exc) or exc.response["Error"]["Code"] in ("ValidationException",
-                                                                             "ResourceNotFound"):
+        if error_code(exc) in NOT_FOUND_CODES:
             return "absent", None
         raise
     status = job["TransformJobStatus"]
@@ -224,12 +232,8 @@ def sync_model(hook, spec: PipelineSpec, model: dict) -> str:
 
     config = model_config(spec, model)
     name = config["ModelName"]
-    try:
-        hook.describe_model(name)
+    if _model_exists(hook, name):
         return name
-    except ClientError as exc:
-        if "Could not find" not in str(exc):
-            raise
     import mlflow
 
     artifact_uri = model_artifact_uri(spec, model)
@@ -242,10 +246,24 @@ def sync_model(hook, spec: PipelineSpec, model: dict) -> str:
         s3_storage(spec).copy(str(archive), artifact_uri)
     try:
         hook.create_model(config)
-    except ClientError as exc:  # another run created it in between: fine, it is the same version
-        if "already existing" not in str(exc) and "already exists" not in str(exc):
+    except ClientError as exc:
+        # SageMaker refuses an existing name with the same code as a bad request: if the model is there
+        # now, another run created it in between (fine, the same version); otherwise the error stands
+        if error_code(exc) != "ValidationException" or not _model_exists(hook, name):
             raise
     return name
+
+
+def _model_exists(hook, name: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        hook.describe_model(name)
+    except ClientError as exc:
+        if error_code(exc) in NOT_FOUND_CODES:
+            return False
+        raise
+    return True
 
 
 def console_url(name: str, region: str, partition: str = "aws") -> str:
