@@ -352,7 +352,8 @@ def submit_prep(spec, context):
 
 def test_prep_runs_on_dataflow_and_predict_reads_its_prepared_files(dataflow, prep_spec, model):
     from mlbatch.backends.dataflow import DataflowJobTrigger
-    from mlbatch.operators.prep import BeamPrepOperator, schema_json
+    from mlbatch.operators.prep import BeamPrepOperator
+    from mlbatch.prep_contract import schema_json
 
     service, gcs = dataflow
     run_id = "manual__dataflow_prep"

@@ -171,7 +171,7 @@ def prep_launch_variables(spec: PipelineSpec, name: str, *, input_pattern: str, 
                           rejected_uri: str, result_file: str) -> dict:
     """BeamHook `variables` for `python -m mlbatch_beam.prep` (same flags as the local prep job, with
     gs:// folders), then the DataflowRunner flags, without the model workers' GPUs."""
-    from mlbatch.operators.prep import prepared_format, schema_json
+    from mlbatch.prep_contract import prepared_format, schema_json
 
     prep_args = ["--input", input_pattern, "--input-format", spec.input.format,
                  "--schema-json", schema_json(spec), "--output-dir", prepared_uri,

@@ -9,7 +9,6 @@ Parquet files on GCS for the predict job and brings the dead letters back to `re
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from mlbatch.backends.dataflow_options import local_job, local_runner_args
@@ -17,27 +16,11 @@ from mlbatch.job_process import JobProcess, stop_leftover_job
 from mlbatch.links import RemoteJobConsoleLink
 from mlbatch.operators.base import PipelineStepOperator, effective_spec
 from mlbatch.operators.remote_job import RemoteJobMixin
+from mlbatch.prep_contract import prepared_format, schema_json
 from mlbatch.rejections import check_prep
 from mlbatch.run_paths import RunPaths
 from mlbatch.spec import PipelineSpec
 from mlbatch.storage import Storage
-
-
-def prepared_format(spec: PipelineSpec) -> str:
-    """Parquet for the direct-model job and for SageMaker (whole files posted as
-    application/vnd.apache.parquet); JSON Lines for Vertex, whose batch prediction reads jsonl
-    instances (mlbatch_beam.local_predict.INPUT_FORMAT says the same for the local backend)."""
-    backend = spec.predict.backend
-    if backend == "local":
-        backend = spec.predict.local.flavor
-    return "jsonl" if backend == "vertex" else "parquet"
-
-
-def schema_json(spec: PipelineSpec) -> str:
-    return json.dumps(
-        {"id_column": spec.input.id_column, "features": [f.model_dump() for f in spec.input.features]}
-    )
-
 
 beam_runner_args = local_runner_args  # the local FnApiRunner's flags; kept under this name for callers
 

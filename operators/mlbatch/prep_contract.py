@@ -1,0 +1,26 @@
+"""What the prep job is told and what it leaves for predict: the feature schema it validates against and
+the prepared files' format per backend. Shared by the prep operator (local runs) and the Dataflow backend
+(prep on Dataflow), so a backend never needs the operator.
+"""
+
+from __future__ import annotations
+
+import json
+
+from mlbatch.spec import PipelineSpec
+
+
+def prepared_format(spec: PipelineSpec) -> str:
+    """Parquet for the direct-model job and for SageMaker (whole files posted as
+    application/vnd.apache.parquet); JSON Lines for Vertex, whose batch prediction reads jsonl
+    instances (mlbatch_beam.local_predict.INPUT_FORMAT says the same for the local backend)."""
+    backend = spec.predict.backend
+    if backend == "local":
+        backend = spec.predict.local.flavor
+    return "jsonl" if backend == "vertex" else "parquet"
+
+
+def schema_json(spec: PipelineSpec) -> str:
+    return json.dumps(
+        {"id_column": spec.input.id_column, "features": [f.model_dump() for f in spec.input.features]}
+    )

@@ -1,0 +1,81 @@
+"""Dependencies between the parts of `operators/mlbatch/` point one way (docs/architecture.md).
+
+Every `import` of the package's source, module level or inside a function, read with `ast`: a part
+may import only parts of a lower layer. The services (backends, sensors, triggers, alerts, Slack
+commands) never import each other (alerts and the Slack commands share `retry_button` and `redaction`
+instead); modules of the assembly layer compose each other, and so do core modules.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "operators" / "mlbatch"
+
+# top first; a part not named here is a top-level module of the core layer
+LAYERS = [
+    {"dag_factory", "cli", "local_run", "local_stack", "scaffold", "demo"},  # assembly: spec -> DAG, CLI
+    {"operators"},  # task lifecycle: execute -> link -> XCom -> defer -> execute_complete
+    {"backends", "sensors", "triggers", "alerts", "slack_commands"},  # services, each on its own
+]
+SERVICES, CORE = 2, len(LAYERS)
+
+# Edges still against the grain, each with the issue that removes it. The test fails when one goes
+# away too (delete the entry) or when a new one appears.
+KNOWN = {
+    ("spec", "backends"): "issue 16: `backend: auto` is resolved inside a spec validator (lead: a named step)",
+}
+
+
+def part(module: str) -> str:
+    """`mlbatch.backends.sagemaker` -> `backends`; `mlbatch.spec` -> `spec`."""
+    return module.split(".")[1] if "." in module else "__init__"
+
+
+def layer(name: str) -> int:
+    return next((i for i, names in enumerate(LAYERS) if name in names), CORE)
+
+
+def imports() -> set[tuple[str, str]]:
+    edges = set()
+    for path in PACKAGE.rglob("*.py"):
+        source = part(".".join(("mlbatch", *path.relative_to(PACKAGE).with_suffix("").parts)))
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            for target in targets:
+                if target.startswith("mlbatch.") and part(target) != source:
+                    edges.add((source, part(target)))
+    return edges
+
+
+def test_every_import_points_down_a_layer():
+    against = {(a, b) for a, b in imports() if layer(b) < layer(a) or layer(a) == layer(b) == SERVICES}
+    assert against == set(KNOWN), (
+        "imports against the direction of docs/architecture.md (importer, imported): "
+        f"new {sorted(against - set(KNOWN))}, fixed (remove from KNOWN) {sorted(set(KNOWN) - against)}")
+
+
+def test_no_cycles_between_parts_apart_from_the_known_edges():
+    graph: dict[str, set[str]] = {}
+    for a, b in imports() - set(KNOWN):
+        graph.setdefault(a, set()).add(b)
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            assert state.get(nxt) != 1, f"import cycle: {' -> '.join(trail + [node, nxt])}"
+            if nxt not in state:
+                visit(nxt, trail + [node])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+
+
+def test_slack_commands_and_alerts_do_not_import_each_other():
+    edges = imports()
+    assert ("slack_commands", "alerts") not in edges and ("alerts", "slack_commands") not in edges
