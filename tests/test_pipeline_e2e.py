@@ -85,6 +85,18 @@ def test_pipeline_scores_every_valid_row_and_records_the_run(dag, partition, ses
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(latest.info.run_id)}
     assert {"prediction_histogram.png", "run_summary.json"} <= artifacts
 
+    # The UI's "Rendered Template" view: what the predict task used, rendered for this run.
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        [predict] = [ti for ti in dagrun.get_task_instances(session=session) if ti.task_id == "predict"]
+        fields = RenderedTaskInstanceFields.get_templated_fields(predict, session=session)
+    assert fields["input_uri"] == f"{partition['folder']}/*.parquet"
+    assert fields["output_uri"] == str(out) and fields["input_marker"] == f"{partition['folder']}/_SUCCESS"
+    assert fields["work_folder"].startswith(f"{out.parent}/_work/natality_daily/")
+    assert fields["model_version"] == f"models:/natality_weight/{registered_model['version']}"
+
 
 def test_rerun_of_the_same_date_replaces_its_partition(dag, partition, session_dir):
     out = output_dir(session_dir)

@@ -4,6 +4,7 @@ resource figures pushed to XCom for the `record` step."""
 from __future__ import annotations
 
 from datetime import timedelta
+from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -25,10 +26,28 @@ class PipelineStepOperator(BaseOperator):
 
     ui_color = "#e8f0fe"
     last_result: Any = None  # this try's return value, read by the extra links at the end of the try
+    # Where this run reads and writes: the spec's templates in the DAG, what the run used once rendered
+    # (the UI's "Rendered Template" view).
+    template_fields: Sequence[str] = ("input_uri", "input_marker", "output_uri", "dead_letter_uri", "work_folder")
 
     def __init__(self, *, spec: PipelineSpec, **kwargs: Any):
         super().__init__(**kwargs)
         self.spec = spec
+        self.input_uri, self.input_marker = spec.input.uri, spec.input.marker or ""
+        self.output_uri, self.dead_letter_uri = spec.output.uri, spec.output.dead_letter_uri or ""
+        self.work_folder = spec.output.work_uri or ""
+
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        """Airflow renders template fields before `execute`. Ours depend on this run's trigger overrides
+        and data date (a scheduled run scores the day before, a `date` param or an asset event names
+        it), so they are set from `run_paths`, the one renderer every step uses; a subclass's own
+        fields are then rendered by Airflow as usual."""
+        spec = effective_spec(self.spec, context["params"])
+        fill_data_date(context)
+        paths = self.run_paths(context, spec)
+        self.input_uri, self.input_marker = paths.input_pattern, paths.marker or ""
+        self.output_uri, self.dead_letter_uri, self.work_folder = paths.output, paths.dead_letter, paths.work
+        super().render_template_fields(context, jinja_env)
 
     def execute(self, context: Any) -> Any:
         spec = effective_spec(self.spec, context["params"])

@@ -27,10 +27,12 @@ from mlbatch.storage import Storage
 class PredictOperator(RemoteJobMixin, PipelineStepOperator):
     ui_color = "#f3e8fd"
     operator_extra_links = (RemoteJobConsoleLink(),)
+    template_fields = (*PipelineStepOperator.template_fields, "model_version")
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self._job: JobProcess | None = None
+        self.model_version = "{{ (ti.xcom_pull(task_ids='resolve_model') or {}).get('uri', '') }}"  # the pinned one
 
     def run(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> dict:
         model = context["ti"].xcom_pull(task_ids="resolve_model")

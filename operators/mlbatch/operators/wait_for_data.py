@@ -95,7 +95,7 @@ class WaitForInputOperator(PipelineStepOperator):
             from mlbatch.triggers.bigquery_partition import BigQueryPartitionTrigger
 
             project, dataset, table = wait.table.split(".")
-            partition = self._render(context, spec, wait.partition) if wait.partition else None
+            partition = self._render_target(context, spec, wait.partition) if wait.partition else None
             trigger = BigQueryPartitionTrigger(project_id=project, dataset_id=dataset, table_id=table,
                                                partition_id=partition, gcp_conn_id=wait.gcp_conn_id,
                                                poke_seconds=wait.poke_seconds)
@@ -162,10 +162,10 @@ class WaitForInputOperator(PipelineStepOperator):
 
     def _targets(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> list[str]:
         if spec.wait.targets:
-            return [self._render(context, spec, t) for t in spec.wait.targets]
+            return [self._render_target(context, spec, t) for t in spec.wait.targets]
         return [paths.marker or paths.input_pattern]
 
-    def _render(self, context: Any, spec: PipelineSpec, template: str) -> str:
+    def _render_target(self, context: Any, spec: PipelineSpec, template: str) -> str:
         return self._renderer(context, spec)(template)
 
     def _incomplete(self, spec: PipelineSpec, paths: RunPaths) -> list[str]:
@@ -180,7 +180,7 @@ class WaitForInputOperator(PipelineStepOperator):
         if wait.kind == "object":
             return ", ".join(self._targets(context, spec, paths))
         if wait.kind == "bigquery_partition":
-            partition = self._render(context, spec, wait.partition) if wait.partition else None
+            partition = self._render_target(context, spec, wait.partition) if wait.partition else None
             return f"partition {partition} of {wait.table}" if partition else f"table {wait.table}"
         if wait.kind == "upstream_task":
             return self._upstream_description(spec, context.get("logical_date"))
