@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,14 +49,13 @@ def wait_for_ping(url: str, process: subprocess.Popen, deadline_s: float = 120) 
     raise TimeoutError(f"the scoring server at {url} did not answer /ping within {deadline_s}s")
 
 
-@pytest.fixture(scope="session")
-def scoring_server(registered_model, session_dir):
-    """`mlflow models serve -m models:/<name>/<version> --env-manager local` on 127.0.0.1."""
-    model_uri = f"models:/{registered_model['name']}/{registered_model['version']}"
+@contextmanager
+def serve_model(model_uri: str, log_path: Path, env: dict | None = None):
+    """`mlflow models serve -m <model_uri> --env-manager local` on 127.0.0.1, until the block ends."""
     port = free_port()
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    log = open(session_dir / "scoring-server.log", "wb")  # noqa: SIM115 - closed below
+    env = {**(env or os.environ), "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
          "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
@@ -71,3 +71,11 @@ def scoring_server(registered_model, session_dir):
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, 9)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def scoring_server(registered_model, session_dir):
+    """`mlflow models serve -m models:/<name>/<version> --env-manager local` on 127.0.0.1."""
+    model_uri = f"models:/{registered_model['name']}/{registered_model['version']}"
+    with serve_model(model_uri, session_dir / "scoring-server.log") as server:
+        yield server

@@ -40,3 +40,55 @@ def signature_problems(features: list[Any], signature: Any) -> list[str]:
         if model_type not in ACCEPTS[spec_type]:
             problems.append(f"{name}: input.features says {spec_type}, the model signature says {model_type}")
     return problems
+
+
+def output_problems(predictions: Any, signature: Any, predict_fn: str | None = None) -> list[str]:
+    """What differs between `output.predictions` and what the model returns (empty list: it fits, or the
+    model does not say).
+
+    `predictions` is the spec's `output.predictions`; `signature` an mlflow ModelSignature or None (its
+    `outputs` schema says the shape: a tensor (-1,) is one value per row, (-1, k) k class columns, named
+    columns a DataFrame); `predict_fn` the python_function flavor's function (`pyfunc_predict_fn`).
+    """
+    kind = predictions.kind
+    per_class = kind in ("probabilities", "positive_probability")
+    problems = []
+    if predictions.method is None and predict_fn is not None:
+        if per_class and predict_fn == "predict":
+            problems.append(f"output.predictions.kind {kind!r} needs class probabilities, but the model was "
+                            "logged to return its `predict` (log it with pyfunc_predict_fn='predict_proba', or "
+                            "set output.predictions.method 'predict_proba' on the dataflow backend)")
+        elif kind in ("value", "label") and predict_fn in ("predict_proba", "predict_log_proba"):
+            problems.append(f"the model was logged to return {predict_fn} (one column per class); set "
+                            "output.predictions.kind 'probabilities' or 'positive_probability'")
+    outputs = getattr(signature, "outputs", None)
+    if outputs is None or predictions.method is not None:  # the signature describes the logged function
+        return problems
+    if outputs.is_tensor_spec():
+        shape = tuple(outputs.inputs[0].shape) if len(outputs.inputs) == 1 else None
+        width = shape[1] if shape is not None and len(shape) == 2 else None
+        if per_class:
+            if width is None:
+                problems.append(f"output.predictions.kind {kind!r} needs one column per class; the model's "
+                                f"output signature is {outputs}")
+            elif predictions.classes and width not in (-1, len(predictions.classes)):
+                problems.append(f"the model returns {width} class columns; output.predictions.classes names "
+                                f"{len(predictions.classes)}: {predictions.classes}")
+            elif not predictions.classes and kind == "positive_probability" and width != 2:
+                problems.append(f"the model returns {width} class columns: name output.predictions.classes "
+                                "and positive_class")
+        elif kind in ("value", "label") and width not in (None, 1):
+            problems.append(f"the model returns {width} columns per row (output signature {outputs}); "
+                            f"kind {kind!r} publishes one value per row")
+        elif kind == "columns":
+            problems.append(f"output.predictions.kind 'columns' needs named outputs; the model's output "
+                            f"signature is {outputs}")
+    elif kind == "columns" and outputs.has_input_names():
+        missing = [c for c in predictions.columns if c not in outputs.input_names()]
+        if missing:
+            problems.append(f"the model's outputs lack {missing}; its output signature names "
+                            f"{outputs.input_names()}")
+    elif kind in ("value", "label") and outputs.has_input_names() and len(outputs.inputs) > 1:
+        problems.append(f"the model returns columns {outputs.input_names()}; kind {kind!r} publishes one "
+                        "value per row (use kind 'columns')")
+    return problems

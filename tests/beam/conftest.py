@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +11,7 @@ import pandas as pd
 import pytest
 
 from mlbatch_beam.schema import FeatureSchema
+from mlflow_uris import mlflow_pointed_at as _mlflow_pointed_at
 
 FEATURES = ["mother_age", "plurality", "gestation_weeks"]
 
@@ -110,24 +110,3 @@ def mlflow_model(_beam_registry) -> RegisteredModel:
     for the duration of one test."""
     with _mlflow_pointed_at(_beam_registry.tracking_uri):
         yield _beam_registry
-
-
-@contextmanager
-def _mlflow_pointed_at(uri: str):
-    import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    saved = tracking_utils._tracking_uri, registry_utils._registry_uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

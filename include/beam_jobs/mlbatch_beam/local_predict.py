@@ -55,6 +55,14 @@ def sagemaker_response(predictions) -> bytes:
 
 
 def _plain(predictions) -> list:
+    """JSON-able as the scoring server makes it (mlflow.utils.proto_json_utils._get_jsonable_obj):
+    an array -> (nested) lists, a DataFrame -> {column: value} records, a Series -> 1-column records."""
+    import pandas as pd
+
+    if isinstance(predictions, pd.Series):
+        predictions = predictions.to_frame()
+    if isinstance(predictions, pd.DataFrame):
+        return predictions.to_dict(orient="records")
     return predictions.tolist() if hasattr(predictions, "tolist") else list(predictions)
 
 
@@ -73,7 +81,7 @@ def predict_files(input_pattern: str, model_uri: str, id_column: str, feature_co
         with FileSystems.create(target, compression_type=CompressionTypes.UNCOMPRESSED) as out:
             for batch in read_file_batches(path, INPUT_FORMAT[flavor], chunk_rows):
                 rows_in += batch.num_rows
-                scored = model.predict(batch.select(feature_columns).to_pandas())
+                scored = model.predict_raw(batch.select(feature_columns).to_pandas())
                 if flavor == "vertex":
                     out.write(vertex_result_lines(batch.column(id_column), scored))
                 else:  # one request per file: the answer is written once, at the end

@@ -42,6 +42,8 @@ import pandas as pd
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
+from mlbatch_beam.outputs import PredictionOutput, check_classes
+
 MODEL_NAMESPACE = "mlbatch.model"
 DEFAULT_BATCH_ROWS = 65_536
 
@@ -50,33 +52,27 @@ log = logging.getLogger(__name__)
 
 def prediction_array(raw, num_rows: int) -> np.ndarray:
     """One prediction per row as a 1-D numpy array, from whatever predict returned."""
-    if isinstance(raw, pd.DataFrame):
-        if raw.shape[1] != 1:
-            raise ValueError(
-                f"model returned {raw.shape[1]} columns {list(raw.columns)}; expected one prediction per row")
-        raw = raw.iloc[:, 0]
-    values = raw.to_numpy() if isinstance(raw, pd.Series) else np.asarray(raw)
-    if values.ndim == 2 and values.shape[1] == 1:
-        values = values[:, 0]
-    if values.ndim != 1 or len(values) != num_rows:
-        raise ValueError(f"model returned predictions of shape {values.shape} for {num_rows} rows")
-    return values
+    return PredictionOutput().columns_of(raw, num_rows)["prediction"]
 
 
 def native_sklearn(pyfunc) -> Any | None:
     """The fitted sklearn estimator behind a pyfunc model, if it can be called directly.
 
-    Only when pyfunc would call the estimator's own ``predict`` and the estimator knows its input
-    columns by name (so the matrix can be built in its order, whatever order the spec lists).
+    Only when the estimator knows its input columns by name (so the matrix can be built in its
+    order, whatever order the spec lists); it is then called with the method pyfunc would call
+    (``predict_fn``: predict, predict_proba, ...) or the one the job asks for.
     """
     if pyfunc.loader_module != "mlflow.sklearn":
-        return None
-    if pyfunc.metadata.flavors.get("python_function", {}).get("predict_fn", "predict") != "predict":
         return None
     estimator = pyfunc.get_raw_model()
     if getattr(estimator, "feature_names_in_", None) is None:
         return None
     return estimator
+
+
+def logged_method(pyfunc) -> str:
+    """The estimator method pyfunc calls: the flavor's ``predict_fn`` (``pyfunc_predict_fn`` at log time)."""
+    return pyfunc.metadata.flavors.get("python_function", {}).get("predict_fn", "predict")
 
 
 def warn_if_sklearn_version_differs(pyfunc) -> None:
@@ -92,23 +88,30 @@ class LoadedModel:
 
     Only public methods are used by the handler, so the same calls work on this object and on
     the proxy Beam hands out when the model lives in a shared server process (large_model).
+    ``method`` (sklearn only) calls that estimator method instead of what pyfunc calls.
     """
 
-    def __init__(self, pyfunc, estimator=None):
+    def __init__(self, pyfunc, estimator=None, method: str | None = None):
         self.pyfunc = pyfunc
         self.estimator = estimator
+        self.method = method
         self.columns = None if estimator is None else [str(c) for c in estimator.feature_names_in_]
         self._counted = False
         self._lock = threading.Lock()
 
-    def predict(self, features: pd.DataFrame, params: dict | None = None) -> np.ndarray:
+    def predict_raw(self, features: pd.DataFrame, params: dict | None = None):
+        """What the model returns for the rows (1-D or 2-D array, DataFrame ...), as pyfunc would."""
         if self.estimator is not None and not params and _all_numeric(features, self.columns):
             matrix = np.empty((len(features), len(self.columns)), dtype="float64", order="F")
             for i, name in enumerate(self.columns):
                 matrix[:, i] = features[name].to_numpy()
-            return prediction_array(self.estimator.predict(matrix), len(features))
-        raw = self.pyfunc.predict(features, params=params) if params else self.pyfunc.predict(features)
-        return prediction_array(raw, len(features))
+            return getattr(self.estimator, self.method or logged_method(self.pyfunc))(matrix)
+        if self.method:
+            return getattr(self.pyfunc.get_raw_model(), self.method)(features)
+        return self.pyfunc.predict(features, params=params) if params else self.pyfunc.predict(features)
+
+    def predict(self, features: pd.DataFrame, params: dict | None = None) -> np.ndarray:
+        return prediction_array(self.predict_raw(features, params), len(features))
 
     def claim_first_use(self) -> bool:
         """True exactly once per loaded copy: Beam calls load_model from DoFn.setup, where
@@ -127,7 +130,10 @@ def _all_numeric(frame: pd.DataFrame, columns: list[str]) -> bool:
 
 
 class MLflowPyfuncModelHandler(ModelHandler[pd.DataFrame, pd.DataFrame, LoadedModel]):
-    """Score DataFrames with an MLflow model; output [id, prediction] frames.
+    """Score DataFrames with an MLflow model; output [id, prediction columns] frames.
+
+    ``output`` says which columns the model's answer becomes (mlbatch_beam.outputs); by default
+    one ``prediction_column``.
 
     ``model_uri`` may be ``models:/name/version`` (needs an MLflow tracking
     server: ``tracking_uri`` or MLFLOW_TRACKING_URI at pipeline construction
@@ -138,7 +144,7 @@ class MLflowPyfuncModelHandler(ModelHandler[pd.DataFrame, pd.DataFrame, LoadedMo
 
     def __init__(self, model_uri: str, id_column: str, feature_columns: Sequence[str],
                  prediction_column: str = "prediction", tracking_uri: str | None = None,
-                 **kwargs):
+                 output: PredictionOutput | None = None, **kwargs):
         env_vars = dict(kwargs.pop("env_vars", {}))
         tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         if tracking_uri:
@@ -149,7 +155,8 @@ class MLflowPyfuncModelHandler(ModelHandler[pd.DataFrame, pd.DataFrame, LoadedMo
         self.model_uri = model_uri
         self.id_column = id_column
         self.feature_columns = list(feature_columns)
-        self.prediction_column = prediction_column
+        self.output = output or PredictionOutput(column=prediction_column)
+        self.prediction_column = self.output.column
 
     @property
     def columns(self) -> list[str]:
@@ -165,6 +172,12 @@ class MLflowPyfuncModelHandler(ModelHandler[pd.DataFrame, pd.DataFrame, LoadedMo
         pyfunc = mlflow.pyfunc.load_model(local, suppress_warnings=is_sklearn)
         if is_sklearn:
             warn_if_sklearn_version_differs(pyfunc)
+        method = self.output.method
+        if method and (not is_sklearn or not hasattr(pyfunc.get_raw_model(), method)):
+            raise ValueError(f"output.predictions.method {method!r}: model {self.model_uri} is not a "
+                             f"scikit-learn model with that method")
+        if is_sklearn:
+            check_classes(self.output, getattr(pyfunc.get_raw_model(), "classes_", None))
         estimator = native_sklearn(pyfunc)
         if estimator is not None:
             # The matrix is built by column name in the estimator's own order (LoadedModel.predict),
@@ -175,7 +188,7 @@ class MLflowPyfuncModelHandler(ModelHandler[pd.DataFrame, pd.DataFrame, LoadedMo
             if missing:
                 raise ValueError(f"model {self.model_uri} needs columns {missing} that the job does not "
                                  f"pass; its feature columns are {self.feature_columns}")
-        return LoadedModel(pyfunc, estimator)
+        return LoadedModel(pyfunc, estimator, method)
 
     def run_inference(self, batch: Sequence[pd.DataFrame], model: LoadedModel,
                       inference_args: dict[str, Any] | None = None) -> Iterable[pd.DataFrame]:
@@ -186,13 +199,13 @@ class MLflowPyfuncModelHandler(ModelHandler[pd.DataFrame, pd.DataFrame, LoadedMo
             features = frames[0][self.feature_columns]
         else:
             features = pd.concat([f[self.feature_columns] for f in frames], ignore_index=True)
-        predictions = model.predict(features, inference_args or None)
+        columns = self.output.columns_of(model.predict_raw(features, inference_args or None), len(features))
         offset = 0
         for frame in frames:
             rows = len(frame)
             yield pd.DataFrame({
                 self.id_column: frame[self.id_column].to_numpy(),
-                self.prediction_column: predictions[offset:offset + rows],
+                **{name: values[offset:offset + rows] for name, values in columns.items()},
             })
             offset += rows
 

@@ -1,4 +1,4 @@
-"""Read cloud batch-prediction output back into [id, prediction] tables.
+"""Read cloud batch-prediction output back into [id, prediction columns] tables.
 
 Exactly what the services write when they serve an MLflow model (and what the local backend
 mimics), nothing looser:
@@ -8,6 +8,9 @@ mimics), nothing looser:
 * SageMaker (``SplitType`` None): ``<input file>.out`` = the container's ``{"predictions": [...]}``
   for that whole file, in row order. Ids come from the prepared input file itself (the request sent
   features only), and the prediction count must equal its row count.
+Each row's prediction (a value, a list of class probabilities, or {column: value} for a model that
+returns a DataFrame) becomes the spec's published columns through mlbatch_beam.outputs, as in the
+direct-model job.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from mlbatch_beam.arrow_io import read_file_batches, write_table
 from mlbatch_beam.local_predict import FLAVORS, SAGEMAKER_SUFFIX, VERTEX_ERRORS, VERTEX_PREFIX
+from mlbatch_beam.outputs import PredictionOutput
 
 __all__ = ["prediction_files", "read_batch_predictions", "write_table"]
 
@@ -53,7 +57,18 @@ def _vertex_errors(directory: str) -> None:
             raise ValueError(f"{path}: Vertex reports {len(lines)} failed instances; first: {lines[0][:300]}")
 
 
-def _read_vertex(directory: str, id_column: str, prediction_column: str,
+def _table(ids: pa.Array, predictions, output: PredictionOutput, id_column: str) -> pa.Table:
+    """[id, published columns]; a plain value per row is kept as read (its type untouched)."""
+    if not isinstance(predictions, (pa.Array, pa.ChunkedArray)):
+        predictions = pa.array(predictions)
+    plain = not (pa.types.is_list(predictions.type) or pa.types.is_struct(predictions.type))
+    if output.kind in ("value", "label") and plain:
+        return pa.Table.from_arrays([ids, predictions], names=[id_column, output.column])
+    columns = output.columns_of(predictions, len(ids))
+    return pa.Table.from_arrays([ids, *(pa.array(v) for v in columns.values())], names=[id_column, *columns])
+
+
+def _read_vertex(directory: str, id_column: str, output: PredictionOutput,
                  chunk_rows: int) -> Iterator[pa.Table]:
     _vertex_errors(directory)
     for path in prediction_files(directory, "vertex"):
@@ -65,12 +80,11 @@ def _read_vertex(directory: str, id_column: str, prediction_column: str,
             if missing:
                 raise ValueError(f"{path}: prediction lines lack {missing} (was the Vertex job run with "
                                  "instance_config.key_field = the id column?)")
-            yield pa.Table.from_arrays([batch.column("key"), batch.column("prediction")],
-                                       names=[id_column, prediction_column])
+            yield _table(batch.column("key"), batch.column("prediction"), output, id_column)
 
 
 def _read_sagemaker(directory: str, input_dir: str, id_column: str,
-                    prediction_column: str) -> Iterator[pa.Table]:
+                    output: PredictionOutput) -> Iterator[pa.Table]:
     outputs = prediction_files(directory, "sagemaker")
     inputs = _match(FileSystems.join(input_dir.rstrip("/"), "*.parquet"))
     expected = {posixpath.basename(p) + SAGEMAKER_SUFFIX: p for p in inputs}
@@ -88,20 +102,23 @@ def _read_sagemaker(directory: str, input_dir: str, id_column: str,
         if len(predictions) != len(ids):
             raise ValueError(f"{out_path}: {len(predictions)} predictions for the {len(ids)} rows of "
                              f"{expected[name]}")
-        yield pa.Table.from_arrays([ids, pa.array(predictions)], names=[id_column, prediction_column])
+        yield _table(ids, predictions, output, id_column)
 
 
 def read_batch_predictions(directory: str, flavor: str, id_column: str = "id",
                            prediction_column: str = "prediction", chunk_rows: int = 65536,
-                           input_dir: str | None = None) -> Iterator[pa.Table]:
-    """Yield tables [id_column, prediction_column] from either service's output.
+                           input_dir: str | None = None,
+                           output: PredictionOutput | None = None) -> Iterator[pa.Table]:
+    """Yield tables [id_column, prediction columns] from either service's output.
 
     :param input_dir: the prepared input the job read (SageMaker only: the ids come from it).
+    :param output: which columns the predictions become; default one `prediction_column`.
     """
+    output = output or PredictionOutput(column=prediction_column)
     if flavor == "vertex":
-        return _read_vertex(directory, id_column, prediction_column, chunk_rows)
+        return _read_vertex(directory, id_column, output, chunk_rows)
     if flavor == "sagemaker":
         if input_dir is None:
             raise ValueError("SageMaker predictions are joined to their ids by order: input_dir is needed")
-        return _read_sagemaker(directory, input_dir, id_column, prediction_column)
+        return _read_sagemaker(directory, input_dir, id_column, output)
     raise ValueError(f"unknown flavor {flavor!r}; expected one of {FLAVORS}")

@@ -23,6 +23,7 @@ from mlbatch_beam.arrow_io import (
 )
 from mlbatch_beam.model_handler import DEFAULT_BATCH_ROWS, MLflowPyfuncModelHandler
 from mlbatch_beam.options import pipeline_options
+from mlbatch_beam.outputs import PredictionOutput
 from mlbatch_beam.progress import ProgressReporter
 from mlbatch_beam.results import NAMESPACE, counter_totals, write_result
 
@@ -59,7 +60,7 @@ class _ToArrow(beam.DoFn):
 
 
 class ScoreBatches(beam.PTransform):
-    """RecordBatches holding id + features -> RecordBatches of [id, prediction].
+    """RecordBatches holding id + features -> RecordBatches of [id, prediction columns].
 
     Columns come from the model handler (its id_column / feature_columns),
     so there is one place that says what the model reads.
@@ -89,6 +90,9 @@ def parse_args(argv=None):
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--output-format", required=True, choices=OUTPUT_FORMATS)
     parser.add_argument("--prediction-column", default="prediction")
+    parser.add_argument("--prediction-output", default=None,
+                        help="JSON of mlbatch_beam.outputs.PredictionOutput (kind, classes, ...); "
+                             "default: one --prediction-column")
     parser.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS,
                         help="rows per model call (see mlbatch_beam.model_handler for the measurements)")
     parser.add_argument("--large-model", action="store_true",
@@ -107,8 +111,10 @@ def model_handler_from_args(args) -> MLflowPyfuncModelHandler:
     features = [c.strip() for c in args.feature_columns.split(",") if c.strip()]
     if not features:
         raise ValueError("--feature-columns is empty")
+    output = (PredictionOutput.from_json(args.prediction_output) if args.prediction_output
+              else PredictionOutput(column=args.prediction_column))
     return MLflowPyfuncModelHandler(
-        args.model_uri, args.id_column, features, prediction_column=args.prediction_column,
+        args.model_uri, args.id_column, features, output=output,
         large_model=args.large_model, model_copies=args.model_copies)
 
 

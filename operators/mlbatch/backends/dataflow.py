@@ -40,7 +40,8 @@ from typing import Any
 from airflow.providers.google.cloud.triggers.dataflow import DataflowJobStatusTrigger
 
 from mlbatch.backends import cloud_logging
-from mlbatch.backends.dataflow_options import DATAFLOW_RUNNER, dataflow_pipeline_args, model_sharing_args
+from mlbatch.backends.dataflow_options import (
+    DATAFLOW_RUNNER, dataflow_pipeline_args, model_sharing_args, prediction_output_args)
 from mlbatch.backends.completion import require_success_event
 from mlbatch.backends.job_names import (
     Verdict, files_fingerprint, find_attempt, job_name, result_identity, short_hash)
@@ -161,7 +162,7 @@ def launch_variables(spec: PipelineSpec, name: str, *, input_uri: str, model_uri
                   "--id-column", spec.input.id_column,
                   "--feature-columns", ",".join(f.name for f in spec.input.features),
                   "--output-dir", output_uri, "--output-format", spec.output.format,
-                  "--prediction-column", spec.output.prediction_column,
+                  *prediction_output_args(spec),
                   "--batch-rows", str(compute.batch_rows), *model_sharing_args(spec),
                   "--result-file", result_file]
     return _variables(spec, name, score_args, model_workers=True)

@@ -47,6 +47,15 @@ def model_sharing_args(spec: PipelineSpec) -> list[str]:
     return args
 
 
+def prediction_output_args(spec: PipelineSpec) -> list[str]:
+    """Flags of `mlbatch_beam.score` that say which columns the model's answer becomes: the prediction
+    column, plus `output.predictions` unless it is the default (one value per row)."""
+    args = ["--prediction-column", spec.output.prediction_column]
+    if spec.output.predictions != type(spec.output.predictions)():
+        args += ["--prediction-output", spec.output.prediction_output()]
+    return args
+
+
 PACKAGE_ENV = "MLBATCH_BEAM_PACKAGE"
 PACKAGE_SUFFIXES = (".tar.gz", ".whl", ".zip")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlbatch.backends.dataflow_options import local_job, model_sharing_args
+from mlbatch.backends.dataflow_options import local_job, model_sharing_args, prediction_output_args
 from mlbatch.job_process import JobProcess, stop_leftover_job
 from mlbatch.links import RemoteJobConsoleLink
 from mlbatch.operators.base import PipelineStepOperator
@@ -48,7 +48,7 @@ class PredictOperator(RemoteJobMixin, PipelineStepOperator):
             out, module, args = paths.output_staging, "mlbatch_beam.score", [
                 "--input", f"{paths.prepared}/*.parquet",
                 "--output-format", spec.output.format,
-                "--prediction-column", spec.output.prediction_column,
+                *prediction_output_args(spec),
                 "--batch-rows", str(spec.predict.compute.batch_rows),
                 *model_sharing_args(spec),
                 *beam_runner_args(spec),

@@ -64,7 +64,7 @@ class PublishOperator(PipelineStepOperator):
             )
 
         version = produced_by(context, model)  # the version that produced the rows, as predict found it
-        stats = prediction_stats(storage.files(output_staging), out_fmt, spec.output.prediction_column, storage)
+        stats = published_stats(storage, spec, output_staging)
         record = commit(
             storage, Partition(paths.output, output_staging), Partition(paths.dead_letter, rejected_staging),
             new_attempt(run_key(context["run_id"])),
@@ -95,19 +95,28 @@ class PublishOperator(PipelineStepOperator):
         into the run's output staging folder; returns that folder. The services' files are parsed by
         mlbatch_beam.predictions (the backends' contract) through Beam's filesystems, which get this
         pipeline's connections for the duration."""
+        from mlbatch_beam.outputs import PredictionOutput
         from mlbatch_beam.predictions import read_batch_predictions
 
         staging = paths.output_staging
         storage.rm(staging)  # a retry starts clean
         flavor = spec.predict.local.flavor if spec.predict.backend == "local" else spec.predict.backend
         with storage.beam_filesystems([raw, paths.prepared]):
-            tables = read_batch_predictions(raw, flavor, id_column=spec.input.id_column,
-                                            input_dir=paths.prepared)
+            tables = read_batch_predictions(raw, flavor, id_column=spec.input.id_column, input_dir=paths.prepared,
+                                            output=PredictionOutput.from_json(spec.output.prediction_output()))
             for i, table in enumerate(tables):
-                table = table.rename_columns([spec.input.id_column, spec.output.prediction_column])
                 write_table(storage, table, join(staging, f"part-{i:05d}.{spec.output.format}"),
                             spec.output.format)
         return staging
+
+
+def published_stats(storage: Storage, spec: PipelineSpec, staging: str) -> dict:
+    """Statistics of the one numeric prediction column (kinds value and positive_probability); other
+    kinds (labels, one column per class, named outputs) just name their columns."""
+    kind = spec.output.predictions.kind
+    if kind not in ("value", "positive_probability"):
+        return {"kind": kind, "columns": spec.output.prediction_columns}
+    return prediction_stats(storage.files(staging), spec.output.format, spec.output.prediction_column, storage)
 
 
 def produced_by(context: Any, model: dict) -> int:

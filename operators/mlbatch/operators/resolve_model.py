@@ -68,14 +68,30 @@ def pinned_version(client: Any, ref: Any) -> Any:
 
 
 def check_signature(spec: PipelineSpec, pinned: dict) -> None:
-    """Fail before any job runs when input.features does not fit the model's signature."""
-    from mlflow.models import get_model_info
+    """Fail before any job runs when input.features or output.predictions do not fit the model's signature
+    (and the function it was logged with)."""
+    from mlbatch.model_signature import output_problems, signature_problems
 
-    from mlbatch.model_signature import signature_problems
-
-    signature = get_model_info(pinned["artifact_uri"]).signature
-    problems = signature_problems(spec.input.features, signature)
+    info = model_metadata(pinned["artifact_uri"])
+    problems = signature_problems(spec.input.features, info.signature)
     if problems:
         raise ModelMismatchError(
             f"{spec.name}: input.features do not fit {pinned['uri']} (its MLflow signature):\n- "
             + "\n- ".join(problems))
+    pyfunc = info.flavors.get("python_function", {})
+    predict_fn = pyfunc.get("predict_fn", "predict") if pyfunc.get("loader_module") == "mlflow.sklearn" else None
+    problems = output_problems(spec.output.predictions, info.signature, predict_fn)
+    if problems:
+        raise ModelMismatchError(
+            f"{spec.name}: output.predictions does not fit {pinned['uri']} (what the model returns):\n- "
+            + "\n- ".join(problems))
+
+
+def model_metadata(artifact_uri: str) -> Any:
+    """The model's MLmodel file (signature, flavors), read from its artifacts alone: mlflow's
+    get_model_info also looks the model up in the *current* tracking store by its logged-model id, which
+    fails for a model registered elsewhere (`model.tracking_uri`)."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.models import Model
+
+    return Model.load(download_artifacts(artifact_uri=artifact_uri.rstrip("/") + "/MLmodel"))
