@@ -11,6 +11,7 @@ values against sklearn's own predict / predict_proba.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -379,6 +380,9 @@ def published(tmp_path: Path) -> pd.DataFrame:
 def test_pipeline_publishes_the_requested_columns(classifiers, pipeline, tmp_path, backend, model, predictions,
                                                    kind, predict):
     dag, frame = pipeline(model, predictions, backend, **predict)
-    run = dag.test(logical_date=datetime.fromisoformat(DATE).replace(tzinfo=timezone.utc))
+    # record points MLflow at the spec's model.tracking_uri (its own process, in a deployment); here the
+    # tasks run in this process, so the session's registry is put back afterwards.
+    with mlflow_pointed_at(os.environ["MLBATCH_TEST_MLFLOW_URI"]):
+        run = dag.test(logical_date=datetime.fromisoformat(DATE).replace(tzinfo=timezone.utc))
     assert run.state == "success"
     assert_published(published(tmp_path), expected(classifiers, frame, kind, "binary" if model == "binary" else "multi"))

@@ -25,7 +25,9 @@ class ResolveModelOperator(PipelineStepOperator):
         from mlflow import MlflowClient
 
         ref = spec.model
-        client = MlflowClient(tracking_uri=ref.tracking_uri)
+        # The spec's tracking server is the registry too: a process-wide registry URI (MLFLOW_REGISTRY_URI,
+        # mlflow.set_registry_uri) would otherwise win over it.
+        client = MlflowClient(tracking_uri=ref.tracking_uri, registry_uri=ref.tracking_uri)
         version = pinned_version(client, ref)
         artifact_uri = client.get_model_version_download_uri(ref.name, version.version)
         pinned = {
