@@ -14,10 +14,12 @@ fitting in cache. One 64K batch of 30 float features is 16 MB, held ~3 times (Ar
 the float matrix), so a worker's memory is bounded by the batch, not by the data.
 
 Predict path. The model is always loaded through ``mlflow.pyfunc`` (any flavor, ``models:/`` or
-artifact URIs). For the sklearn flavor with ``predict`` as its function and an estimator fitted
-on named columns, batches go straight to the estimator as one float64 matrix in the estimator's
-own column order (``feature_names_in_``), skipping pyfunc's per-batch schema enforcement and
-DataFrame copies (~10% of predict time on the natality data). Everything else uses pyfunc.
+artifact URIs). For the sklearn flavor with an estimator fitted on named columns, batches go straight
+to the estimator's method (the one pyfunc would call, ``predict_fn``, or the job's
+``output.predictions.method``) as one float64 matrix in the estimator's own column order
+(``feature_names_in_``), skipping pyfunc's per-batch schema enforcement and DataFrame copies (~10% of
+predict time on the natality data). Everything else uses pyfunc. What the model returns becomes the
+output columns through mlbatch_beam.outputs (one value, one column per class, named columns).
 
 MLflow's load-time check of every pip requirement against the installed packages scans all
 installed distributions (~0.3 s per load here); for sklearn models only the version that matters
