@@ -11,13 +11,15 @@ import os
 ARTIFACT_ROOT_ENV = "MLBATCH_MLFLOW_ARTIFACT_ROOT"
 
 
-def ensure_experiment(name: str) -> str:
-    """Return the id of experiment `name`, creating it if needed."""
+def ensure_experiment(name: str, client=None) -> str:
+    """Return the id of experiment `name`, creating it if needed (through `client`, an MlflowClient,
+    when given: its tracking server rather than the process-wide one)."""
     import mlflow
 
-    found = mlflow.get_experiment_by_name(name)
+    api = client or mlflow
+    found = api.get_experiment_by_name(name)
     if found:
         return found.experiment_id
     root = os.environ.get(ARTIFACT_ROOT_ENV)
     location = f"{root.rstrip('/')}/{name.replace('/', '_')}" if root else None
-    return mlflow.create_experiment(name, artifact_location=location)
+    return api.create_experiment(name, artifact_location=location)

@@ -28,17 +28,20 @@ class RecordRunOperator(PipelineStepOperator):
     ui_color = "#fef7e0"
 
     def run(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> dict:
-        import mlflow
-        from mlflow import MlflowClient
+        import time
 
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric, Param, RunTag
+
+        # The spec's tracking server through a client of its own: MLflow's process-wide setting (and the
+        # MLFLOW_TRACKING_URI it exports) stays as it was for whatever else runs in this process.
+        client = MlflowClient(tracking_uri=spec.model.tracking_uri)
         ti = context["ti"]
         model = ti.xcom_pull(task_ids="resolve_model")
         published = ti.xcom_pull(task_ids="publish")
         predicted = ti.xcom_pull(task_ids="predict") or {}
-        if spec.model.tracking_uri:
-            mlflow.set_tracking_uri(spec.model.tracking_uri)
         experiment = f"mlbatch/{spec.name}"
-        experiment_id = ensure_experiment(experiment)
+        experiment_id = ensure_experiment(experiment, client)
         run_id = context["run_id"]
         version = int(predicted.get("model_version") or model["version"])  # what produced the rows
         params = {
@@ -53,29 +56,28 @@ class RecordRunOperator(PipelineStepOperator):
             "logical_date": context["ds"],
         }
         attempt_key = _attempt_key(params, published)
-        earlier = MlflowClient().search_runs(
+        earlier = client.search_runs(
             [experiment_id], filter_string=f"tags.`airflow.run_id` = '{run_id}'", max_results=100,
             order_by=["attributes.start_time ASC"])
         same = [r for r in earlier if r.data.tags.get("mlbatch.attempt_key") == attempt_key]
-        with mlflow.start_run(
-            run_id=same[0].info.run_id if same else None,  # a retry of record: the same MLflow run
-            experiment_id=experiment_id,
-            run_name=f"{spec.name} {context['ds']}",
-        ) as run:
-            tags = {
-                "airflow.dag_id": context["dag"].dag_id,
-                "airflow.run_id": run_id,
-                "pipeline": spec.name,
-                "backend": spec.predict.backend,
-                "model.name": model["name"],
-                "model.version": str(version),
-                "mlbatch.attempt_key": attempt_key,
-            }
-            if not same and earlier:  # a rerun that published anew: its own MLflow run, linked
+        tags = {
+            "airflow.dag_id": context["dag"].dag_id,
+            "airflow.run_id": run_id,
+            "pipeline": spec.name,
+            "backend": spec.predict.backend,
+            "model.name": model["name"],
+            "model.version": str(version),
+            "mlbatch.attempt_key": attempt_key,
+        }
+        if same:  # a retry of record: the same MLflow run
+            mlflow_run_id = same[0].info.run_id
+            client.update_run(mlflow_run_id, status="RUNNING")
+        else:
+            if earlier:  # a rerun that published anew: its own MLflow run, linked
                 tags["mlbatch.attempt"] = str(len(earlier) + 1)
                 tags["mlbatch.previous_run_id"] = earlier[-1].info.run_id
-            mlflow.set_tags(tags)
-            mlflow.log_params(params)
+            mlflow_run_id = client.create_run(experiment_id, run_name=f"{spec.name} {context['ds']}").info.run_id
+        try:
             metrics = {k: published[k] for k in ("rows_in", "rows_scored", "rows_rejected")}
             for key, value in published["stats"].items():
                 if isinstance(value, (int, float)):
@@ -85,18 +87,25 @@ class RecordRunOperator(PipelineStepOperator):
                     metrics[f"{step}.{key}"] = value
             if "model_loads" in predicted:
                 metrics["predict.model_loads"] = predicted["model_loads"]
-            mlflow.log_metrics(metrics)
+            now = int(time.time() * 1000)
+            client.log_batch(mlflow_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                             params=[Param(k, str(v)) for k, v in params.items()],
+                             tags=[RunTag(k, v) for k, v in tags.items()])
             with tempfile.TemporaryDirectory() as tmp:
                 plot = _histogram_png(published["stats"], spec, Path(tmp) / "prediction_histogram.png")
                 if plot:
-                    mlflow.log_artifact(str(plot))
+                    client.log_artifact(mlflow_run_id, str(plot))
                 summary = Path(tmp) / "run_summary.json"
                 summary.write_text(json.dumps({"model": model, "publish": published, "predict": predicted},
                                               indent=2, default=str))
-                mlflow.log_artifact(str(summary))
-            self.log.info("MLflow run %s in experiment %s", run.info.run_id, experiment)
-            return {"mlflow_run_id": run.info.run_id, "experiment": experiment,
-                    "experiment_id": experiment_id, "tracking_uri": mlflow.get_tracking_uri()}
+                client.log_artifact(mlflow_run_id, str(summary))
+        except BaseException:
+            client.set_terminated(mlflow_run_id, status="FAILED")
+            raise
+        client.set_terminated(mlflow_run_id)
+        self.log.info("MLflow run %s in experiment %s", mlflow_run_id, experiment)
+        return {"mlflow_run_id": mlflow_run_id, "experiment": experiment,
+                "experiment_id": experiment_id, "tracking_uri": client.tracking_uri}
 
 
 def _attempt_key(params: dict, published: dict) -> str:
