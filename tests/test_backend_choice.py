@@ -26,7 +26,7 @@ def auto_spec(**overrides):
 def test_auto_picks_the_backend_by_the_seed_rule(overrides, backend):
     spec = auto_spec(**overrides)
     assert spec.predict.backend == backend
-    assert spec.predict._auto_reason
+    assert spec.predict.auto_reason
 
 
 def test_auto_with_gpus_and_no_batch_service_is_a_spec_error():
@@ -35,6 +35,35 @@ def test_auto_with_gpus_and_no_batch_service_is_a_spec_error():
     with pytest.raises(SpecError, match="needs a batch-prediction service"):
         auto_spec(**{"predict.compute.accelerator_type": "NVIDIA_TESLA_T4",
                      "predict.compute.accelerator_count": 1, "predict.sagemaker.image_uri": None})
+
+
+def test_auto_is_resolved_by_a_named_step_not_by_the_model():
+    """Validating a spec never changes it; resolve_backend returns a new spec with the reason public."""
+    from mlbatch.backend_choice import resolve_backend
+    from mlbatch.spec import PipelineSpec
+    from mlbatch.spec_loader import with_overrides
+
+    data = auto_spec().model_dump()
+    data["predict"].update(backend="auto", auto_reason=None)
+    raw = PipelineSpec.model_validate(data)
+    assert raw.predict.backend == "auto" and raw.predict.auto_reason is None
+    chosen = resolve_backend(raw)
+    assert (chosen.predict.backend, raw.predict.backend) == ("dataflow", "auto")
+    assert "direct model" in chosen.predict.auto_reason
+    explicit = with_overrides(chosen, {"predict.backend": "local"})
+    assert (explicit.predict.backend, explicit.predict.auto_reason) == ("local", None)
+    assert with_overrides(chosen, {"input.id_column": "id"}).predict.auto_reason == chosen.predict.auto_reason
+
+
+def test_a_spec_file_cannot_set_the_auto_reason(tmp_path):
+    from mlbatch.errors import SpecError
+    from mlbatch.spec_loader import load_spec
+
+    text = SPEC.read_text().replace("predict:\n", "predict:\n  auto_reason: because\n", 1)
+    assert "auto_reason" in text
+    (tmp_path / SPEC.name).write_text(text)
+    with pytest.raises(SpecError, match=r"predict\.auto_reason.*no such field in a spec file"):
+        load_spec(tmp_path / SPEC.name)
 
 
 def test_job_names_are_deterministic_valid_and_distinct_per_attempt():

@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                 failed += 1
                 print(exc, file=sys.stderr)
             else:
-                print(f"ok  {path} [{env}] -> DAG {spec.dag_id}, backend {spec.predict.backend}")
+                print(f"ok  {path} [{env}] -> DAG {spec.dag_id}, backend {spec.predict.backend}"
+                      + (f" (auto: {spec.predict.auto_reason})" if spec.predict.auto_reason else ""))
     return 1 if failed else 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Backend = Literal["local", "dataflow", "sagemaker", "vertex", "auto"]
 DataFormat = Literal["parquet", "csv", "jsonl"]
@@ -180,7 +180,9 @@ class Predict(_Model):
     vertex: VertexBackend = VertexBackend()
     labels: dict[str, str] = Field(
         default={}, description="Cloud labels/tags of remote jobs and models (plus pipeline and run).")
-    _auto_reason: str | None = PrivateAttr(default=None)  # why `auto` chose the backend, for the log
+    auto_reason: str | None = Field(
+        default=None, description="Set by the loader, not in spec files: why `backend: auto` chose the "
+                                  "backend (mlbatch.backend_choice.resolve_backend).")
 
 
 PredictionKind = Literal["value", "label", "probabilities", "positive_probability", "columns"]
@@ -382,20 +384,10 @@ class PipelineSpec(_Model):
         return self
 
     @model_validator(mode="after")
-    def _resolve_auto_backend(self) -> PipelineSpec:
-        """`backend: auto` becomes a concrete backend here, so every later step sees a real one."""
-        if self.predict.backend == "auto":
-            from mlbatch.backends.auto import choose_backend
-
-            self.predict.backend, why = choose_backend(self.input.uri, self.input.format, self.predict)
-            self.predict._auto_reason = why
-        return self
-
-    @model_validator(mode="after")
     def _backend_serves_predictions(self) -> PipelineSpec:
-        """Refuse what the chosen backend cannot serve (after `auto` has chosen one)."""
+        """Refuse what the chosen backend cannot serve (checked again once `auto` has chosen one)."""
         method, backend = self.output.predictions.method, self.predict.backend
-        if method and backend != "dataflow":
+        if method and backend not in ("dataflow", "auto"):
             what = ("the local backend keeps the MLflow serving container's contract"
                     if backend == "local" else f"predict.backend {backend!r} serves the model in the MLflow container")
             raise ValueError(

@@ -1,7 +1,8 @@
 """Read a pipeline YAML file into a validated `PipelineSpec`.
 
 Steps, in order: parse YAML (keeping line numbers for error messages), merge the block of the active
-environment from `environments:` over the base, resolve `${...}` interpolation, validate with pydantic.
+environment from `environments:` over the base, resolve `${...}` interpolation, validate with pydantic, resolve `predict.backend: auto`
+(mlbatch.backend_choice.resolve_backend).
 The active environment is `MLBATCH_ENV` (or the Airflow variable `mlbatch_env` given as the environment
 variable `AIRFLOW_VAR_MLBATCH_ENV`), default `dev`. Reading an Airflow Variable from the metadata
 database is deliberately not done: this runs at DAG-parse time, where a database round trip per file
@@ -24,6 +25,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from mlbatch.backend_choice import resolve_backend
 from mlbatch.errors import SpecError, SpecProblem
 from mlbatch.spec import PipelineSpec
 
@@ -64,10 +66,11 @@ def load_spec(path: str | Path, environment: str | None = None) -> PipelineSpec:
     except _InterpolationError as exc:
         raise SpecError(path, [SpecProblem(exc.where, exc.value, exc.expected)], lines) from None
     fields = {k: v for k, v in document.items() if k not in _LOADER_KEYS}
-    try:
-        spec = PipelineSpec.model_validate(fields)
-    except ValidationError as exc:
-        raise SpecError(path, _problems(exc), lines) from None
+    if isinstance(fields.get("predict"), dict) and "auto_reason" in fields["predict"]:
+        raise SpecError(path, [SpecProblem("predict.auto_reason", fields["predict"]["auto_reason"],
+                                           "no such field in a spec file (the loader sets it for "
+                                           "backend: auto)")], lines)
+    spec = _validated(fields, path, lines)
     if spec.name != path.stem:
         raise SpecError(path, [SpecProblem("name", spec.name, f"the file name {path.stem!r}")], lines)
     return spec
@@ -78,16 +81,25 @@ def with_overrides(spec: PipelineSpec, overrides: dict[str, Any], source: str = 
     if not overrides:
         return spec
     data = spec.model_dump()
+    if "predict.backend" in overrides:
+        data["predict"]["auto_reason"] = None  # the reason of the backend chosen before, if any
     for dotted, value in overrides.items():
         node = data
         *parents, leaf = dotted.split(".")
         for part in parents:
             node = node[part]
         node[leaf] = value
+    return _validated(data, Path(source), {})
+
+
+def _validated(data: dict, path: Path, lines: dict[str, int]) -> PipelineSpec:
+    """Validate, then resolve `backend: auto`; both raise `SpecError` naming the field."""
     try:
-        return PipelineSpec.model_validate(data)
+        return resolve_backend(PipelineSpec.model_validate(data))
     except ValidationError as exc:
-        raise SpecError(Path(source), _problems(exc)) from None
+        raise SpecError(path, _problems(exc), lines) from None
+    except ValueError as exc:  # the rule's refusal (mlbatch.backend_choice.choose_backend)
+        raise SpecError(path, [SpecProblem("predict.backend", "auto", str(exc))], lines) from None
 
 
 def _problems(exc: ValidationError) -> list[SpecProblem]:

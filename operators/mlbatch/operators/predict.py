@@ -38,6 +38,8 @@ class PredictOperator(RemoteJobMixin, PipelineStepOperator):
         model = context["ti"].xcom_pull(task_ids="resolve_model")
         require_prepared_rows(spec, paths, context["ti"].xcom_pull(task_ids="prep"))
         backend = spec.predict.backend
+        if spec.predict.auto_reason:
+            self.log.info("predict.backend auto -> %s: %s", backend, spec.predict.auto_reason)
         if backend == "local":
             out, module, args = paths.raw_predictions, "mlbatch_beam.local_predict", [
                 "--input", f"{paths.prepared}/*",
@@ -54,8 +56,6 @@ class PredictOperator(RemoteJobMixin, PipelineStepOperator):
                 *beam_runner_args(spec),
             ]
         else:  # a cloud service: submit or re-attach, then defer (see mlbatch.operators.remote_job)
-            if spec.predict._auto_reason:
-                self.log.info("predict.backend auto -> %s: %s", backend, spec.predict._auto_reason)
             return self.run_remote(backend, context, spec, paths, model)
         stop_leftover_job(paths.result_file("predict"))  # an earlier try's job must not write on
         storage = Storage.for_spec(spec)

@@ -8,12 +8,20 @@ default. A managed batch-prediction job is worth its start-up cost only when
   2. GPUs are asked for (`compute.accelerator_count > 0`): batch prediction serves them, Beam workers
      would each load the model onto a shared accelerator.
 The managed service is the one of the input's cloud (s3:// -> sagemaker, gs:// -> vertex), else the
-one whose block is filled in. Pure function: runs at DAG-parse time.
+one whose block is filled in.
+
+`resolve_backend` is the named step that applies the rule: the spec loader calls it after validation
+and gets a new spec whose `predict.backend` is concrete and whose `predict.auto_reason` says why (the
+DAG's tag, `mlbatch validate` and the predict log show both). The spec models themselves never change
+what they were given. Pure: runs at DAG-parse time.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlbatch.spec import PipelineSpec
 
 MANAGED_BY_SCHEME = {"s3": "sagemaker", "gs": "vertex"}
 
@@ -37,3 +45,14 @@ def choose_backend(input_uri: str, input_format: str, predict: Any) -> tuple[str
                 f"predict.vertex.serving_container_image_uri (filled: {configured or 'none'})")
         return configured[0], f"GPUs asked for, {configured[0]} is the configured service"
     return "dataflow", "batch scoring: the direct model in the Beam workers is fastest end to end"
+
+
+def resolve_backend(spec: PipelineSpec) -> PipelineSpec:
+    """The spec with `backend: auto` replaced by the chosen backend and `auto_reason` set (validated
+    again, so the chosen backend's own checks apply); any other spec is returned as it is."""
+    if spec.predict.backend != "auto":
+        return spec
+    backend, why = choose_backend(spec.input.uri, spec.input.format, spec.predict)
+    data = spec.model_dump()
+    data["predict"].update(backend=backend, auto_reason=why)
+    return type(spec).model_validate(data)
