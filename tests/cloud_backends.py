@@ -10,6 +10,7 @@ behaviour behind real HTTP, with botocore validating each request against the re
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,14 +138,24 @@ def direct_model_predictions(rows, model_uri: str, features: list[str], work) ->
     return scored.set_index("id")["prediction"]
 
 
-def retire_active_asset(name: str) -> None:
-    """Forget which URI the asset `name` was active with. A test that re-points a pipeline's output (dev
-    paths -> gs:// or s3://) in the session's shared Airflow DB needs this: on a live deployment the
-    scheduler's asset orphanage retires the old URI once the DAG is re-parsed, but `dag.test` runs no
-    scheduler, and Airflow refuses an outlet whose name is still active with another URI."""
+@contextmanager
+def pipeline_outputs_moved():
+    """Around a `dag.test` whose pipelines publish somewhere else than the other tests' (dev paths ->
+    gs:// or s3://): forget which URI each pipeline asset was active with, before and after. In the
+    session's shared Airflow DB, `dag.test` writes every DAG of the file and Airflow refuses an outlet
+    whose name is still active with another URI; on a live deployment the scheduler's asset orphanage
+    retires the old URI once the DAG is re-parsed, but `dag.test` runs no scheduler."""
+    retire_pipeline_assets()
+    try:
+        yield
+    finally:
+        retire_pipeline_assets()
+
+
+def retire_pipeline_assets() -> None:
     from airflow.models.asset import AssetActive
     from airflow.utils.session import create_session
     from sqlalchemy import delete
 
     with create_session() as session:
-        session.execute(delete(AssetActive).where(AssetActive.name == name))
+        session.execute(delete(AssetActive).where(AssetActive.name.startswith("mlbatch/")))

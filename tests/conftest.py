@@ -24,6 +24,10 @@ os.environ.update({
     "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
+    # dag.test() runs the serialized DAG it just wrote; Airflow skips a write within 30 s of the last
+    # one, so a test that parsed the same DAG differently moments before (another data root) would
+    # run the old version.
+    "AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL": "0",
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_SESSION_DIR}/airflow/airflow.db",
     "MLFLOW_TRACKING_URI": f"sqlite:///{_SESSION_DIR}/mlflow.db",
     "MLBATCH_TEST_MLFLOW_URI": f"sqlite:///{_SESSION_DIR}/mlflow.db",  # what every test must leave

@@ -289,9 +289,8 @@ def test_sagemaker_example_runs_end_to_end_against_moto(airflow_db, registered_m
     import pyarrow.parquet as pq
     from airflow.dag_processing.dagbag import DagBag
 
-    from cloud_backends import retire_active_asset
+    from cloud_backends import pipeline_outputs_moved
 
-    from mlbatch.assets import asset_name
     from mlbatch.demo.natality import LABEL, make_frame
     from mlbatch.storage import Storage
 
@@ -308,8 +307,8 @@ def test_sagemaker_example_runs_end_to_end_against_moto(airflow_db, registered_m
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert not bag.import_errors
     dag = bag.dags["natality_sagemaker"]
-    retire_active_asset(asset_name("natality_sagemaker"))  # its output moved from the dev paths of other tests
-    run = dag.test(logical_date=datetime.fromisoformat(E2E_DATE).replace(tzinfo=timezone.utc))
+    with pipeline_outputs_moved():  # to s3://, from the dev paths of other tests
+        run = dag.test(logical_date=datetime.fromisoformat(E2E_DATE).replace(tzinfo=timezone.utc))
     assert run.state == "success"
 
     out = f"{data_root}/predictions/natality_sagemaker/ds={E2E_DATE}"

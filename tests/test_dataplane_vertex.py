@@ -150,6 +150,8 @@ def test_vertex_example_runs_end_to_end(airflow_db, registered_model, session_di
     import pyarrow.parquet as pq
     from airflow.dag_processing.dagbag import DagBag
 
+    from cloud_backends import pipeline_outputs_moved
+
     from mlbatch.demo.natality import write_partition
 
     jobs, models, _ = vertex_dataplane
@@ -157,8 +159,9 @@ def test_vertex_example_runs_end_to_end(airflow_db, registered_model, session_di
                     row_group_rows=1_000)
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert not bag.import_errors
-    run = bag.dags["natality_vertex"].test(
-        logical_date=datetime.fromisoformat(E2E_DATE).replace(tzinfo=timezone.utc))
+    with pipeline_outputs_moved():  # back on the dev paths, whatever an earlier test left active
+        run = bag.dags["natality_vertex"].test(
+            logical_date=datetime.fromisoformat(E2E_DATE).replace(tzinfo=timezone.utc))
     assert run.state == "success"
 
     [job] = jobs.jobs.values()

@@ -51,9 +51,8 @@ def test_prod_natality_daily_runs_on_gcs_end_to_end(prod_on_gcs, airflow_db, reg
 
     from airflow.dag_processing.dagbag import DagBag
 
-    from cloud_backends import retire_active_asset
+    from cloud_backends import pipeline_outputs_moved
 
-    from mlbatch.assets import asset_name
     from mlbatch.demo.natality import LABEL, make_frame
     from mlbatch.storage import Storage
 
@@ -71,9 +70,9 @@ def test_prod_natality_daily_runs_on_gcs_end_to_end(prod_on_gcs, airflow_db, reg
     bag = DagBag(dag_folder="dags")
     assert not bag.import_errors
     dag = bag.dags["natality_daily"]
-    retire_active_asset(asset_name("natality_daily"))  # its output moved from the dev paths of other tests
     assert dag.params["backend"] is not None
-    run = dag.test(logical_date=datetime.fromisoformat(DATE).replace(tzinfo=timezone.utc))
+    with pipeline_outputs_moved():  # to gs://, from the dev paths of other tests
+        run = dag.test(logical_date=datetime.fromisoformat(DATE).replace(tzinfo=timezone.utc))
     assert run.state == "success"
 
     # two Dataflow jobs: prep and predict, each the real job code over gs://
