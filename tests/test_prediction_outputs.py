@@ -28,6 +28,7 @@ from scoring_server import serve_model
 
 REPO = Path(__file__).resolve().parents[1]
 FEATURES = ["x1", "x2", "x3"]
+STORE = __import__("mlbatch.storage", fromlist=["Storage"]).Storage()  # local files, as publish reads any store
 DATE = "2026-11-21"
 
 
@@ -193,7 +194,8 @@ def test_local_backend_files_read_back_as_the_requested_columns(classifiers, tmp
     prepared = _prepared(tmp_path / "prepared", frame, INPUT_FORMAT[flavor])
     predict_files(f"{prepared}/*", classifiers["uris"][model], "id", FEATURES, str(tmp_path / "raw"), flavor,
                   chunk_rows=200)
-    tables = read_batch_predictions(str(tmp_path / "raw"), flavor, id_column="id", input_dir=str(prepared),
+    tables = read_batch_predictions(STORE, str(tmp_path / "raw"), flavor, id_column="id",
+                                    input_dir=str(prepared),
                                     output=PredictionOutput(**fields))
     assert_published(pa.concat_tables(list(tables)).to_pandas(), expected(classifiers, frame, kind))
 
@@ -226,7 +228,8 @@ def test_sagemaker_reader_on_the_scoring_servers_answer(classifiers, servers, tm
         answer = servers[model].invocations(body.getvalue().to_pybytes(), "application/vnd.apache.parquet")
         assert answer.status_code == 200, answer.text
         (tmp_path / "out" / (path.name + ".out")).write_bytes(answer.content)
-    tables = read_batch_predictions(str(tmp_path / "out"), "sagemaker", id_column="id", input_dir=str(prepared),
+    tables = read_batch_predictions(STORE, str(tmp_path / "out"), "sagemaker", id_column="id",
+                                    input_dir=str(prepared),
                                     output=PredictionOutput(**fields))
     assert_published(pa.concat_tables(list(tables)).to_pandas(), expected(classifiers, frame, kind))
 
@@ -247,7 +250,7 @@ def test_vertex_reader_on_the_scoring_servers_answer(classifiers, servers, tmp_p
     (tmp_path / "out" / "prediction.results-00000-of-00001").write_text(
         "".join(json.dumps({"key": int(k), "prediction": p}) + "\n" for k, p in zip(frame.id, predictions)))
     (tmp_path / "out" / "prediction.errors_stats-00000-of-00001").write_text("")
-    tables = read_batch_predictions(str(tmp_path / "out"), "vertex", id_column="id",
+    tables = read_batch_predictions(STORE, str(tmp_path / "out"), "vertex", id_column="id",
                                     output=PredictionOutput(**OUTPUTS["probabilities"][1]))
     assert_published(pa.concat_tables(list(tables)).to_pandas(), expected(classifiers, frame, "probabilities"))
 
@@ -265,7 +268,8 @@ def test_a_model_answering_one_column_per_class_is_refused_for_one_value(classif
         (tmp_path / "out" / (path.name + ".out")).write_bytes(answer.content)
     with pytest.raises(ValueError, match="not one value per row; for one column per class set "
                                          "output.predictions.kind 'probabilities'"):
-        list(read_batch_predictions(str(tmp_path / "out"), "sagemaker", id_column="id", input_dir=str(prepared)))
+        list(read_batch_predictions(STORE, str(tmp_path / "out"), "sagemaker", id_column="id",
+                                    input_dir=str(prepared)))
 
 
 # --- the spec validator and resolve_model ------------------------------------------------------------

@@ -14,9 +14,8 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 _GLOB_CHARS = "*?["
 REMOTE_SCHEMES = ("gs", "s3")
@@ -209,27 +208,6 @@ class Storage:
             os.makedirs(os.path.abspath(uri.removeprefix("file://")), exist_ok=True)
 
     # --- Beam jobs -----------------------------------------------------------------------------
-
-    @contextmanager
-    def beam_filesystems(self, uris: list[str]) -> Iterator[None]:
-        """Let Beam's filesystems in THIS process reach `uris` with the pipeline's connections (for code
-        shared with the Beam jobs, e.g. the backends' result parsers); restored afterwards."""
-        from apache_beam.io.filesystems import FileSystems
-        from apache_beam.options.pipeline_options import PipelineOptions
-
-        env, args = self.job_env(uris)
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        FileSystems.set_options(PipelineOptions(args))
-        try:
-            yield
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-            FileSystems.set_options(PipelineOptions([]))
 
     def job_env(self, uris: list[str]) -> tuple[dict[str, str], list[str]]:
         """Environment and Beam flags that let a child Beam job (no Airflow inside) reach `uris` with

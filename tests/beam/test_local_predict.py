@@ -10,6 +10,10 @@ from mlbatch_beam import local_predict
 from mlbatch_beam.arrow_io import table_to_jsonl
 from mlbatch_beam.predictions import read_batch_predictions
 
+from mlbatch.storage import Storage
+
+STORE = Storage()  # local files; publish passes the pipeline's Storage (any store)
+
 
 @pytest.fixture
 def prepared(tmp_path, make_frame, features):
@@ -37,7 +41,7 @@ def _predict(tmp_path, mlflow_model, flavor):
 
 
 def _read_back(tmp_path, flavor):
-    tables = list(read_batch_predictions(str(tmp_path / flavor), flavor, id_column="id",
+    tables = list(read_batch_predictions(STORE, str(tmp_path / flavor), flavor, id_column="id",
                                          input_dir=str(tmp_path / "prepared")))
     assert all(t.column_names == ["id", "prediction"] for t in tables)
     return pa.concat_tables(tables).to_pandas().sort_values("id").reset_index(drop=True)
@@ -69,10 +73,25 @@ def test_sagemaker_shape_round_trips(tmp_path, mlflow_model, prepared, features)
     np.testing.assert_allclose(back.prediction, mlflow_model.expected(prepared))
 
 
+def test_vertex_files_named_as_the_rest_reference_says_read_the_same(tmp_path, mlflow_model, prepared):
+    """predictions_NNNN.jsonl / errors_NNNN.jsonl (the BatchPredictionJob reference) read like
+    prediction.results-* / prediction.errors_stats-* (what jobs write for custom models)."""
+    _predict(tmp_path, mlflow_model, "vertex")
+    expected = _read_back(tmp_path, "vertex")
+    folder = tmp_path / "vertex"
+    for i, path in enumerate(sorted(folder.glob("prediction.results-*"))):
+        path.rename(folder / f"predictions_{i + 1:04d}.jsonl")
+    (folder / "prediction.errors_stats-00000-of-00001").rename(folder / "errors_0001.jsonl")
+    assert _read_back(tmp_path, "vertex").equals(expected)
+    (folder / "errors_0001.jsonl").write_text(json.dumps({"key": 7, "error": {"code": 3}}) + "\n")
+    with pytest.raises(ValueError, match="1 failed instances"):
+        _read_back(tmp_path, "vertex")
+
+
 def test_missing_prediction_files_are_an_error(tmp_path, features):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no vertex prediction files"):
-        next(read_batch_predictions(str(tmp_path / "empty"), "vertex"))
+        next(read_batch_predictions(STORE, str(tmp_path / "empty"), "vertex"))
     with pytest.raises(FileNotFoundError, match="No input files match"):
         local_predict.predict_files(str(tmp_path / "none/*.jsonl"), "models:/x/1", "id",
                                     features, str(tmp_path / "out"))
@@ -84,14 +103,42 @@ def test_parsers_refuse_what_the_services_write_for_failures(tmp_path, mlflow_mo
     (tmp_path / "vertex/prediction.errors_stats-00000-of-00001").write_text(
         json.dumps({"key": 7, "error": {"code": 3, "message": "bad instance"}}) + "\n")
     with pytest.raises(ValueError, match="1 failed instances.*bad instance"):
-        list(read_batch_predictions(str(tmp_path / "vertex"), "vertex"))
+        list(read_batch_predictions(STORE, str(tmp_path / "vertex"), "vertex"))
 
     _predict(tmp_path, mlflow_model, "sagemaker")
     (tmp_path / "sagemaker/part-b.parquet.out").write_text(json.dumps({"predictions": [1.0, 2.0]}))
     with pytest.raises(ValueError, match="2 predictions for the 400 rows"):
-        list(read_batch_predictions(str(tmp_path / "sagemaker"), "sagemaker",
+        list(read_batch_predictions(STORE, str(tmp_path / "sagemaker"), "sagemaker",
                                     input_dir=str(tmp_path / "prepared")))
     (tmp_path / "sagemaker/part-b.parquet.out").unlink()
     with pytest.raises(ValueError, match="do not match the inputs"):
-        list(read_batch_predictions(str(tmp_path / "sagemaker"), "sagemaker",
+        list(read_batch_predictions(STORE, str(tmp_path / "sagemaker"), "sagemaker",
                                     input_dir=str(tmp_path / "prepared")))
+
+
+def test_publish_reads_both_services_files_without_apache_beam(tmp_path, mlflow_model, prepared):
+    """Publish runs on the Airflow side for every backend: the reader and the publish step import no
+    Beam (a process where `import apache_beam` fails reads both services' files)."""
+    import subprocess
+    import sys
+
+    for flavor in ("vertex", "sagemaker"):
+        _predict(tmp_path, mlflow_model, flavor)
+    script = f"""
+import os, sys
+sys.modules["apache_beam"] = None  # any import of Beam now raises ImportError
+import mlbatch.operators.publish
+from mlbatch.storage import Storage
+from mlbatch_beam.predictions import read_batch_predictions
+for flavor in ("vertex", "sagemaker"):
+    tables = list(read_batch_predictions(Storage(), {str(tmp_path)!r} + "/" + flavor, flavor, id_column="id",
+                                         input_dir={str(tmp_path / "prepared")!r}))
+    print("rows", flavor, sum(t.num_rows for t in tables))
+assert not [m for m in sys.modules if m.startswith("apache_beam.")]
+sys.stdout.flush()
+os._exit(0)  # what is tested is done; skip interpreter teardown (a library's thread may abort it)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("rows ")]
+    assert rows == [["vertex", "900"], ["sagemaker", "900"]]

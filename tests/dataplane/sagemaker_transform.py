@@ -13,7 +13,7 @@ a job's request (the CreateTransformJob fields, as moto stored them):
   answer fails the job (`TransformFailed`, the job's FailureReason);
 - results are assembled per input file (`AssembleWith` Line: a newline after each output record,
   i.e. each answer, or each joined record; None: concatenated) into `<S3OutputPath>/<input key relative to the prefix>.out`.
-The doc pages each rule comes from are quoted in /work/notes/issue-11.md.
+The doc pages each rule comes from are quoted in tests/dataplane/SOURCES.md.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ protos the backend built and:
   lines, and `prediction.errors_stats-00000-of-00001` with the failed instances, each followed by an
   `error` {code, message}.
 Returns (output directory, succeeded count, failed count). The doc pages are quoted in
-/work/notes/issue-11.md.
+tests/dataplane/SOURCES.md.
 """
 
 from __future__ import annotations

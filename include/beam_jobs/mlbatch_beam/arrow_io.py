@@ -12,7 +12,6 @@ instead of adding a duplicate.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import uuid
 
@@ -20,10 +19,11 @@ import apache_beam as beam
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pcsv
-import pyarrow.json as pjson
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+
+from mlbatch_beam.jsonl import read_jsonl
 
 INPUT_FORMATS = ("parquet", "csv", "jsonl")
 OUTPUT_FORMATS = ("parquet", "csv", "jsonl")
@@ -33,7 +33,6 @@ SOURCE_KEY = b"mlbatch.source"
 PIECE_KEY = b"mlbatch.piece"
 
 _CSV_BLOCK_BYTES = 8 << 20
-_JSON_BLOCK_BYTES = 32 << 20
 
 
 # --- batch origin metadata -------------------------------------------------
@@ -97,50 +96,6 @@ def _rechunk(batches, batch_rows):
         yield from pa.Table.from_batches(pending).combine_chunks().to_batches(batch_rows)
 
 
-def _parse_json_block(data: bytes) -> pa.Table:
-    """Parse newline-delimited JSON; fall back to text for mixed-type columns.
-
-    pyarrow's JSON reader rejects a column whose type changes between rows
-    (e.g. a stray "x" in a numeric column). That is exactly the kind of row
-    validation should reject, so on that error the block is parsed in
-    Python and mixed columns become JSON text, which validation parses the
-    same way it parses CSV text.
-    """
-    try:
-        return pjson.read_json(
-            io.BytesIO(data), read_options=pjson.ReadOptions(block_size=len(data) + 1))
-    except pa.ArrowInvalid:
-        pass
-    rows = [json.loads(line) for line in data.splitlines() if line.strip()]
-    names = list(dict.fromkeys(k for row in rows for k in row))
-    arrays = []
-    for name in names:
-        values = [row.get(name) for row in rows]
-        try:
-            arrays.append(pa.array(values))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-            arrays.append(pa.array(
-                [v if v is None or isinstance(v, str) else json.dumps(v) for v in values],
-                pa.string()))
-    return pa.Table.from_arrays(arrays, names=names)
-
-
-def _read_jsonl(f, batch_rows):
-    """Parse a JSON Lines stream in large line-aligned blocks."""
-    rest = b""
-    while True:
-        data = f.read(_JSON_BLOCK_BYTES)
-        if not data:
-            break
-        data = rest + data
-        cut = data.rfind(b"\n") + 1
-        rest = data[cut:]
-        if cut and data[:cut].strip():
-            yield from _parse_json_block(data[:cut]).to_batches(batch_rows)
-    if rest.strip():
-        yield from _parse_json_block(rest).to_batches(batch_rows)
-
-
 def read_file_batches(path, fmt, batch_rows, row_group=None, csv_column_types=None):
     """Yield RecordBatches of one file (or one parquet row group).
 
@@ -175,7 +130,7 @@ def _read(path, fmt, batch_rows, row_group, csv_column_types):
             yield from _rechunk(reader, batch_rows)
     else:
         with FileSystems.open(path) as f:
-            yield from _read_jsonl(f, batch_rows)
+            yield from read_jsonl(f, batch_rows)
 
 
 def _row_groups(path) -> int:

@@ -27,14 +27,9 @@ from apache_beam.io.filesystems import FileSystems
 from mlbatch_beam.arrow_io import match_paths, read_file_batches, write_bytes
 from mlbatch_beam.options import pipeline_options
 from mlbatch_beam.model_handler import MLflowPyfuncModelHandler
+from mlbatch_beam.predictions import FLAVORS, INPUT_FORMAT, SAGEMAKER_SUFFIX, VERTEX_ERRORS, VERTEX_PREFIX
 from mlbatch_beam.progress import ProgressReporter
 
-FLAVORS = ("vertex", "sagemaker")
-VERTEX_PREFIX = "prediction.results-"
-VERTEX_ERRORS = "prediction.errors_stats-"
-SAGEMAKER_SUFFIX = ".out"
-# What each flavor's prepared input is (mlbatch.operators.prep writes it in this format).
-INPUT_FORMAT = {"vertex": "jsonl", "sagemaker": "parquet"}
 
 
 def output_name(flavor: str, input_path: str, index: int, total: int) -> str:

@@ -155,7 +155,7 @@ def model_behaviour(spec: PipelineSpec, model: dict, model_data_url: str) -> dic
 
 
 # The request format, chosen from what the MLflow serving container accepts (text/csv, application/json,
-# Parquet; see /work/notes/issue-11.md for the measurement): each prepared Parquet file, features only,
+# Parquet; tests/test_dataplane_sagemaker.py shows the others fail): each prepared Parquet file, features only,
 # is ONE request (`SplitType` None), so the container always gets a whole, self-describing table.
 # CSV with `SplitType` Line would send header-less mini-batches, which MLflow's CSV parser refuses
 # (it reads the first line as the header); JSON Lines is refused outright (415).

@@ -93,20 +93,18 @@ class PublishOperator(PipelineStepOperator):
                                    paths: RunPaths) -> str:
         """Batch-prediction results (Vertex/SageMaker files) -> the spec's output format, table by table
         into the run's output staging folder; returns that folder. The services' files are parsed by
-        mlbatch_beam.predictions (the backends' contract) through Beam's filesystems, which get this
-        pipeline's connections for the duration."""
+        mlbatch_beam.predictions (the backends' contract; no Beam inside) through the storage layer."""
         from mlbatch_beam.outputs import PredictionOutput
         from mlbatch_beam.predictions import read_batch_predictions
 
         staging = paths.output_staging
         storage.rm(staging)  # a retry starts clean
         flavor = spec.predict.local.flavor if spec.predict.backend == "local" else spec.predict.backend
-        with storage.beam_filesystems([raw, paths.prepared]):
-            tables = read_batch_predictions(raw, flavor, id_column=spec.input.id_column, input_dir=paths.prepared,
-                                            output=PredictionOutput.from_json(spec.output.prediction_output()))
-            for i, table in enumerate(tables):
-                write_table(storage, table, join(staging, f"part-{i:05d}.{spec.output.format}"),
-                            spec.output.format)
+        tables = read_batch_predictions(storage, raw, flavor, id_column=spec.input.id_column,
+                                        input_dir=paths.prepared,
+                                        output=PredictionOutput.from_json(spec.output.prediction_output()))
+        for i, table in enumerate(tables):
+            write_table(storage, table, join(staging, f"part-{i:05d}.{spec.output.format}"), spec.output.format)
         return staging
 
 
