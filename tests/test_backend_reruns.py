@@ -139,7 +139,8 @@ def test_a_changed_image_role_or_network_makes_a_new_model(spec, model, aws_conn
 
 def test_a_kill_during_submission_finds_and_stops_the_job_by_its_name(spec, model, aws_conn, sagemaker_lifecycle):
     from mlbatch.backends.job_names import job_name
-    from mlbatch.backends.sagemaker import job_identity, stop_job
+    from mlbatch.backends.sagemaker import job_identity
+    from mlbatch.hooks.sagemaker import TransformJobHook
     from mlbatch.operators.predict import PredictOperator
 
     run_id = "manual__kill_submitting"
@@ -149,7 +150,8 @@ def test_a_kill_during_submission_finds_and_stops_the_job_by_its_name(spec, mode
     name = job_name(spec.name, run_id, "predict", 1,
                     identity=job_identity(spec, op.run_paths(context, spec), model))
     # the kill arrives while CreateTransformJob is still on its way: the job does not exist yet
-    killer = threading.Thread(target=stop_job, args=(name, "aws_default", None), kwargs={"appear_s": 180})
+    killer = threading.Thread(target=TransformJobHook("aws_default").stop_job, args=(name,),
+                              kwargs={"appear_s": 180})
     killer.start()
     time.sleep(0.5)
     _, deferred = submit(spec, context, model)

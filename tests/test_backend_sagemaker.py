@@ -261,11 +261,11 @@ def test_unknown_names_are_recognised_by_error_code_not_message(aws_conn):
     """SageMaker (and moto) answer a Describe* of an unknown name with ValidationException."""
     from botocore.exceptions import ClientError
 
-    from mlbatch.backends.sagemaker import _hook, _model_exists, describe, error_code
+    from mlbatch.hooks.sagemaker import TransformJobHook, error_code
 
-    hook = _hook("aws_default", "us-east-1")
-    assert describe(hook, "no-such-transform-job") == ("absent", None)
-    assert _model_exists(hook, "no-such-model") is False
+    hook = TransformJobHook("aws_default", "us-east-1")
+    assert hook.job_verdict("no-such-transform-job") == ("absent", None)
+    assert hook.model_exists("no-such-model") is False
     with pytest.raises(ClientError) as refused:
         hook.describe_model("no-such-model")
     assert error_code(refused.value) == "ValidationException"

@@ -18,6 +18,7 @@ LAYERS = [
     {"dag_factory", "cli", "local_run", "local_stack", "scaffold", "demo"},  # assembly: spec -> DAG, CLI
     {"operators"},  # task lifecycle: execute -> link -> XCom -> defer -> execute_complete
     {"backends", "sensors", "triggers", "alerts", "slack_commands"},  # services, each on its own
+    {"hooks"},  # one hook per cloud service: connection and API calls
 ]
 SERVICES, CORE = 2, len(LAYERS)
 

@@ -12,7 +12,7 @@ from cloud_backends import aws_conn  # noqa: F401
 
 
 def test_sagemaker_log_tail_pages_through_all_streams_and_events(aws_conn, monkeypatch):  # noqa: F811
-    from mlbatch.backends import sagemaker
+    from mlbatch.hooks import sagemaker
     from mlbatch.remote_logs import remote_log_tail
 
     logs = aws_conn.client("logs")

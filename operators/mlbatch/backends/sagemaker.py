@@ -1,6 +1,6 @@
 """SageMaker Batch Transform: the pinned MLflow model as a SageMaker Model, the prepared Parquet in S3,
-one transform job per (pipeline, run, attempt) run by the amazon provider's SageMakerTransformOperator
-in deferrable mode.
+one transform job per (pipeline, run, attempt), submitted through `mlbatch.hooks.sagemaker` (the
+provider's SageMakerHook plus our calls) and waited for by the provider's trigger.
 
 What this module adds around the provider, and why:
 - **Idempotent names** (`job_names`): the provider's `check_if_job_exists` would submit a *second*,
@@ -17,6 +17,7 @@ What this module adds around the provider, and why:
   whose `on_kill` stops the job when a user marks the deferred task failed/success or clears it.
 - **Status check on completion**: `complete` refuses any event that is not "success" *and* re-reads the
   job status (a provider bug once reported a failed deferred transform job as a success).
+This module owns the lifecycle (names, attempts, requests, deferral); the hook owns the API calls.
 Imports of boto/providers happen inside functions or in this module, which only task processes and the
 triggerer import (never the DAG processor).
 """
@@ -27,7 +28,6 @@ import asyncio
 import re
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -35,18 +35,14 @@ from urllib.parse import quote
 from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
 
 from mlbatch.backends.completion import require_success_event
-from mlbatch.backends.job_names import (
-    Verdict, files_fingerprint, find_attempt, fit, job_name, result_identity, short_hash)
+from mlbatch.backends.job_names import files_fingerprint, find_attempt, fit, job_name, result_identity, short_hash
 from mlbatch.errors import RemoteJobError
+from mlbatch.hooks.sagemaker import TransformJobHook
 from mlbatch.run_paths import RunPaths, run_key
 from mlbatch.spec import PipelineSpec
 from mlbatch.storage import Storage, join
 
 BACKEND = "sagemaker"
-LOG_GROUP = "/aws/sagemaker/TransformJobs"
-ACTIVE = {"InProgress"}
-ENDING = {"Stopping"}
-FAILED = {"Failed", "Stopped"}
 CONSOLE = "https://console.{domain}/sagemaker/home?region={region}#/transform-jobs/{name}"
 POLL_SECONDS = 30
 
@@ -57,39 +53,11 @@ class SageMakerTransformTrigger(SageMakerTrigger):
     only for user actions (airflow.triggers.base.BaseTrigger.on_kill)."""
 
     async def on_kill(self) -> None:
-        await asyncio.to_thread(stop_job, self.job_name, self.aws_conn_id, self.region_name)
+        await asyncio.to_thread(TransformJobHook(self.aws_conn_id, self.region_name).stop_job, self.job_name)
 
 
-def _hook(conn_id: str, region: str | None):
-    from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
-
-    return SageMakerHook(aws_conn_id=conn_id, region_name=region)
-
-
-# SageMaker answers a Describe* of an unknown name with ValidationException (ResourceNotFound on some APIs)
-NOT_FOUND_CODES = ("ValidationException", "ResourceNotFound")
-
-
-def error_code(exc: Exception) -> str | None:
-    """The AWS error code of a botocore `ClientError` (matched instead of its message text)."""
-    return getattr(exc, "response", {}).get("Error", {}).get("Code")
-
-
-def describe(hook, name: str) -> tuple[Verdict, dict | None]:
-    from botocore.exceptions import ClientError
-
-    try:
-        job = hook.describe_transform_job(name)
-    except ClientError as exc:
-        if error_code(exc) in NOT_FOUND_CODES:
-            return "absent", None
-        raise
-    status = job["TransformJobStatus"]
-    if status == "Completed":
-        return "succeeded", job
-    if status in ENDING:
-        return "ending", job
-    return ("failed" if status in FAILED else "active"), job
+def hook_for(remote: dict) -> TransformJobHook:
+    return TransformJobHook(remote.get("aws_conn_id", "aws_default"), remote.get("region"))
 
 
 def _require(spec: PipelineSpec) -> None:
@@ -226,13 +194,11 @@ def write_request_files(spec: PipelineSpec, storage: Storage, prepared: str, tar
     return written
 
 
-def sync_model(hook, spec: PipelineSpec, model: dict) -> str:
+def sync_model(hook: TransformJobHook, spec: PipelineSpec, model: dict) -> str:
     """Create the SageMaker Model of this MLflow version unless it exists: artifact as model.tar.gz."""
-    from botocore.exceptions import ClientError
-
     config = model_config(spec, model)
     name = config["ModelName"]
-    if _model_exists(hook, name):
+    if hook.model_exists(name):
         return name
     import mlflow
 
@@ -244,26 +210,8 @@ def sync_model(hook, spec: PipelineSpec, model: dict) -> str:
             for item in sorted(local.iterdir()):
                 tar.add(item, arcname=item.name)
         s3_storage(spec).copy(str(archive), artifact_uri)
-    try:
-        hook.create_model(config)
-    except ClientError as exc:
-        # SageMaker refuses an existing name with the same code as a bad request: if the model is there
-        # now, another run created it in between (fine, the same version); otherwise the error stands
-        if error_code(exc) != "ValidationException" or not _model_exists(hook, name):
-            raise
+    hook.create_model_once(config)
     return name
-
-
-def _model_exists(hook, name: str) -> bool:
-    from botocore.exceptions import ClientError
-
-    try:
-        hook.describe_model(name)
-    except ClientError as exc:
-        if error_code(exc) in NOT_FOUND_CODES:
-            return False
-        raise
-    return True
 
 
 def console_url(name: str, region: str, partition: str = "aws") -> str:
@@ -281,16 +229,13 @@ def job_identity(spec: PipelineSpec, paths: RunPaths, model: dict) -> str:
 
 def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: dict) -> dict:
     """Submit the transform job, or re-attach to this run's job; defers while it runs."""
-    from airflow.sdk.exceptions import TaskDeferred
-    from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTransformOperator
-
     _require(spec)
     cfg = spec.predict.sagemaker
-    hook = _hook(cfg.aws_conn_id, cfg.region)
+    hook = TransformJobHook(cfg.aws_conn_id, cfg.region)
     run_id = context["run_id"]
     identity = job_identity(spec, paths, model)
     attempt = find_attempt(lambda n: job_name(spec.name, run_id, operator.task_id, n, identity=identity),
-                           lambda name: describe(hook, name))
+                           hook.job_verdict)
     region = cfg.region or hook.conn_region_name
     output_uri = join(staging_uri(spec, run_id), attempt.name, "output")
     remote = {"backend": BACKEND, "job_name": attempt.name, "region": region,
@@ -304,26 +249,15 @@ def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: di
     if attempt.verdict == "active":
         operator.log.info("Re-attaching to running transform job %s (%s)", attempt.name,
                           remote["console_url"])
-        operator.defer(trigger=trigger(remote), method_name="execute_complete",
-                       timeout=operator.execution_timeout)
-
-    model_ref = sync_model(hook, spec, model)
-    input_uri = join(staging_uri(spec, run_id), attempt.name, "input")
-    write_request_files(spec, s3_storage(spec), paths.prepared, input_uri)
-    config = transform_config(spec, attempt.name, {**model, "sagemaker_model": model_ref},
-                              input_uri + "/", output_uri, run_id)
-    provider = SageMakerTransformOperator(
-        task_id=operator.task_id, config=config, aws_conn_id=cfg.aws_conn_id, region_name=cfg.region,
-        check_if_job_exists=False, check_if_model_exists=False, deferrable=True,
-        check_interval=POLL_SECONDS, max_ingestion_time=None,
-    )
-    try:
-        provider.execute(context)
-    except TaskDeferred:  # swap in the trigger that can cancel the job while deferred
-        operator.defer(trigger=trigger(remote), method_name="execute_complete",
-                       timeout=operator.execution_timeout)
-    # The provider returns without deferring when the job finished already.
-    return complete(operator, context, spec, paths, model, {"status": "success", "job_name": attempt.name})
+    else:
+        model_ref = sync_model(hook, spec, model)
+        input_uri = join(staging_uri(spec, run_id), attempt.name, "input")
+        write_request_files(spec, s3_storage(spec), paths.prepared, input_uri)
+        hook.submit_transform_job(transform_config(spec, attempt.name, {**model, "sagemaker_model": model_ref},
+                                                   input_uri + "/", output_uri, run_id))
+        operator.log.info("Created SageMaker transform job %s (%s)", attempt.name, remote["console_url"])
+    operator.defer(trigger=trigger(remote), method_name="execute_complete",
+                   timeout=operator.execution_timeout)
 
 
 def trigger(remote: dict) -> SageMakerTransformTrigger:
@@ -336,9 +270,9 @@ def complete(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model:
              event: dict | None) -> dict:
     """Check the event *and* the job's own status, then bring its output next to the run's staging."""
     remote = operator.remote_job(context)
-    hook = _hook(remote["aws_conn_id"], remote["region"])
+    hook = hook_for(remote)
     if not (isinstance(event, dict) and event.get("status") == "success"):
-        verdict, _ = describe(hook, remote["job_name"])
+        verdict, _ = hook.job_verdict(remote["job_name"])
         if verdict == "active":  # the trigger failed, not the job: keep waiting for it
             operator.log.warning("Trigger of %s reported %s while the job runs on: waiting again",
                                  remote["job_name"], event)
@@ -356,7 +290,7 @@ def complete(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model:
         raise RemoteJobError(f"{spec.name}: transform job {remote['job_name']} completed but wrote nothing "
                              f"under {remote['output_uri']}")
     # The results stay where the job wrote them: publish reads them from there.
-    return {"backend": BACKEND, "model_version": job_model_version(hook, job, model),
+    return {"backend": BACKEND, "model_version": hook.job_model_version(job, model["name"]),
             "job_name": remote["job_name"], "raw_predictions_uri": remote["output_uri"],
             "output_files": len(files)}
 
@@ -366,75 +300,9 @@ def s3_storage(spec: PipelineSpec) -> Storage:
     return Storage(aws_conn_id=spec.predict.sagemaker.aws_conn_id, gcp_conn_id=spec.storage.gcp_conn_id)
 
 
-def job_model_version(hook, job: dict, model: dict) -> int:
-    """The MLflow version the job's SageMaker Model was made from (its `mlbatch-model` tag)."""
-    described = hook.describe_model(job["ModelName"])
-    tags = hook.conn.list_tags(ResourceArn=described["ModelArn"])["Tags"]
-    value = next((t["Value"] for t in tags if t["Key"] == "mlbatch-model"), None)
-    if value is None:
-        raise RemoteJobError(f"transform job {job['TransformJobName']} used model {job['ModelName']}, "
-                             "which has no mlbatch-model tag: cannot tell which version produced its rows")
-    name, _, version = value.rpartition("/")
-    if name != model["name"]:
-        raise RemoteJobError(f"transform job {job['TransformJobName']} ran model {value}, not {model['name']}")
-    return int(version)
-
-
-def stop_job(name: str, aws_conn_id: str | None, region: str | None, *, appear_s: float = 10.0) -> None:
-    """Stop a transform job unless it already ended (StopTransformJob on an ended job is an error).
-
-    A kill can come while CreateTransformJob is on its way: a job not there yet is looked for by its
-    deterministic name for `appear_s` seconds, so it cannot start after the task is gone."""
-    hook = _hook(aws_conn_id, region)
-    deadline = time.monotonic() + appear_s
-    verdict, _ = describe(hook, name)
-    while verdict == "absent" and time.monotonic() < deadline:
-        time.sleep(1.0)
-        verdict, _ = describe(hook, name)
-    if verdict == "active":
-        hook.conn.stop_transform_job(TransformJobName=name)
-
-
 def cancel(remote: dict) -> None:
-    stop_job(remote["job_name"], remote["aws_conn_id"], remote["region"])
-
-
-EVENTS_PER_CALL = 10_000  # GetLogEvents' largest `limit`; a response may still hold fewer (1 MB cap)
+    hook_for(remote).stop_job(remote["job_name"])
 
 
 def log_tail(remote_job: dict, lines: int) -> list[str]:
-    """The last `lines` lines of the job's CloudWatch Logs: every stream of the job (one per instance,
-    plus data-log streams), however many pages of streams and events, merged by time."""
-    from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
-
-    logs = AwsLogsHook(aws_conn_id=remote_job.get("aws_conn_id", "aws_default"),
-                       region_name=remote_job.get("region")).conn
-    events = []
-    for index, stream in enumerate(_job_streams(logs, remote_job["job_name"])):
-        tail = _stream_tail(logs, stream, lines)
-        events += [(e["timestamp"], index, seq, stream, e["message"]) for seq, e in enumerate(tail)]
-    events.sort()
-    return [f"[{s.split('/', 1)[-1]}] {m.rstrip()}" for _, _, _, s, m in events[-lines:]]
-
-
-def _job_streams(logs, job_name: str) -> list[str]:
-    """Names of all the job's streams (`<job name>/<instance>[/data-log]`), every page."""
-    pages = logs.get_paginator("describe_log_streams").paginate(logGroupName=LOG_GROUP,
-                                                                logStreamNamePrefix=job_name + "/")
-    return [s["logStreamName"] for page in pages for s in page["logStreams"]]
-
-
-def _stream_tail(logs, stream: str, lines: int) -> list[dict]:
-    """The stream's last `lines` events, oldest first: pages backwards from the end of the stream until
-    enough, or until the service hands back the token it was given (the start of the stream)."""
-    events: list[dict] = []
-    token = None
-    while len(events) < lines:
-        page = logs.get_log_events(logGroupName=LOG_GROUP, logStreamName=stream, startFromHead=False,
-                                   limit=min(lines - len(events), EVENTS_PER_CALL),
-                                   **({"nextToken": token} if token else {}))
-        events = page["events"] + events
-        if page["nextBackwardToken"] == token:
-            break
-        token = page["nextBackwardToken"]
-    return events[-lines:] if lines > 0 else []
+    return hook_for(remote_job).log_tail(remote_job["job_name"], lines)
