@@ -1,12 +1,12 @@
 """Vertex AI batch prediction: the pinned MLflow model uploaded once as a Vertex Model (serving image
 from the spec), the prepared JSON Lines in GCS, one BatchPredictionJob per (pipeline, run, attempt).
 
-Why the job is created through the google provider's *hook client* and not its
-CreateBatchPredictionJobOperator: that operator goes through the aiplatform SDK, which cannot set
-`instance_config.key_field`; without it the row id would be sent to the model as a feature and the
-predictions could not be joined back to their ids. So the request is built here as the real
-`google.cloud.aiplatform_v1.types.BatchPredictionJob` (unknown fields fail) and sent with
-`BatchPredictionJobHook.get_job_service_client()`; waiting uses the provider's
+Why the job is created through a hook (mlbatch.hooks.vertex, on the provider's BatchPredictionJobHook)
+and not the provider's CreateBatchPredictionJobOperator: that operator goes through the aiplatform SDK,
+which cannot set `instance_config.key_field`; without it the row id would be sent to the model as a
+feature and the predictions could not be joined back to their ids. So the request is built here as the
+real `google.cloud.aiplatform_v1.types.BatchPredictionJob` (unknown fields fail) and sent through the
+hook's job service client; waiting uses the provider's
 CreateBatchPredictionJobTrigger (subclassed to cancel the job on kill), the console link is the
 provider's Vertex link format.
 
@@ -24,9 +24,9 @@ from airflow.providers.google.cloud.triggers.vertex_ai import CreateBatchPredict
 
 from mlbatch.backends import cloud_logging
 from mlbatch.backends.completion import require_success_event
-from mlbatch.backends.job_names import (
-    Verdict, files_fingerprint, find_attempt, fit, job_name, result_identity, short_hash)
+from mlbatch.backends.job_names import files_fingerprint, find_attempt, fit, job_name, result_identity, short_hash
 from mlbatch.errors import RemoteJobError
+from mlbatch.hooks.vertex import SUCCEEDED, VertexBatchHook, job_id_of
 from mlbatch.run_paths import RunPaths, run_key
 from mlbatch.spec import PipelineSpec
 from mlbatch.storage import Storage, join
@@ -35,9 +35,6 @@ BACKEND = "vertex"
 POLL_SECONDS = 30
 CONSOLE = ("https://console.cloud.google.com/vertex-ai/locations/{region}/batch-predictions/{job_id}"
            "?project={project}")
-SUCCEEDED = {"JOB_STATE_SUCCEEDED"}
-FAILED = {"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED", "JOB_STATE_PARTIALLY_SUCCEEDED"}
-ENDING = {"JOB_STATE_CANCELLING"}  # waited out before the next attempt
 
 
 class VertexBatchPredictionTrigger(CreateBatchPredictionJobTrigger):
@@ -51,18 +48,6 @@ class VertexBatchPredictionTrigger(CreateBatchPredictionJobTrigger):
     async def on_kill(self) -> None:
         await asyncio.to_thread(cancel, {"job_id": self.job_id, "project": self.project_id,
                                          "region": self.location, "gcp_conn_id": self.conn_id})
-
-
-def job_hook(gcp_conn_id: str):
-    from airflow.providers.google.cloud.hooks.vertex_ai.batch_prediction_job import BatchPredictionJobHook
-
-    return BatchPredictionJobHook(gcp_conn_id=gcp_conn_id)
-
-
-def model_hook(gcp_conn_id: str):
-    from airflow.providers.google.cloud.hooks.vertex_ai.model_service import ModelServiceHook
-
-    return ModelServiceHook(gcp_conn_id=gcp_conn_id)
 
 
 def _require(spec: PipelineSpec) -> None:
@@ -166,31 +151,13 @@ def job_request(spec: PipelineSpec, name: str, model_resource: str, input_uris: 
     )
 
 
-def find_job(spec: PipelineSpec, name: str) -> tuple[Verdict, Any]:
-    """The newest job with this display name, and what it means for a (re)try."""
-    cfg = spec.predict.vertex
-    jobs = list(job_hook(cfg.gcp_conn_id).list_batch_prediction_jobs(
-        project_id=cfg.project, region=cfg.region, filter=f'display_name="{name}"'))
-    if not jobs:
-        return "absent", None
-    job = max(jobs, key=lambda j: j.create_time)
-    state = job.state.name
-    if state in SUCCEEDED:
-        return "succeeded", job
-    if state in ENDING:
-        return "ending", job
-    return ("failed" if state in FAILED else "active"), job
-
-
-def sync_model(spec: PipelineSpec, model: dict) -> str:
+def sync_model(hook: VertexBatchHook, spec: PipelineSpec, model: dict) -> str:
     """The Vertex Model resource of this MLflow version, uploaded once (found by display name)."""
     cfg = spec.predict.vertex
-    hook = model_hook(cfg.gcp_conn_id)
     display = model_display_name(model, spec)
-    existing = list(hook.list_models(project_id=cfg.project, region=cfg.region,
-                                     filter=f'display_name="{display}"'))
+    existing = hook.find_model(cfg.project, cfg.region, display)
     if existing:
-        return existing[0].name
+        return existing
     import tempfile
     from pathlib import Path
 
@@ -202,9 +169,7 @@ def sync_model(spec: PipelineSpec, model: dict) -> str:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model["artifact_uri"], dst_path=tmp))
         for path in sorted(p for p in local.rglob("*") if p.is_file()):
             store.copy(str(path), join(artifact_uri, str(path.relative_to(local))))
-    operation = hook.upload_model(project_id=cfg.project, region=cfg.region,
-                                  model=model_request(spec, model, artifact_uri))
-    return hook.wait_for_operation(operation=operation).model
+    return hook.upload_model(cfg.project, cfg.region, model_request(spec, model, artifact_uri))
 
 
 def console_url(job_resource: str, project: str, region: str) -> str:
@@ -214,24 +179,23 @@ def console_url(job_resource: str, project: str, region: str) -> str:
 def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: dict) -> dict:
     _require(spec)
     cfg = spec.predict.vertex
+    hook = VertexBatchHook(cfg.gcp_conn_id)
     run_id = context["run_id"]
     prepared = gcs_storage(spec)  # the storage the prepared files are copied with
     identity = result_identity(model, files_fingerprint(prepared, prepared.files(paths.prepared)),
                                spec.predict.model_dump(exclude={"labels"}, mode="json"))
     attempt = find_attempt(lambda n: job_name(spec.name, run_id, operator.task_id, n, identity=identity,
                                               max_len=128),
-                           lambda name: find_job(spec, name))
+                           lambda name: hook.job_verdict(cfg.project, cfg.region, name))
     staging = join(cfg.gcs_staging_uri, spec.name, run_key(run_id), attempt.name)
     job = attempt.job
     if attempt.verdict == "absent":
-        model_resource = sync_model(spec, model)
+        model_resource = sync_model(hook, spec, model)
         inputs = gcs_storage(spec).copy_tree(paths.prepared, join(staging, "input"))
         if not inputs:
             raise FileNotFoundError(f"{spec.name}: no prepared files under {paths.prepared}")
         request = job_request(spec, attempt.name, model_resource, inputs, join(staging, "output"), run_id)
-        client = job_hook(cfg.gcp_conn_id).get_job_service_client(cfg.region)
-        job = client.create_batch_prediction_job(
-            parent=client.common_location_path(cfg.project, cfg.region), batch_prediction_job=request)
+        job = hook.create_job(cfg.project, cfg.region, request)
         operator.log.info("Created Vertex batch prediction job %s (%s)", job.name, attempt.name)
     remote = {"backend": BACKEND, "job_id": job.name, "job_name": attempt.name, "project": cfg.project,
               "region": cfg.region, "gcp_conn_id": cfg.gcp_conn_id, "attempt": attempt.number,
@@ -258,9 +222,7 @@ def complete(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model:
     remote = operator.remote_job(context)
     require_success_event(spec.name, f"Vertex batch prediction job {remote['job_id']}", event,
                           remote["console_url"])
-    job = job_hook(remote["gcp_conn_id"]).get_batch_prediction_job(
-        project_id=remote["project"], region=remote["region"],
-        batch_prediction_job=remote["job_id"].rsplit("/", 1)[-1])
+    job = hook_for(remote).job(remote["project"], remote["region"], remote["job_id"])
     if job.state.name not in SUCCEEDED:
         raise RemoteJobError(f"{spec.name}: the trigger reported success but Vertex job {job.name} is "
                              f"{job.state.name} ({job.error.message}); see {remote['console_url']}")
@@ -278,19 +240,17 @@ def gcs_storage(spec: PipelineSpec) -> Storage:
     return Storage(aws_conn_id=spec.storage.aws_conn_id, gcp_conn_id=spec.predict.vertex.gcp_conn_id)
 
 
+def hook_for(remote: dict) -> VertexBatchHook:
+    return VertexBatchHook(remote.get("gcp_conn_id", "google_cloud_default"))
+
+
 def cancel(remote: dict) -> None:
-    """Cancel the job unless it already ended (cancelling an ended job is a FAILED_PRECONDITION)."""
-    hook = job_hook(remote.get("gcp_conn_id", "google_cloud_default"))
-    job = hook.get_batch_prediction_job(project_id=remote["project"], region=remote["region"],
-                                        batch_prediction_job=remote["job_id"].rsplit("/", 1)[-1])
-    if job.state.name in SUCCEEDED | FAILED:
-        return
-    hook.get_job_service_client(remote["region"]).cancel_batch_prediction_job(name=job.name)
+    hook_for(remote).cancel_job(remote["project"], remote["region"], remote["job_id"])
 
 
 def log_filter(remote: dict) -> str:
     """Vertex batch prediction workers log as `ml_job` resources labelled with the numeric job id."""
-    return (f'resource.type="ml_job" AND resource.labels.job_id="{remote["job_id"].rsplit("/", 1)[-1]}"')
+    return (f'resource.type="ml_job" AND resource.labels.job_id="{job_id_of(remote["job_id"])}"')
 
 
 def log_tail(remote_job: dict, lines: int) -> list[str]:
