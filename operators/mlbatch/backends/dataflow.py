@@ -1,7 +1,7 @@
 """Google Dataflow: the prep job (`python -m mlbatch_beam.prep`) and the direct-model job
 (`python -m mlbatch_beam.score`) on DataflowRunner, one Dataflow job per (pipeline, run, task,
-attempt), launched through the apache-beam provider's BeamHook and waited for with the google
-provider's DataflowJobStatusTrigger. The operator says which job it runs (`dataflow_job_kind`,
+attempt), launched and looked up through `mlbatch.hooks.dataflow` (the google provider's DataflowHook,
+BeamHook for the launch) and waited for with the google provider's DataflowJobStatusTrigger. The operator says which job it runs (`dataflow_job_kind`,
 "prep" or "predict"); the kind is kept in XCom `remote_job` so `complete` knows it after deferral.
 
 What this module adds around the providers, and why:
@@ -43,9 +43,9 @@ from mlbatch.backends import cloud_logging
 from mlbatch.backends.dataflow_options import (
     DATAFLOW_RUNNER, dataflow_pipeline_args, model_sharing_args, prediction_output_args)
 from mlbatch.backends.completion import require_success_event
-from mlbatch.backends.job_names import (
-    Verdict, files_fingerprint, find_attempt, job_name, result_identity, short_hash)
+from mlbatch.backends.job_names import files_fingerprint, find_attempt, job_name, result_identity, short_hash
 from mlbatch.errors import RemoteJobError
+from mlbatch.hooks.dataflow import SUCCEEDED, DataflowJobsHook
 from mlbatch.run_paths import RunPaths, run_key
 from mlbatch.spec import PipelineSpec
 from mlbatch.storage import Storage, join, scheme
@@ -56,11 +56,6 @@ MODULES = {"prep": "mlbatch_beam.prep", "predict": "mlbatch_beam.score"}
 POLL_SECONDS = 30
 MAX_NAME = 63  # Dataflow allows 1024; kept as short as the other backends' names
 CONSOLE = "https://console.cloud.google.com/dataflow/jobs/{region}/{job_id}?project={project}"
-SUCCEEDED = {"JOB_STATE_DONE"}
-# Ended without (usable) output, or on its way there: a retry moves on to the next attempt's name.
-FAILED = {"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_DRAINED", "JOB_STATE_UPDATED"}
-ENDING = {"JOB_STATE_CANCELLING", "JOB_STATE_DRAINING"}  # waited out before the next attempt
-TERMINAL = SUCCEEDED | {"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_DRAINED", "JOB_STATE_UPDATED"}
 
 
 class DataflowJobTrigger(DataflowJobStatusTrigger):
@@ -78,17 +73,8 @@ class DataflowJobTrigger(DataflowJobStatusTrigger):
                                          "region": self.location, "gcp_conn_id": self.gcp_conn_id})
 
 
-def dataflow_hook(gcp_conn_id: str):
-    from airflow.providers.google.cloud.hooks.dataflow import DataflowHook
-
-    # cancel_timeout=None: ask for the cancellation, do not block (signals) waiting for it to finish.
-    return DataflowHook(gcp_conn_id=gcp_conn_id, cancel_timeout=None)
-
-
-def beam_hook():
-    from airflow.providers.apache.beam.hooks.beam import BeamHook, BeamRunnerType
-
-    return BeamHook(runner=BeamRunnerType.DataflowRunner)
+def hook_for(remote: dict) -> DataflowJobsHook:
+    return DataflowJobsHook(remote.get("gcp_conn_id", "google_cloud_default"))
 
 
 def _require(spec: PipelineSpec) -> None:
@@ -96,33 +82,6 @@ def _require(spec: PipelineSpec) -> None:
     missing = [f"predict.dataflow.{f}" for f in ("project", "region", "temp_location") if not getattr(cfg, f)]
     if missing:
         raise ValueError(f"{spec.name}: Dataflow runner 'dataflow' needs {', '.join(missing)}")
-
-
-def list_jobs(hook, project: str, region: str, name: str) -> list[dict]:
-    """Jobs named exactly `name` (the REST `name` filter, checked again here), all pages."""
-    jobs_api = hook.get_conn().projects().locations().jobs()
-    request = jobs_api.list(projectId=project, location=region, name=name)
-    found: list[dict] = []
-    while request is not None:
-        response = request.execute(num_retries=hook.num_retries)
-        found += [j for j in response.get("jobs", []) if j.get("name") == name]
-        request = jobs_api.list_next(previous_request=request, previous_response=response)
-    return found
-
-
-def find_job(spec: PipelineSpec, name: str) -> tuple[Verdict, dict | None]:
-    """The newest job with this name, and what it means for a (re)try."""
-    cfg = spec.predict.dataflow
-    jobs = list_jobs(dataflow_hook(cfg.gcp_conn_id), cfg.project, cfg.region, name)
-    if not jobs:
-        return "absent", None
-    job = max(jobs, key=lambda j: j.get("createTime", ""))
-    state = job.get("currentState", "JOB_STATE_UNKNOWN")
-    if state in SUCCEEDED:
-        return "succeeded", job
-    if state in ENDING:
-        return "ending", job
-    return ("failed" if state in FAILED else "active"), job
 
 
 def staged_model_uri(spec: PipelineSpec, model: dict) -> str:
@@ -202,22 +161,6 @@ def _variables(spec: PipelineSpec, name: str, job_args: list[str], *, model_work
     return variables
 
 
-def launch(spec: PipelineSpec, name: str, variables: dict, log, module: str = MODULES["predict"]) -> str | None:
-    """Run the launcher through BeamHook until Beam logs the new job's id; returns it (or None)."""
-    import sys
-
-    from airflow.providers.google.cloud.hooks.dataflow import (
-        process_line_and_extract_dataflow_job_id_callback)
-
-    found: list[str] = []
-    beam_hook().start_python_pipeline(
-        variables=variables, py_file=module, py_options=["-m"], py_interpreter=sys.executable,
-        process_line_callback=process_line_and_extract_dataflow_job_id_callback(found.append),
-        is_dataflow_job_id_exist_callback=lambda: bool(found))
-    log.info("Launched Dataflow job %s: %s", name, found[0] if found else "(id not seen in the launcher log)")
-    return found[0] if found else None
-
-
 def console_url(job_id: str, project: str, region: str) -> str:
     return CONSOLE.format(region=region, job_id=job_id, project=project)
 
@@ -288,11 +231,12 @@ def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: di
     _require(spec)
     kind = job_kind(operator)
     cfg = spec.predict.dataflow
+    hook = DataflowJobsHook(cfg.gcp_conn_id)
     run_id = context["run_id"]
     identity = job_identity(kind, context, spec, paths, model)
     attempt = find_attempt(lambda n: job_name(spec.name, run_id, operator.task_id, n, identity=identity,
                                               max_len=MAX_NAME),
-                           lambda name: find_job(spec, name))
+                           lambda name: hook.job_verdict(cfg.project, cfg.region, name))
     staging = join(cfg.temp_location, "mlbatch", spec.name, run_key(run_id), attempt.name)
     result_file = paths.result_file(operator.task_id)
     job = attempt.job
@@ -313,9 +257,10 @@ def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: di
             variables = launch_variables(spec, attempt.name, input_uri=input_uri,
                                          model_uri=staged_model_uri(spec, model),
                                          output_uri=join(staging, "output"), result_file=result_file)
-        job_id = launch(spec, attempt.name, variables, operator.log, module=MODULES[kind])
+        job_id = hook.launch(MODULES[kind], variables)
+        operator.log.info("Launched Dataflow job %s: %s", attempt.name, job_id or "(id not seen in the launcher log)")
         if job_id is None:  # the launcher ended without logging an id: ask the service by name
-            verdict, job = find_job(spec, attempt.name)
+            verdict, job = hook.job_verdict(cfg.project, cfg.region, attempt.name)
             if job is None:
                 raise RemoteJobError(f"{spec.name}: the Dataflow launcher for {attempt.name} ended without "
                                      "submitting a job; see the task log")
@@ -345,8 +290,8 @@ def trigger(remote: dict) -> DataflowJobTrigger:
 
 
 def get_job(remote: dict) -> dict:
-    return dataflow_hook(remote.get("gcp_conn_id", "google_cloud_default")).get_job(
-        job_id=remote["job_id"], project_id=remote["project"], location=remote["region"])
+    return hook_for(remote).get_job(job_id=remote["job_id"], project_id=remote["project"],
+                                    location=remote["region"])
 
 
 def complete(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: dict,
@@ -385,8 +330,8 @@ def _complete_prep(spec: PipelineSpec, remote: dict) -> dict:
 
 def cancel(remote: dict) -> None:
     """Ask Dataflow to cancel the job; the hook skips jobs that already ended."""
-    dataflow_hook(remote.get("gcp_conn_id", "google_cloud_default")).cancel_job(
-        job_id=remote["job_id"], project_id=remote["project"], location=remote["region"])
+    hook_for(remote).cancel_job(job_id=remote["job_id"], project_id=remote["project"],
+                                location=remote["region"])
 
 
 def log_filter(remote: dict) -> str:
