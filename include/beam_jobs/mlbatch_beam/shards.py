@@ -19,10 +19,10 @@ import ctypes
 import importlib
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
+import time
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -101,20 +101,21 @@ def run(argv=None) -> dict:
     log.info("%s: %d shards over %d files", ours.job, len(groups), sum(map(len, groups)))
     procs = [subprocess.Popen(command, preexec_fn=_die_with_parent)
              for command in shard_commands(ours.job, job_argv, groups, job_args.result_file)]
-    failed, running = [], {proc.pid: k for k, proc in enumerate(procs)}
+    failed, running = [], dict(enumerate(procs))
     while running:  # in the order they end: one failure fails the job, so the rest are stopped at once
-        pid, status = os.wait()
-        if pid not in running:
-            continue
-        k = running.pop(pid)
-        if os.waitstatus_to_exitcode(status) != 0 and not failed:
-            failed.append(f"shard {k} of {len(procs)} failed (exit {os.waitstatus_to_exitcode(status)})")
-            for other in running.values():
-                procs[other].terminate()
-            if running:
-                failed.append(f"stopped shard(s) {sorted(running.values())}")
-    for proc in procs:
-        proc.returncode = 0  # reaped above; keeps Popen from waiting for them again
+        for k, proc in list(running.items()):
+            code = proc.poll()  # Popen reaps its own child (terminate() may reap it too: no os.wait here)
+            if code is None:
+                continue
+            del running[k]
+            if code != 0 and not failed:
+                failed.append(f"shard {k} of {len(procs)} failed (exit {code})")
+                for other in running.values():
+                    other.terminate()
+                if running:
+                    failed.append(f"stopped shard(s) {sorted(running)}")
+        if running:
+            time.sleep(0.05)
     if failed:
         raise RuntimeError(f"{ours.job}: {'; '.join(failed)}; the failing shard's error is in the log above")
     results = []
