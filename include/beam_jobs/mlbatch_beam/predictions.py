@@ -129,7 +129,9 @@ def _read_sagemaker(store: Store, directory: str, input_dir: str, id_column: str
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{out_path}: not the model server's {{\"predictions\": [...]}} answer: {exc}")
         with store.open(expected[name]) as f:
-            ids = pq.read_table(f, columns=[id_column]).column(id_column)
+            # ParquetFile, not read_table: read_table on a Python file object pre-buffers on Arrow's IO
+            # threads, which can abort or hang the process at exit (apache/arrow#33975, #50482)
+            ids = pq.ParquetFile(f).read(columns=[id_column]).column(id_column)
         if len(predictions) != len(ids):
             raise ValueError(f"{out_path}: {len(predictions)} predictions for the {len(ids)} rows of "
                              f"{expected[name]}")

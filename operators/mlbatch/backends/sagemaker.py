@@ -183,7 +183,8 @@ def write_request_files(spec: PipelineSpec, storage: Storage, prepared: str, tar
     for path in files:
         with storage.open(path) as fh:
             sink = io.BytesIO()
-            pq.write_table(pq.read_table(fh, columns=features), sink)
+            # ParquetFile: read_table on a file object can abort the process at exit (apache/arrow#50482)
+            pq.write_table(pq.ParquetFile(fh).read(columns=features), sink)
         name = path.rpartition("/")[2]
         if sink.tell() > limit:
             raise ValueError(f"{spec.name}: {name} is {sink.tell()} bytes as a request, over "
