@@ -24,11 +24,12 @@ import pytest
 import yaml
 
 from mlflow_uris import mlflow_pointed_at
+from mlbatch.storage import Storage
 from scoring_server import serve_model
 
 REPO = Path(__file__).resolve().parents[1]
 FEATURES = ["x1", "x2", "x3"]
-STORE = __import__("mlbatch.storage", fromlist=["Storage"]).Storage()  # local files, as publish reads any store
+STORE = Storage()  # local files here; publish passes the pipeline's Storage (any store)
 DATE = "2026-11-21"
 
 

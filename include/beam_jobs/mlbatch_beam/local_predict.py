@@ -31,7 +31,6 @@ from mlbatch_beam.predictions import FLAVORS, INPUT_FORMAT, SAGEMAKER_SUFFIX, VE
 from mlbatch_beam.progress import ProgressReporter
 
 
-
 def output_name(flavor: str, input_path: str, index: int, total: int) -> str:
     if flavor == "vertex":
         return f"{VERTEX_PREFIX}{index:05d}-of-{total:05d}"

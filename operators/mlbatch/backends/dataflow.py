@@ -1,8 +1,9 @@
 """Google Dataflow: the prep job (`python -m mlbatch_beam.prep`) and the direct-model job
 (`python -m mlbatch_beam.score`) on DataflowRunner, one Dataflow job per (pipeline, run, task,
 attempt), launched and looked up through `mlbatch.hooks.dataflow` (the google provider's DataflowHook,
-BeamHook for the launch) and waited for with the google provider's DataflowJobStatusTrigger. The operator says which job it runs (`dataflow_job_kind`,
-"prep" or "predict"); the kind is kept in XCom `remote_job` so `complete` knows it after deferral.
+BeamHook for the launch) and waited for with the google provider's DataflowJobStatusTrigger. The
+operator says which job it runs (`dataflow_job_kind`, "prep" or "predict"); the kind is kept in XCom
+`remote_job` so `complete` knows it after deferral.
 
 What this module adds around the providers, and why:
 - **Idempotent names** (`job_names`): BeamRunPythonPipelineOperator appends a random suffix to the job
@@ -258,7 +259,8 @@ def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: di
                                          model_uri=staged_model_uri(spec, model),
                                          output_uri=join(staging, "output"), result_file=result_file)
         job_id = hook.launch(MODULES[kind], variables)
-        operator.log.info("Launched Dataflow job %s: %s", attempt.name, job_id or "(id not seen in the launcher log)")
+        operator.log.info("Launched Dataflow job %s: %s", attempt.name,
+                          job_id or "(id not seen in the launcher log)")
         if job_id is None:  # the launcher ended without logging an id: ask the service by name
             verdict, job = hook.job_verdict(cfg.project, cfg.region, attempt.name)
             if job is None:

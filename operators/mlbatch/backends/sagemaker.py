@@ -53,7 +53,8 @@ class SageMakerTransformTrigger(SageMakerTrigger):
     only for user actions (airflow.triggers.base.BaseTrigger.on_kill)."""
 
     async def on_kill(self) -> None:
-        await asyncio.to_thread(TransformJobHook(self.aws_conn_id, self.region_name).stop_job, self.job_name)
+        hook = TransformJobHook(self.aws_conn_id, self.region_name)
+        await asyncio.to_thread(hook.stop_job, self.job_name)
 
 
 def hook_for(remote: dict) -> TransformJobHook:
@@ -123,8 +124,8 @@ def model_behaviour(spec: PipelineSpec, model: dict, model_data_url: str) -> dic
 
 
 # The request format, chosen from what the MLflow serving container accepts (text/csv, application/json,
-# Parquet; tests/test_dataplane_sagemaker.py shows the others fail): each prepared Parquet file, features only,
-# is ONE request (`SplitType` None), so the container always gets a whole, self-describing table.
+# Parquet; tests/test_dataplane_sagemaker.py shows the others failing): each prepared Parquet file,
+# features only, is ONE request (`SplitType` None), so the container always gets a whole, self-describing table.
 # CSV with `SplitType` Line would send header-less mini-batches, which MLflow's CSV parser refuses
 # (it reads the first line as the header); JSON Lines is refused outright (415).
 CONTENT_TYPE = "application/vnd.apache.parquet"
@@ -254,8 +255,9 @@ def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: di
         model_ref = sync_model(hook, spec, model)
         input_uri = join(staging_uri(spec, run_id), attempt.name, "input")
         write_request_files(spec, s3_storage(spec), paths.prepared, input_uri)
-        hook.submit_transform_job(transform_config(spec, attempt.name, {**model, "sagemaker_model": model_ref},
-                                                   input_uri + "/", output_uri, run_id))
+        config = transform_config(spec, attempt.name, {**model, "sagemaker_model": model_ref},
+                                  input_uri + "/", output_uri, run_id)
+        hook.submit_transform_job(config)
         operator.log.info("Created SageMaker transform job %s (%s)", attempt.name, remote["console_url"])
     operator.defer(trigger=trigger(remote), method_name="execute_complete",
                    timeout=operator.execution_timeout)

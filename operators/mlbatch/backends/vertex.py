@@ -191,7 +191,7 @@ def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: di
     job = attempt.job
     if attempt.verdict == "absent":
         model_resource = sync_model(hook, spec, model)
-        inputs = gcs_storage(spec).copy_tree(paths.prepared, join(staging, "input"))
+        inputs = prepared.copy_tree(paths.prepared, join(staging, "input"))
         if not inputs:
             raise FileNotFoundError(f"{spec.name}: no prepared files under {paths.prepared}")
         request = job_request(spec, attempt.name, model_resource, inputs, join(staging, "output"), run_id)

@@ -9,6 +9,8 @@ from typing import Any
 
 from airflow.providers.google.cloud.hooks.dataflow import DataflowHook
 
+from mlbatch.hooks import verdict
+
 SUCCEEDED = {"JOB_STATE_DONE"}
 # Ended without (usable) output, or on its way there: a retry moves on to the next attempt's name.
 FAILED = {"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_DRAINED", "JOB_STATE_UPDATED"}
@@ -38,11 +40,7 @@ class DataflowJobsHook(DataflowHook):
             return "absent", None
         job = max(jobs, key=lambda j: j.get("createTime", ""))
         state = job.get("currentState", "JOB_STATE_UNKNOWN")
-        if state in SUCCEEDED:
-            return "succeeded", job
-        if state in ENDING:
-            return "ending", job
-        return ("failed" if state in FAILED else "active"), job
+        return verdict(state, succeeded=SUCCEEDED, ending=ENDING, failed=FAILED), job
 
     @staticmethod
     def launch(module: str, variables: dict) -> str | None:

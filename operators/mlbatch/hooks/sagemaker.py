@@ -10,8 +10,9 @@ import time
 from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 
 from mlbatch.errors import RemoteJobError
+from mlbatch.hooks import verdict
 
-ACTIVE = {"InProgress"}
+SUCCEEDED = {"Completed"}
 ENDING = {"Stopping"}
 FAILED = {"Failed", "Stopped"}
 LOG_GROUP = "/aws/sagemaker/TransformJobs"
@@ -39,12 +40,7 @@ class TransformJobHook(SageMakerHook):
             if error_code(exc) in NOT_FOUND_CODES:
                 return "absent", None
             raise
-        status = job["TransformJobStatus"]
-        if status == "Completed":
-            return "succeeded", job
-        if status in ENDING:
-            return "ending", job
-        return ("failed" if status in FAILED else "active"), job
+        return verdict(job["TransformJobStatus"], succeeded=SUCCEEDED, ending=ENDING, failed=FAILED), job
 
     def model_exists(self, name: str) -> bool:
         from botocore.exceptions import ClientError

@@ -11,6 +11,8 @@ from typing import Any
 
 from airflow.providers.google.cloud.hooks.vertex_ai.batch_prediction_job import BatchPredictionJobHook
 
+from mlbatch.hooks import verdict
+
 SUCCEEDED = {"JOB_STATE_SUCCEEDED"}
 FAILED = {"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED", "JOB_STATE_PARTIALLY_SUCCEEDED"}
 ENDING = {"JOB_STATE_CANCELLING"}  # waited out before the next attempt
@@ -38,12 +40,7 @@ class VertexBatchHook(BatchPredictionJobHook):
         if not jobs:
             return "absent", None
         job = max(jobs, key=lambda j: j.create_time)
-        state = job.state.name
-        if state in SUCCEEDED:
-            return "succeeded", job
-        if state in ENDING:
-            return "ending", job
-        return ("failed" if state in FAILED else "active"), job
+        return verdict(job.state.name, succeeded=SUCCEEDED, ending=ENDING, failed=FAILED), job
 
     def create_job(self, project: str, region: str, request: Any) -> Any:
         client = self.get_job_service_client(region)
