@@ -19,6 +19,7 @@ passes mlbatch.storage.Storage, bound to the pipeline's connections).
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import posixpath
 from collections.abc import Iterator
@@ -65,7 +66,9 @@ def prediction_files(store: Store, directory: str, flavor: str) -> list[str]:
 
 
 def _files(store: Store, directory: str, globs: tuple[str, ...]) -> list[str]:
-    return sorted({path for glob in globs for path in store.files(_join(directory, glob))})
+    """The directory's files whose names match any of `globs`: one listing, however many namings."""
+    return [path for path in store.files(directory)
+            if any(fnmatch.fnmatchcase(posixpath.basename(path), glob) for glob in globs)]
 
 
 def _read_text(store: Store, path: str) -> str:
