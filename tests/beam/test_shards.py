@@ -3,6 +3,7 @@
 Each case runs the real jobs (`python -m mlbatch_beam.shards`) on real files and compares with one job."""
 import glob
 import json
+import os
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlbatch_beam.shards import balanced_groups
+from mlbatch_beam.shards import balanced_groups, local_matches
 
 
 def _shards(*args, check=True):
@@ -123,3 +124,48 @@ def test_files_are_balanced_by_size():
     assert sorted(p for g in groups for p in g) == sorted(sizes)
     assert sorted(sum(sizes[p] for p in g) for g in groups) == [120, 140]  # largest first, onto the lightest
     assert balanced_groups({"a": 1}, 4) == [["a"]]  # never an empty shard
+
+
+def test_local_files_are_matched_as_beam_matches_them(tmp_path, monkeypatch):
+    """The launcher lists local files without Beam; it must pick exactly the files the job would."""
+    from apache_beam.io.filesystems import FileSystems
+
+    for rel in ["a/x.parquet", "a/.hidden.parquet", "a/b/y.parquet", "a/b/c/z.csv", "a/q1.parquet",
+                "a/q[1].parquet", "a/!x", "a/^x", "a/x.parquet.crc", "ds=1/p.parquet", "ds=2/p.parquet"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x" * len(rel))
+    monkeypatch.chdir(tmp_path)
+    patterns = ["a/*.parquet", "a/**", "a/**.parquet", "a/*", "a/?1.parquet", "a/q[1].parquet", "a/q[!2].parquet",
+                "ds=*/p.parquet", "a/b/", "a/x.parquet", "a/none*", "a/[^]x", "a/[!]x", "a/q[1", "*/p.parquet",
+                "nothing/*", "*.parquet"]
+    for pattern in patterns:
+        for full in (f"{tmp_path}/{pattern}", pattern):  # absolute and relative to the working directory
+            beam = {m.path: m.size_in_bytes for m in FileSystems.match([full])[0].metadata_list}
+            assert local_matches(full) == beam, full
+
+
+def test_sharded_prep_on_object_stores(store_root, raw_input, schema_json):
+    """gs:// and s3:// input, output and result file: the launcher matches through Beam's filesystems
+    with the job's own credentials flags (mlbatch.storage.Storage.job_env), as the prep task passes them."""
+    from mlbatch.storage import Storage, join
+
+    if "://" not in store_root:
+        pytest.skip("local files: the tests above")
+    _, folder = raw_input
+    storage = Storage()
+    for path in sorted(folder.glob("*.parquet")):
+        storage.copy(str(path), join(store_root, "in", path.name))
+    env, flags = storage.job_env([store_root])
+    out = join(store_root, "run")
+    done = subprocess.run([sys.executable, "-m", "mlbatch_beam.shards", "--shards", "2", "--job", "mlbatch_beam.prep",
+                           "--input", join(store_root, "in", "*.parquet"), "--input-format", "parquet",
+                           "--schema-json", schema_json, "--output-dir", join(out, "prepared"),
+                           "--output-format", "parquet", "--dead-letter-dir", join(out, "rejected"),
+                           "--result-file", join(out, "result.json"), "--batch-rows", "300", *flags],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "mlbatch_beam.prep: 2 shards over 5 files" in done.stderr
+    with storage.open(join(out, "result.json")) as f:
+        result = json.load(f)
+    assert (result["rows_in"], result["rows_valid"], result["rows_rejected"], result["shards"]) == (5000, 4997, 3, 2)
+    assert not [u for u in storage.files(out) if ".shard-" in u]  # the shards' own results are folded in

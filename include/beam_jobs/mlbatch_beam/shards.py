@@ -11,6 +11,11 @@ Local runs only (`compute.local_workers` > 1): on Dataflow the service spreads t
 its own model copy. Files are balanced by size (largest first onto the least-loaded shard); a job over
 fewer files than N runs that many shards. A shard that fails stops the others and fails the whole job;
 its log is in the job's log (every shard writes to the same stdout/stderr).
+
+The launcher itself imports no Beam for local files (listing, result files): Beam's import (~1.2 s
+here) would be paid once more, serially, before the shards start, on every sharded step. Local
+patterns follow Beam's own match rule (`local_matches`); gs:// and s3:// ones are matched by Beam.
+The job's other arguments are checked by each shard: a bad one fails every shard, and so the job.
 """
 from __future__ import annotations
 
@@ -19,16 +24,12 @@ import ctypes
 import importlib
 import json
 import logging
+import os
+import re
 import signal
 import subprocess
 import sys
 import time
-
-from apache_beam.io.filesystems import FileSystems
-
-from mlbatch_beam.arrow_io import match_paths
-from mlbatch_beam.options import pipeline_options
-from mlbatch_beam.results import write_result
 
 log = logging.getLogger("mlbatch_beam.shards")
 JOBS = ("mlbatch_beam.prep", "mlbatch_beam.score")
@@ -45,9 +46,117 @@ def balanced_groups(sizes: dict[str, int], shards: int) -> list[list[str]]:
     return [sorted(members) for _, members in groups]
 
 
-def file_sizes(patterns: list[str]) -> dict[str, int]:
-    paths = match_paths(patterns)  # the job's own rule: a pattern matching nothing fails here
-    return {m.path: m.size_in_bytes for m in FileSystems.match(paths) for m in m.metadata_list}
+def file_sizes(patterns: list[str], job: str, job_argv: list[str]) -> dict[str, int]:
+    """Non-empty files matching any pattern, with their sizes; a pattern matching nothing fails here,
+    as in the job itself (mlbatch_beam.arrow_io.match_paths)."""
+    if any("://" in pattern for pattern in patterns):  # the job's own parsing and Beam's filesystems
+        from apache_beam.io.filesystems import FileSystems
+
+        from mlbatch_beam.arrow_io import match_paths
+        from mlbatch_beam.options import pipeline_options
+
+        pipeline_options(importlib.import_module(job).parse_args(job_argv)[1])  # S3 endpoint, credentials
+        paths = match_paths(patterns)
+        return {m.path: m.size_in_bytes for m in FileSystems.match(paths) for m in m.metadata_list}
+    sizes = {}
+    for pattern in patterns:
+        found = local_matches(pattern)
+        if not found:
+            raise FileNotFoundError(f"No input files match pattern {pattern!r}")
+        sizes.update((path, size) for path, size in found.items() if size > 0)
+    return sizes
+
+
+def local_matches(pattern: str) -> dict[str, int]:
+    """Beam's LocalFileSystem match without importing Beam: a pattern without wildcards names one
+    file; otherwise every file under the folder before the first wildcard (recursively), kept where
+    the whole path matches, `*` within one path segment, `**` across segments (FileSystem.match)."""
+    if pattern.endswith("/"):
+        pattern += "*"
+    prefix = re.match(r"^[^[*?]*", pattern).group(0)
+    if prefix == pattern:
+        return {pattern: os.path.getsize(pattern)} if os.path.isfile(pattern) else {}
+    regex, found = re.compile(_translate(pattern)), {}
+    for folder, _, names in os.walk(os.path.dirname(prefix)):  # '' (a bare "*.x") lists nothing, as in Beam
+        for name in names:
+            path = os.path.join(folder, name)
+            if regex.match(path):
+                try:
+                    found[path] = os.path.getsize(path)
+                except OSError:  # gone while listing
+                    pass
+    return found
+
+
+def _translate(pattern: str) -> str:
+    """Beam's FileSystem.translate_pattern, unchanged: fnmatch, `*` within a segment, `**` across."""
+    i, n, out = 0, len(pattern), ""
+    while i < n:
+        c, i = pattern[i], i + 1
+        if c == "*":
+            if i < n and pattern[i] == "*":
+                out, i = out + ".*", i + 1
+            else:
+                out += r"[^/\\]*"
+        elif c == "?":
+            out += "."
+        elif c == "[":
+            j = i
+            if j < n and pattern[j] == "!":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 1
+            if j >= n:
+                out += r"\["
+            else:
+                stuff, i = pattern[i:j].replace("\\", "\\\\"), j + 1
+                if stuff[0] == "!":
+                    stuff = "^" + stuff[1:]
+                elif stuff[0] == "^":
+                    stuff = "\\" + stuff
+                out += f"[{stuff}]"
+        else:
+            out += re.escape(c)
+    return r"(?ms)" + out + r"\Z"
+
+
+def job_paths(argv: list[str]):
+    """The job's --input patterns and --result-file, read without importing the job (and Beam)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--input", required=True, nargs="+")
+    parser.add_argument("--result-file", required=True)
+    return parser.parse_known_args(argv)[0]
+
+
+def read_text(path: str) -> str:
+    if "://" not in path:
+        with open(path) as f:
+            return f.read()
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as f:
+        return f.read().decode()
+
+
+def remove(path: str) -> None:
+    if "://" not in path:
+        os.remove(path)
+        return
+    from apache_beam.io.filesystems import FileSystems
+
+    FileSystems.delete([path])
+
+
+def write_text(path: str, text: str) -> None:
+    if "://" not in path:
+        with open(path, "w") as f:
+            f.write(text)
+        return
+    from mlbatch_beam.arrow_io import write_bytes
+
+    write_bytes(path, text.encode())
 
 
 def _without(argv: list[str], option: str, takes_values: bool) -> list[str]:
@@ -95,9 +204,8 @@ def run(argv=None) -> dict:
     ours, job_argv = parser.parse_known_args(argv)
     if ours.shards < 1:
         parser.error(f"--shards must be at least 1, got {ours.shards}")
-    job_args, beam_args = importlib.import_module(ours.job).parse_args(job_argv)
-    pipeline_options(beam_args)  # the filesystems' options (S3 endpoint) for the match below
-    groups = balanced_groups(file_sizes(job_args.input), ours.shards)
+    job_args = job_paths(job_argv)
+    groups = balanced_groups(file_sizes(job_args.input, ours.job, job_argv), ours.shards)
     log.info("%s: %d shards over %d files", ours.job, len(groups), sum(map(len, groups)))
     procs = [subprocess.Popen(command, preexec_fn=_die_with_parent)
              for command in shard_commands(ours.job, job_argv, groups, job_args.result_file)]
@@ -121,10 +229,11 @@ def run(argv=None) -> dict:
     results = []
     for k in range(len(procs)):
         path = f"{job_args.result_file}.shard-{k}"
-        with FileSystems.open(path) as f:
-            results.append(json.loads(f.read()))
-        FileSystems.delete([path])
-    return write_result(job_args.result_file, {**combined(results), "shards": len(procs)})
+        results.append(json.loads(read_text(path)))
+        remove(path)
+    result = {**combined(results), "shards": len(procs)}
+    write_text(job_args.result_file, json.dumps(result, indent=2, sort_keys=True) + "\n")  # as results.write_result
+    return result
 
 
 if __name__ == "__main__":
