@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pyarrow.parquet as pq
 import pytest
@@ -83,7 +84,11 @@ def test_pipeline_scores_every_valid_row_and_records_the_run(dag, partition, ses
         assert m[f"{step}.wall_s"] > 0 and m[f"{step}.peak_rss_mb"] > 0 and f"{step}.cpu_s" in m
     assert latest.data.params["model_version"] == str(registered_model["version"])
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(latest.info.run_id)}
-    assert {"prediction_histogram.png", "run_summary.json"} <= artifacts
+    assert {"prediction_histogram.svg", "run_summary.json"} <= artifacts
+    svg = ElementTree.parse(mlflow.artifacts.download_artifacts(run_id=latest.info.run_id,
+                                                                artifact_path="prediction_histogram.svg"))
+    bars = [e for e in svg.iter("{http://www.w3.org/2000/svg}rect") if e.get("class") == "bar"]
+    assert len(bars) == 40 and sum(int(b[0].text.split(": ")[1].split()[0].replace(",", "")) for b in bars) == expected_valid
 
     # The UI's "Rendered Template" view: what the predict task used, rendered for this run.
     from airflow.models.renderedtifields import RenderedTaskInstanceFields

@@ -92,7 +92,7 @@ class RecordRunOperator(PipelineStepOperator):
                              params=[Param(k, str(v)) for k, v in params.items()],
                              tags=[RunTag(k, v) for k, v in tags.items()])
             with tempfile.TemporaryDirectory() as tmp:
-                plot = _histogram_png(published["stats"], spec, Path(tmp) / "prediction_histogram.png")
+                plot = _histogram_svg(published["stats"], spec, Path(tmp) / "prediction_histogram.svg")
                 if plot:
                     client.log_artifact(mlflow_run_id, str(plot))
                 summary = Path(tmp) / "run_summary.json"
@@ -118,22 +118,12 @@ def _attempt_key(params: dict, published: dict) -> str:
     return hashlib.sha256(json.dumps([params, counts], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _histogram_png(stats: dict, spec: PipelineSpec, path: Path) -> Path | None:
+def _histogram_svg(stats: dict, spec: PipelineSpec, path: Path) -> Path | None:
     hist = stats.get("histogram")
     if not hist:
         return None
-    import matplotlib
+    from mlbatch.histogram_svg import histogram_svg
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    edges, counts = hist["edges"], hist["counts"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.bar(edges[:-1], counts, width=[b - a for a, b in zip(edges[:-1], edges[1:])], align="edge")
-    ax.set_xlabel(spec.output.prediction_column)
-    ax.set_ylabel("rows")
-    ax.set_title(f"{spec.name}: {stats['count']:,} predictions (mean {stats['mean']:.3f})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    title = f"{spec.name}: {stats['count']:,} predictions (mean {stats['mean']:.3f})"
+    path.write_text(histogram_svg(hist["counts"], hist["edges"], title, spec.output.prediction_column))
     return path
