@@ -80,8 +80,16 @@ def test_pipeline_scores_every_valid_row_and_records_the_run(dag, partition, ses
     latest = max(runs, key=lambda r: r.info.start_time)
     m = latest.data.metrics
     assert m["rows_in"] == partition["rows"] and m["rows_rejected"] == partition["bad"]
-    for step in ("prep", "predict", "publish"):
-        assert m[f"{step}.wall_s"] > 0 and m[f"{step}.peak_rss_mb"] > 0 and f"{step}.cpu_s" in m
+    for step in ("prep", "predict", "publish"):  # the direct model: prep's work runs in predict's job
+        assert m[f"{step}.wall_s"] > 0 or (step, backend) == ("prep", "dataflow")
+        assert m[f"{step}.peak_rss_mb"] > 0 and f"{step}.cpu_s" in m
+    steps = {ti.task_id: ti.xcom_pull(task_ids=ti.task_id) for ti in dagrun.get_task_instances()}
+    if backend == "dataflow":  # one pass: read, validate, dead letters, score (mlbatch_beam.validate_and_score)
+        assert steps["prep"] == {"runs_in": "predict"}
+        assert (steps["predict"]["rows_in"], steps["predict"]["rows_rejected"], steps["predict"]["rows_scored"]) == (
+            partition["rows"], partition["bad"], expected_valid)
+    else:
+        assert steps["prep"]["rows_valid"] == expected_valid
     assert latest.data.params["model_version"] == str(registered_model["version"])
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(latest.info.run_id)}
     assert {"prediction_histogram.svg", "run_summary.json"} <= artifacts
@@ -128,8 +136,8 @@ def test_invalid_trigger_params_are_refused(dag):
 
 def test_two_local_workers_score_every_row_as_file_shards(airflow_db, registered_model, partition, session_dir,
                                                           tmp_path, monkeypatch):
-    """`compute.local_workers: 2` through the DAG: prep and predict run as two jobs over the two input files
-    (mlbatch_beam.shards), and every valid row is published once."""
+    """`compute.local_workers: 2` through the DAG: predict's one-pass job (validate and score) runs as two
+    jobs over the two input files (mlbatch_beam.shards), and every valid row is published once."""
     from airflow.dag_processing.dagbag import DagBag
 
     repo = Path(__file__).resolve().parents[1]
@@ -151,5 +159,6 @@ def test_two_local_workers_score_every_row_as_file_shards(airflow_db, registered
     table = read_output(out)
     assert len(table) == partition["rows"] - partition["bad"] and table.id.is_unique
     steps = {ti.task_id: ti.xcom_pull(task_ids=ti.task_id) for ti in dagrun.get_task_instances()}
-    assert steps["prep"]["shards"] == 2 and steps["predict"]["shards"] == 2
+    assert steps["predict"]["shards"] == 2
+    assert (steps["predict"]["rows_in"], steps["predict"]["rows_rejected"]) == (partition["rows"], partition["bad"])
     assert steps["predict"]["model_loads"] == 2  # one model copy per shard

@@ -24,3 +24,10 @@ def schema_json(spec: PipelineSpec) -> str:
     return json.dumps(
         {"id_column": spec.input.id_column, "features": [f.model_dump() for f in spec.input.features]}
     )
+
+
+def prep_runs_in_predict(spec: PipelineSpec) -> bool:
+    """The direct-model job on the local runner validates and scores in one pass
+    (mlbatch_beam.validate_and_score): no prepared copy is needed, so the prep step leaves its work to
+    predict. On Google Dataflow prep stays its own job (its prepared files are the predict job's input)."""
+    return spec.predict.backend == "dataflow" and spec.predict.dataflow.runner == "local"

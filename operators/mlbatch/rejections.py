@@ -40,11 +40,13 @@ def describe(folder: str, storage: Any) -> str:
     return "top reasons:\n" + "\n".join(lines) if lines else "no dead letters were written"
 
 
-def check_prep(spec: Any, result: dict, dead_letters: str, storage: Any) -> None:
+def check_prep(spec: Any, result: dict, dead_letters: str, storage: Any, predicted: bool = False) -> None:
     """Raise when prep left nothing to predict or rejected more than the spec allows.
 
     `result` is the prep job's counts: rows_in/rows_valid/rows_rejected (local runner) or
-    prepared_files/rows_rejected (Dataflow, whose prepared files stay on GCS).
+    prepared_files/rows_rejected (Dataflow, whose prepared files stay on GCS). `predicted`: the job
+    validated and scored in one pass (mlbatch_beam.validate_and_score), so its predictions exist but
+    are only staged.
     """
     rows_in, rows_valid = result.get("rows_in"), result.get("rows_valid")
     rows_rejected = result.get("rows_rejected", 0)
@@ -58,5 +60,6 @@ def check_prep(spec: Any, result: dict, dead_letters: str, storage: Any) -> None
     if rows_in and rows_rejected / rows_in > limit:
         raise TooManyRejectedError(
             f"{spec.name}: prep rejected {rows_rejected} of {rows_in} rows ({rows_rejected / rows_in:.2%}) "
-            f"> prep.max_rejected_fraction {limit:.2%}; nothing was predicted or published.\n"
+            f"> prep.max_rejected_fraction {limit:.2%}; "
+            f"{'nothing was published' if predicted else 'nothing was predicted or published'}.\n"
             f"{describe(dead_letters, storage)}\n{where}")

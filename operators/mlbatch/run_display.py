@@ -27,6 +27,7 @@ FACTS = {  # message patterns of the pipeline steps -> what the summary line say
     "input": re.compile(r"Input is there and complete: (\S+)"),
     "pinned": re.compile(r"Pinned (models:/\S+) \(alias (\S+)\)"),
     "prep": re.compile(r"\] prep: (\{.*?'rows_in'.*?\})"),
+    "prep_in_predict": re.compile(r"prep runs inside predict"),
     "predict": re.compile(r"\] predict \((\w+), model v(\d+)\): (\{.*?\})"),
     # publish: "Committed attempt A: OUT (N rows in K files) and DEAD (M rows)" (older: "Published OUT (N rows) ...")
     "published": re.compile(r"(?:Published|Committed attempt \S+:) (\S+) \((\d+) rows[^)]*\) and (\S+) \((\d+) rows\)"),
@@ -70,6 +71,7 @@ class RunWatcher:
         self.tasks: dict[str, TaskState] = {}
         self.current: TaskState | None = None
         self.totals = dict(rows_total or {})  # rows expected per step, when known beforehand
+        self.work = {task: word for task, (word, _) in STEP_WORK.items()}  # which progress lines count
         self._progress: Progress | None = None
         self._bar = None
 
@@ -126,7 +128,7 @@ class RunWatcher:
         if state:
             task.state = state.group(1)
         progress = PROGRESS.search(line)
-        if progress and progress.group(1) == STEP_WORK.get(task.task_id, ("",))[0]:
+        if progress and progress.group(1) == self.work.get(task.task_id):
             task.rows += int(progress.group(2))
             self._advance(task)
             return
@@ -136,6 +138,8 @@ class RunWatcher:
                 self.facts[name] = found.groups()
                 if name == "prep":  # the rows the scoring step will work through
                     self.totals["predict"] = _literal(found.group(1)).get("rows_valid")
+                if name == "prep_in_predict":  # one pass: predict's progress is the input read
+                    self.totals["predict"], self.work["predict"] = self.totals.get("prep"), "read"
 
     def _start(self, task_id: str) -> None:
         task = self.tasks.get(task_id)
@@ -175,10 +179,15 @@ class RunWatcher:
             r = _literal(f["prep"][0])
             return f"{r.get('rows_in', 0):,} rows in: {r.get('rows_valid', 0):,} valid, " \
                    f"{r.get('rows_rejected', 0):,} rejected"
+        if task_id == "prep" and "prep_in_predict" in f:
+            return "validation runs in predict's job (one pass over the input)"
         if task_id == "predict" and "predict" in f:
             backend, version, result = f["predict"]
-            rows = _literal(result).get("rows_scored", 0)
-            return f"{rows:,} rows scored by model v{version} on backend {backend}"
+            r = _literal(result)
+            scored = f"{r.get('rows_scored', 0):,} rows scored by model v{version} on backend {backend}"
+            if "rows_valid" not in r:
+                return scored
+            return f"{r.get('rows_in', 0):,} rows in, {r.get('rows_rejected', 0):,} rejected; {scored}"
         if task_id == "publish" and "published" in f:
             _, scored, _, rejected = f["published"]
             return f"{int(scored):,} predictions published, {int(rejected):,} rows to dead letters"

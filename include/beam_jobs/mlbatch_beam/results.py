@@ -14,12 +14,15 @@ from mlbatch_beam.arrow_io import write_bytes
 NAMESPACE = "mlbatch"
 
 
-def counter_totals(pipeline_result, names) -> dict[str, int]:
-    """Sum each named counter over all steps (committed, else attempted)."""
+def counter_totals(pipeline_result, names, step: str | None = None) -> dict[str, int]:
+    """Sum each named counter over all steps, or over the steps whose name contains `step`
+    (committed, else attempted)."""
     totals = {name: 0 for name in names}
     for name in names:
         query = pipeline_result.metrics().query(MetricsFilter().with_name(name))
         for counter in query["counters"]:
+            if step is not None and step not in counter.key.step:
+                continue
             value = counter.committed if counter.committed is not None else counter.attempted
             totals[name] += int(value or 0)
     return totals

@@ -84,6 +84,12 @@ def parse_args(argv=None):
     parser.add_argument("--input", required=True, nargs="+",
                         help="pattern(s) of prepared files (mlbatch_beam.shards passes files)")
     parser.add_argument("--input-format", default="parquet", choices=INPUT_FORMATS)
+    add_scoring_arguments(parser)
+    return checked(parser, *parser.parse_known_args(argv))
+
+
+def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model, its columns and the output: shared with mlbatch_beam.validate_and_score."""
     parser.add_argument("--model-uri", required=True, help="models:/name/version or an artifact URI")
     parser.add_argument("--id-column", required=True)
     parser.add_argument("--feature-columns", required=True, help="comma-separated, in model order")
@@ -100,7 +106,9 @@ def parse_args(argv=None):
     parser.add_argument("--model-copies", type=int, default=None,
                         help="exactly this many model copies per machine, shared by its worker processes")
     parser.add_argument("--result-file", required=True)
-    args, beam_args = parser.parse_known_args(argv)
+
+
+def checked(parser: argparse.ArgumentParser, args, beam_args):
     if args.model_copies is not None and args.model_copies < 1:
         parser.error(f"--model-copies must be at least 1, got {args.model_copies}")
     return args, beam_args

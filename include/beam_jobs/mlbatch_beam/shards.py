@@ -32,7 +32,7 @@ import sys
 import time
 
 log = logging.getLogger("mlbatch_beam.shards")
-JOBS = ("mlbatch_beam.prep", "mlbatch_beam.score")
+JOBS = ("mlbatch_beam.prep", "mlbatch_beam.score", "mlbatch_beam.validate_and_score")
 # The runner modes a shard must not inherit: each shard is one in-memory FnApiRunner job.
 _RUNNER_MODE_FLAGS = ("--direct_running_mode", "--direct_num_workers")
 

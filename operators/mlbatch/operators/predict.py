@@ -3,7 +3,9 @@
 - `local`: the batch-prediction contract (JSON Lines in, Vertex/SageMaker-shaped JSON Lines out)
   computed on this machine, so the cloud backends' publish path is exercised locally.
 - `dataflow`: the direct-model Beam job (model loaded inside the workers through RunInference),
-  on the local FnApiRunner unless `predict.dataflow.runner` is `dataflow`.
+  on the local FnApiRunner unless `predict.dataflow.runner` is `dataflow`. On the local runner it
+  reads the raw input and validates it in the same pass (mlbatch_beam.validate_and_score: prep's
+  rules, dead letters and verdict), so no prepared copy is written and read back.
 - `sagemaker`, `vertex`: managed batch jobs through the official providers (mlbatch.backends.*):
   submitted or re-attached idempotently, deferred while they run, stopped when the task is killed.
 - `dataflow` with `predict.dataflow.runner: dataflow`: the same direct-model Beam job on Google Dataflow.
@@ -19,6 +21,8 @@ from mlbatch.links import RemoteJobConsoleLink
 from mlbatch.operators.base import PipelineStepOperator
 from mlbatch.operators.remote_job import RemoteJobMixin
 from mlbatch.operators.prep import beam_runner_args
+from mlbatch.prep_contract import prep_runs_in_predict, schema_json
+from mlbatch.rejections import check_prep
 from mlbatch.run_paths import RunPaths
 from mlbatch.spec import PipelineSpec
 from mlbatch.storage import Storage
@@ -36,7 +40,9 @@ class PredictOperator(RemoteJobMixin, PipelineStepOperator):
 
     def run(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> dict:
         model = context["ti"].xcom_pull(task_ids="resolve_model")
-        require_prepared_rows(spec, paths, context["ti"].xcom_pull(task_ids="prep"))
+        fused = prep_runs_in_predict(spec)
+        if not fused:
+            require_prepared_rows(spec, paths, context["ti"].xcom_pull(task_ids="prep"))
         backend = spec.predict.backend
         if spec.predict.auto_reason:
             self.log.info("predict.backend auto -> %s: %s", backend, spec.predict.auto_reason)
@@ -46,9 +52,12 @@ class PredictOperator(RemoteJobMixin, PipelineStepOperator):
                 "--flavor", spec.predict.local.flavor,
                 "--chunk-rows", str(spec.predict.compute.batch_rows),
             ]
-        elif backend == "dataflow" and spec.predict.dataflow.runner == "local":
-            out, module, args = paths.output_staging, "mlbatch_beam.score", [
-                "--input", f"{paths.prepared}/*.parquet",
+        elif fused:
+            out, module, args = paths.output_staging, "mlbatch_beam.validate_and_score", [
+                "--input", paths.input_pattern,
+                "--input-format", spec.input.format,
+                "--schema-json", schema_json(spec),
+                "--dead-letter-dir", paths.rejected_staging,
                 "--output-format", spec.output.format,
                 *prediction_output_args(spec),
                 "--batch-rows", str(spec.predict.compute.batch_rows),
@@ -59,21 +68,24 @@ class PredictOperator(RemoteJobMixin, PipelineStepOperator):
             return self.run_remote(backend, context, spec, paths, model)
         stop_leftover_job(paths.result_file("predict"))  # an earlier try's job must not write on
         storage = Storage.for_spec(spec)
-        storage.rm(out)  # a retry starts clean
+        for folder in (out, paths.rejected_staging) if fused else (out,):  # a retry starts clean
+            storage.rm(folder)
         common = [
             "--model-uri", model["artifact_uri"],
             "--id-column", spec.input.id_column,
             "--feature-columns", ",".join(f.name for f in spec.input.features),
             "--output-dir", out,
         ]
-        env, storage_args = storage.job_env([paths.work, model["artifact_uri"]])
+        env, storage_args = storage.job_env([paths.input_pattern, paths.work, model["artifact_uri"]])
         leading = []
-        if module == "mlbatch_beam.score":
+        if fused:
             module, leading = local_job(spec, module)
         self._job = JobProcess(module, leading + common + args + storage_args, paths.result_file("predict"),
                                env=env)
         result = self._job.run()
         self.log.info("predict (%s, model v%s): %s", backend, model["version"], result)
+        if fused:  # prep's verdict on the rejected rows, before anything is published
+            check_prep(spec, result, paths.rejected_staging, storage, predicted=True)
         return {**result, "backend": backend, "model_version": model["version"]}
 
     def on_kill(self) -> None:

@@ -5,7 +5,10 @@ format (Parquet for the direct-model job and SageMaker, JSON Lines for Vertex).
 It runs on the local FnApiRunner (a child process), except with `predict.backend: dataflow` and
 `predict.dataflow.runner: dataflow`: then it is a Google Dataflow job like predict's (submitted or
 re-attached, deferred, cancelled on kill; see mlbatch.backends.dataflow), which leaves the prepared
-Parquet files on GCS for the predict job and brings the dead letters back to `rejected_staging`."""
+Parquet files on GCS for the predict job and brings the dead letters back to `rejected_staging`.
+
+With `predict.backend: dataflow` on the local runner it runs nothing: predict's direct-model job
+validates, writes the dead letters and scores in one pass (mlbatch.prep_contract.prep_runs_in_predict)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from mlbatch.job_process import JobProcess, stop_leftover_job
 from mlbatch.links import RemoteJobConsoleLink
 from mlbatch.operators.base import PipelineStepOperator, effective_spec
 from mlbatch.operators.remote_job import RemoteJobMixin
-from mlbatch.prep_contract import prepared_format, schema_json
+from mlbatch.prep_contract import prep_runs_in_predict, prepared_format, schema_json
 from mlbatch.rejections import check_prep
 from mlbatch.run_paths import RunPaths
 from mlbatch.spec import PipelineSpec
@@ -39,6 +42,10 @@ class BeamPrepOperator(RemoteJobMixin, PipelineStepOperator):
         self._job: JobProcess | None = None
 
     def run(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> dict:
+        if prep_runs_in_predict(spec):
+            self.log.info("prep runs inside predict: the direct-model job validates, writes dead letters "
+                          "to %s and scores in one pass (mlbatch_beam.validate_and_score)", paths.rejected_staging)
+            return {"runs_in": "predict"}
         stop_leftover_job(paths.result_file("prep"))  # an earlier try's job must not write on
         storage = Storage.for_spec(spec)
         for folder in (paths.prepared, paths.rejected_staging):  # a retry starts clean
