@@ -1,10 +1,11 @@
 """`make bench-whole-run` (and the last section of `make bench`): what a user pays for a whole run.
 
 The `natality_daily` DAG runs end to end with `airflow dags test` (all six tasks, backend `dataflow`:
-prep and the direct-model job on the local FnApiRunner, as `make demo` runs it), on 1K rows (the fixed
-cost of a run: nearly no data) and on larger partitions, against the raw limit of the same work in one
-process (bench/cases.py `raw_run`: pyarrow read, prep's own validation rules, dead letters written,
-one `predict` with the same MLflow model, one Parquet write). Each is timed from spawn to exit: the
+the direct-model job on the local FnApiRunner, validating and scoring in one pass in the predict step,
+as `make demo` runs it), on 1K rows (the fixed cost of a run: nearly no data) and on larger
+partitions, against the raw limit of the same work in one process (bench/cases.py `raw_run`: pyarrow
+read, prep's own validation rules, dead letters written, one `predict` with the same MLflow model, one
+Parquet write). Each is timed from spawn to exit: the
 DAG run pays Airflow's start-up, the raw limit pays Python's and its imports, as a user would.
 
 Per task, wall time, CPU time (the task's job processes included) and peak memory come from the
@@ -13,6 +14,8 @@ in MLflow). "Airflow" is the rest of the run: CLI start, DAG parse, task start-u
 between tasks. Under `airflow dags test` all six tasks run in one process, and the first task start
 builds Airflow's execution API app in-process (Cadwyn's versioned routers, ~4 s of CPU at rest): a
 deployment pays that once per api-server start, but pays instead one task process start per task.
+For scale, the same command runs a DAG of six chained no-op tasks (`airflow_floor`): Airflow's own
+cost of a run of this shape, which no pipeline can go below.
 `compute.local_workers` 1 vs 2 is the scaling figure (a copy of the spec with `local_workers: 2`).
 CPU time is given next to wall time: on a loaded machine it moves far less than wall time. Every process runs as in the scoring section: OMP_NUM_THREADS=1 and a warm
 bytecode cache (.bench/pycache, filled by untimed warm-up runs). Without one (this machine sets
@@ -143,6 +146,33 @@ def run_dag(size: str, workers: int, tag: str = "") -> RunFigures:
                       str(log_path))
 
 
+FLOOR_DAG = f'''"""Airflow's own cost of a run shaped like {PIPELINE}: six chained tasks that do nothing."""
+import pendulum
+from airflow.sdk import DAG, task
+
+with DAG("airflow_floor", schedule=None, start_date=pendulum.datetime(2026, 1, 1), catchup=False):
+    previous = None
+    for name in {TASKS!r}:
+        step = task(task_id=name)(lambda upstream=None: {{"done": True}})(previous)
+        previous = step
+'''
+
+
+def run_floor(tag: str = "") -> RunFigures:
+    """The same `airflow dags test` on a DAG of six no-op tasks: what Airflow alone costs per run."""
+    folder = HOME / "floor_dags"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "airflow_floor.py").write_text(FLOOR_DAG)
+    env = {**dag_env(1), "AIRFLOW__CORE__DAGS_FOLDER": str(folder), "PYTHONUNBUFFERED": "1"}
+    log_path = HOME / "logs" / f"floor{tag}.log"
+    wall, cpu, peak, stdout = timed([sys.executable, "-m", "airflow", "dags", "test", "airflow_floor", DATES["1k"]],
+                                    env, log_path)
+    ended = stdout.count("[DAG TEST] end task")
+    if ended != len(TASKS):
+        raise RuntimeError(f"the floor DAG ran {ended} of {len(TASKS)} tasks; see {log_path}")
+    return RunFigures("floor", "1k", 0, wall, cpu, peak, os.getloadavg()[0])
+
+
 def run_raw(size: str, artifact_uri: str, tag: str = "") -> RunFigures:
     from mlbatch.spec_loader import load_spec
 
@@ -176,15 +206,18 @@ def measure(sizes: list[str], repeats: int = 2, each_size=None) -> list[RunFigur
     say(f"whole run: data and model ready ({time.perf_counter() - t:.0f} s); warm-up runs (not timed)")
     run_raw(sizes[0], artifact_uri, tag="-warmup")
     run_dag(sizes[0], 1, tag="-warmup")  # first parse/serialisation of the DAG, bytecode caches
+    run_floor(tag="-warmup")
     results: list[RunFigures] = []
     for size in sizes:
         small = SIZES[size] < 100_000
         rounds = repeats if small else 1
-        cases = [("raw", 0), ("dag", 1)] + ([] if small else [("dag", 2)])
+        cases = [("raw", 0), ("dag", 1)] + ([("floor", 0)] if size == sizes[0] else []) + (
+            [] if small else [("dag", 2)])
         found: dict = {}
         for i in range(rounds):  # rounds, not back-to-back repeats: load changes hit every case
             for kind, workers in cases:
-                r = run_raw(size, artifact_uri, f"-{i}") if kind == "raw" else run_dag(size, workers, f"-{i}")
+                r = (run_raw(size, artifact_uri, f"-{i}") if kind == "raw" else run_floor(f"-{i}")
+                     if kind == "floor" else run_dag(size, workers, f"-{i}"))
                 if (kind, workers) not in found or r.wall_s < found[(kind, workers)].wall_s:
                     found[(kind, workers)] = r
         for r in found.values():
@@ -205,10 +238,14 @@ def goal_lines(results: list[RunFigures]) -> list[str]:
     fixed = min((r for r in results if r.case == "dag w1"), key=lambda r: r.rows)
     big = max(sizes, key=SIZES.get)
     dag, raw, w2 = _find(results, "dag w1", big), _find(results, "raw", big), _find(results, "dag w2", big)
+    floor = next((r for r in results if r.case == "floor"), None)
     lines = [f"whole-run: {dag.wall_s / raw.wall_s:.1f}x the raw limit at {SIZES[big]:,} rows, "
-             f"fixed cost {fixed.wall_s:.1f} s per run"]
+             f"fixed cost {fixed.wall_s:.1f} s per run"
+             + (f" (Airflow alone {floor.wall_s:.1f} s: six no-op tasks, same command)" if floor else "")]
     if w2:
-        lines.append(f"scaling: 2 workers {dag.wall_s / w2.wall_s:.2f}x one worker at {SIZES[big]:,} rows")
+        step = dag.tasks["predict"]["wall_s"] / w2.tasks["predict"]["wall_s"]
+        lines.append(f"scaling: 2 workers {dag.wall_s / w2.wall_s:.2f}x one worker at {SIZES[big]:,} rows "
+                     f"(the predict step's one-pass job: {step:.2f}x)")
     return lines
 
 
@@ -218,6 +255,7 @@ def _cell(f: dict) -> str:
 
 def task_table(results: list[RunFigures]) -> str:
     runs = [r for r in results if r.case.startswith("dag")]
+    floor = next((r for r in results if r.case == "floor"), None)
     head = "| task | " + " | ".join(f"{r.rows:,} rows, {r.case.split()[1]} (load {r.load:.1f})" for r in runs) + " |"
     lines = [head, "|---|" + "---:|" * len(runs)]
     for task in TASKS:
@@ -228,6 +266,9 @@ def task_table(results: list[RunFigures]) -> str:
         cpu = r.cpu_s - sum(r.tasks[t]["cpu_s"] for t in TASKS)
         rest.append(f"{wall:.1f} / {cpu:.1f} / —")
     lines.append("| Airflow (CLI start, DAG parse, task start-up) | " + " | ".join(rest) + " |")
+    if floor:
+        lines.append(f"| *for scale: the same command on six no-op tasks* | *{floor.wall_s:.1f} / {floor.cpu_s:.1f} / "
+                     f"{floor.peak_mb:.0f}* |" + " |" * (len(runs) - 1))
     lines.append("| **whole run** | " + " | ".join(f"**{r.wall_s:.1f}** / {r.cpu_s:.1f} / {r.peak_mb:.0f}"
                                                     for r in runs) + " |")
     return "\n".join(lines)
