@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlbatch_beam.shards import balanced_groups, local_matches
+from mlbatch_beam.local_files import local_matches
+from mlbatch_beam.shards import balanced_groups
 
 
 def _shards(*args, check=True):
@@ -168,3 +169,17 @@ def test_sharded_prep_on_object_stores(store_root, raw_input, schema_json):
         result = json.load(f)
     assert (result["rows_in"], result["rows_valid"], result["rows_rejected"], result["shards"]) == (5000, 4997, 3, 2)
     assert not [u for u in storage.files(out) if ".shard-" in u]  # the shards' own results are folded in
+
+
+def test_the_launcher_imports_no_beam_for_local_files(tmp_path, raw_input, schema_json):
+    """Beam's import belongs to the shards; the launcher paying it too would add it serially to every step."""
+    _, folder = raw_input
+    args = ["--shards", "2", "--job", "mlbatch_beam.prep", "--input", f"{folder}/*.parquet", "--input-format",
+            "parquet", "--schema-json", schema_json, "--output-dir", str(tmp_path / "p"), "--output-format",
+            "parquet", "--dead-letter-dir", str(tmp_path / "r"), "--result-file", str(tmp_path / "result.json")]
+    code = ("import sys\nfrom mlbatch_beam import shards\n"
+            f"result = shards.run({args!r})\n"
+            "assert result['rows_in'] == 5000, result\n"
+            "assert not [m for m in sys.modules if m.startswith('apache_beam')], 'the launcher imported Beam'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]

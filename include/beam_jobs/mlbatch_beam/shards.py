@@ -1,4 +1,4 @@
-"""Run one local Beam job (prep or score) as N independent in-memory jobs over disjoint groups of its files.
+"""Run one local Beam job (prep, score, or both in one pass) as N independent in-memory jobs over disjoint groups of its files.
 
 Why: FnApiRunner's multi_processing mode routes every bundle through its one runner process; on this
 2-core machine two workers are slower than one, and on 16 cores it stops scaling at ~4 (bench/results.md,
@@ -14,7 +14,7 @@ its log is in the job's log (every shard writes to the same stdout/stderr).
 
 The launcher itself imports no Beam for local files (listing, result files): Beam's import (~1.2 s
 here) would be paid once more, serially, before the shards start, on every sharded step. Local
-patterns follow Beam's own match rule (`local_matches`); gs:// and s3:// ones are matched by Beam.
+patterns follow Beam's own match rule (mlbatch_beam.local_files); gs:// and s3:// ones are matched by Beam.
 The job's other arguments are checked by each shard: a bad one fails every shard, and so the job.
 """
 from __future__ import annotations
@@ -25,11 +25,12 @@ import importlib
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
+
+from mlbatch_beam.local_files import local_matches
 
 log = logging.getLogger("mlbatch_beam.shards")
 JOBS = ("mlbatch_beam.prep", "mlbatch_beam.score", "mlbatch_beam.validate_and_score")
@@ -65,61 +66,6 @@ def file_sizes(patterns: list[str], job: str, job_argv: list[str]) -> dict[str, 
             raise FileNotFoundError(f"No input files match pattern {pattern!r}")
         sizes.update((path, size) for path, size in found.items() if size > 0)
     return sizes
-
-
-def local_matches(pattern: str) -> dict[str, int]:
-    """Beam's LocalFileSystem match without importing Beam: a pattern without wildcards names one
-    file; otherwise every file under the folder before the first wildcard (recursively), kept where
-    the whole path matches, `*` within one path segment, `**` across segments (FileSystem.match)."""
-    if pattern.endswith("/"):
-        pattern += "*"
-    prefix = re.match(r"^[^[*?]*", pattern).group(0)
-    if prefix == pattern:
-        return {pattern: os.path.getsize(pattern)} if os.path.isfile(pattern) else {}
-    regex, found = re.compile(_translate(pattern)), {}
-    for folder, _, names in os.walk(os.path.dirname(prefix)):  # '' (a bare "*.x") lists nothing, as in Beam
-        for name in names:
-            path = os.path.join(folder, name)
-            if regex.match(path):
-                try:
-                    found[path] = os.path.getsize(path)
-                except OSError:  # gone while listing
-                    pass
-    return found
-
-
-def _translate(pattern: str) -> str:
-    """Beam's FileSystem.translate_pattern, unchanged: fnmatch, `*` within a segment, `**` across."""
-    i, n, out = 0, len(pattern), ""
-    while i < n:
-        c, i = pattern[i], i + 1
-        if c == "*":
-            if i < n and pattern[i] == "*":
-                out, i = out + ".*", i + 1
-            else:
-                out += r"[^/\\]*"
-        elif c == "?":
-            out += "."
-        elif c == "[":
-            j = i
-            if j < n and pattern[j] == "!":
-                j += 1
-            if j < n and pattern[j] == "]":
-                j += 1
-            while j < n and pattern[j] != "]":
-                j += 1
-            if j >= n:
-                out += r"\["
-            else:
-                stuff, i = pattern[i:j].replace("\\", "\\\\"), j + 1
-                if stuff[0] == "!":
-                    stuff = "^" + stuff[1:]
-                elif stuff[0] == "^":
-                    stuff = "\\" + stuff
-                out += f"[{stuff}]"
-        else:
-            out += re.escape(c)
-    return r"(?ms)" + out + r"\Z"
 
 
 def job_paths(argv: list[str]):
