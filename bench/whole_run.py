@@ -318,8 +318,9 @@ def bounds(results: list[RunFigures]) -> str:
             + f": resolve_model {t['resolve_model']['wall_s']:.1f} s (MLflow's import and one registry call), "
               f"predict {t['predict']['wall_s']:.1f} s (one job process importing Beam, MLflow and the model's "
               f"library, then {fixed.rows:,} rows)"
-            + (f" and {fixed.wall_s - floor.wall_s - ours:.1f} s more of Airflow's own work for these operators "
-               "than for no-op ones (a larger DAG to parse and serialise, more XCom)." if floor else "."))
+            + (f" and {fixed.wall_s - floor.wall_s - ours:.1f} s more of Airflow's time around these tasks than "
+               "around no-op ones (parsing and serialising a larger DAG: ~0.4 s in a py-spy profile; one more "
+               "XCom per task, its resource figures)." if floor else "."))
     if w2:
         serial = w1.wall_s - w1.tasks["predict"]["wall_s"]
         text += (f" With 2 workers only the predict step's job is split ({w1.tasks['predict']['wall_s']:.1f} -> "
