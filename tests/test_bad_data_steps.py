@@ -119,3 +119,22 @@ def test_prep_enforces_max_rejected_fraction_itself(tmp_path, model):
     assert lines[top + 1] == "  7 × mother_age: not a finite number   (e.g. mother_age: '1e999' is not a finite number)"
     assert lines[top + 2] == "  2 × gestation_weeks: missing value   (e.g. gestation_weeks: empty string not allowed)"
     assert lines[top + 3] == "  1 × is_male: not a bool   (e.g. is_male: 'maybe' is not a bool)"
+
+
+def test_with_the_direct_model_predict_gives_preps_verdict_after_its_one_pass(tmp_path, model):
+    """backend dataflow on the local runner: prep runs nothing, predict's one job validates and scores,
+    then refuses the run with prep's own message; nothing is published."""
+    from mlbatch.errors import TooManyRejectedError
+    from mlbatch.operators.predict import PredictOperator
+
+    write_csv(tmp_path, [f"{i},true,30.0,1,39.0" for i in range(90)] + [f"{90 + i},true,1e999,1,39.0" for i in range(10)])
+    spec = natality_spec(tmp_path, **{"predict.backend": "dataflow", "prep.max_rejected_fraction": 0.05})
+    assert spec.predict.dataflow.runner == "local"
+    _, context, prep = run_prep(spec, model)
+    assert prep == {"runs_in": "predict"}
+    with pytest.raises(TooManyRejectedError) as err:
+        PredictOperator(task_id="predict", spec=spec).execute(context)
+    message = str(err.value)
+    assert "prep rejected 10 of 100 rows (10.00%) > prep.max_rejected_fraction 5.00%; nothing was published." in message
+    assert "10 × mother_age: not a finite number" in message
+    assert not (tmp_path / "out" / f"ds={DS}").exists()
