@@ -66,8 +66,13 @@ def match_paths(file_pattern: str | list[str]) -> list[str]:
     An empty match is an error, not a silent zero-row success: a typo in
     the input path must fail the job.
     """
+    return sorted(matched_sizes(file_pattern))
+
+
+def matched_sizes(file_pattern: str | list[str]) -> dict[str, int]:
+    """match_paths with each file's size, from the same one listing per pattern."""
     patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
-    found: set[str] = set()
+    found: dict[str, int] = {}
     for pattern in patterns:
         try:
             metadata = FileSystems.match([pattern])[0].metadata_list
@@ -75,8 +80,8 @@ def match_paths(file_pattern: str | list[str]) -> list[str]:
             raise FileNotFoundError(f"No input files match pattern {pattern!r}: {exc}") from exc
         if not metadata:
             raise FileNotFoundError(f"No input files match pattern {pattern!r}")
-        found.update(m.path for m in metadata if m.size_in_bytes > 0)
-    return sorted(found)
+        found.update((m.path, m.size_in_bytes) for m in metadata if m.size_in_bytes > 0)
+    return found
 
 
 # --- reading ------------------------------------------------------------------

@@ -14,7 +14,6 @@ import logging
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
-from apache_beam.runners.runner import PipelineState
 
 from mlbatch_beam.arrow_io import (
     INPUT_FORMATS, DeadLetterWrite, ReadArrowBatches, WriteArrowBatches,
@@ -22,7 +21,7 @@ from mlbatch_beam.arrow_io import (
 )
 from mlbatch_beam.options import pipeline_options
 from mlbatch_beam.progress import ProgressReporter
-from mlbatch_beam.results import NAMESPACE, counter_totals, write_result
+from mlbatch_beam.results import NAMESPACE, counter_totals, run_to_completion, write_result
 from mlbatch_beam.schema import FeatureSchema
 from mlbatch_beam.validate import split_valid
 
@@ -75,14 +74,20 @@ def csv_column_types(schema: FeatureSchema) -> dict[str, pa.DataType]:
     return {name: pa.string() for name in columns}
 
 
-def build(pipeline, args, schema: FeatureSchema) -> None:
+def read_and_validate(pipeline, args, schema: FeatureSchema):
+    """Read --input, validate it, write the rejected rows to --dead-letter-dir; returns the valid
+    batches (what this job writes as prepared files, and mlbatch_beam.validate_and_score scores)."""
     batches = pipeline | "Read" >> ReadArrowBatches(
         args.input, args.input_format, args.batch_rows,
         csv_column_types=csv_column_types(schema))
     prepared = batches | "Prepare" >> PrepareInput(schema)
-    _ = prepared[PrepareInput.VALID] | "WriteValid" >> WriteArrowBatches(
-        args.output_dir, args.output_format, prefix="part")
     _ = prepared[PrepareInput.REJECTED] | "WriteRejected" >> DeadLetterWrite(args.dead_letter_dir)
+    return prepared[PrepareInput.VALID]
+
+
+def build(pipeline, args, schema: FeatureSchema) -> None:
+    _ = read_and_validate(pipeline, args, schema) | "WriteValid" >> WriteArrowBatches(
+        args.output_dir, args.output_format, prefix="part")
 
 
 def parse_args(argv=None):
@@ -107,10 +112,7 @@ def run(argv=None) -> dict:
     match_paths(args.input)  # fail fast, before starting workers
     pipeline = beam.Pipeline(options=options)
     build(pipeline, args, schema)
-    result = pipeline.run()
-    state = result.wait_until_finish()
-    if state not in (None, PipelineState.DONE):
-        raise RuntimeError(f"prep pipeline finished in state {state}")
+    result = run_to_completion(pipeline, "prep")
     counts = counter_totals(result, ["rows_in", "rows_valid", "rows_rejected"])
     return write_result(args.result_file, {
         **counts,

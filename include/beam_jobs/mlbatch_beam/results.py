@@ -8,10 +8,20 @@ from __future__ import annotations
 import json
 
 from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.runners.runner import PipelineState
 
 from mlbatch_beam.arrow_io import write_bytes
 
 NAMESPACE = "mlbatch"
+
+
+def run_to_completion(pipeline, name: str):
+    """Run the pipeline, wait for it, and raise unless it ended DONE; returns Beam's result."""
+    result = pipeline.run()
+    state = result.wait_until_finish()
+    if state not in (None, PipelineState.DONE):
+        raise RuntimeError(f"{name} pipeline finished in state {state}")
+    return result
 
 
 def counter_totals(pipeline_result, names, step: str | None = None) -> dict[str, int]:

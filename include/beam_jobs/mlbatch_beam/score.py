@@ -15,7 +15,6 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-from apache_beam.runners.runner import PipelineState
 
 from mlbatch_beam.arrow_io import (
     INPUT_FORMATS, OUTPUT_FORMATS, ReadArrowBatches, WriteArrowBatches,
@@ -25,7 +24,7 @@ from mlbatch_beam.model_handler import DEFAULT_BATCH_ROWS, MLflowPyfuncModelHand
 from mlbatch_beam.options import pipeline_options
 from mlbatch_beam.outputs import PredictionOutput
 from mlbatch_beam.progress import ProgressReporter
-from mlbatch_beam.results import NAMESPACE, counter_totals, write_result
+from mlbatch_beam.results import NAMESPACE, counter_totals, run_to_completion, write_result
 
 
 class _ToKeyedFrame(beam.DoFn):
@@ -139,10 +138,7 @@ def run(argv=None) -> dict:
         | "Score" >> ScoreBatches(handler)
         | "Write" >> WriteArrowBatches(args.output_dir, args.output_format, prefix="predictions")
     )
-    result = pipeline.run()
-    state = result.wait_until_finish()
-    if state not in (None, PipelineState.DONE):
-        raise RuntimeError(f"score pipeline finished in state {state}")
+    result = run_to_completion(pipeline, "score")
     counts = counter_totals(result, ["rows_in", "rows_scored", "model_loads"])
     return write_result(args.result_file, {**counts, "output_dir": args.output_dir})
 

@@ -49,16 +49,13 @@ def balanced_groups(sizes: dict[str, int], shards: int) -> list[list[str]]:
 
 def file_sizes(patterns: list[str], job: str, job_argv: list[str]) -> dict[str, int]:
     """Non-empty files matching any pattern, with their sizes; a pattern matching nothing fails here,
-    as in the job itself (mlbatch_beam.arrow_io.match_paths)."""
+    as in the job itself (mlbatch_beam.arrow_io.matched_sizes)."""
     if any("://" in pattern for pattern in patterns):  # the job's own parsing and Beam's filesystems
-        from apache_beam.io.filesystems import FileSystems
-
-        from mlbatch_beam.arrow_io import match_paths
+        from mlbatch_beam.arrow_io import matched_sizes
         from mlbatch_beam.options import pipeline_options
 
         pipeline_options(importlib.import_module(job).parse_args(job_argv)[1])  # S3 endpoint, credentials
-        paths = match_paths(patterns)
-        return {m.path: m.size_in_bytes for m in FileSystems.match(paths) for m in m.metadata_list}
+        return matched_sizes(patterns)
     sizes = {}
     for pattern in patterns:
         found = local_matches(pattern)
@@ -76,33 +73,30 @@ def job_paths(argv: list[str]):
     return parser.parse_known_args(argv)[0]
 
 
-def read_text(path: str) -> str:
+def pop_result(path: str) -> dict:
+    """A shard's result file, read and then deleted (Beam's filesystems only for gs:// and s3://)."""
     if "://" not in path:
         with open(path) as f:
-            return f.read()
+            result = json.load(f)
+        os.remove(path)
+        return result
     from apache_beam.io.filesystems import FileSystems
 
     with FileSystems.open(path) as f:
-        return f.read().decode()
-
-
-def remove(path: str) -> None:
-    if "://" not in path:
-        os.remove(path)
-        return
-    from apache_beam.io.filesystems import FileSystems
-
+        result = json.loads(f.read())
     FileSystems.delete([path])
+    return result
 
 
-def write_text(path: str, text: str) -> None:
-    if "://" not in path:
-        with open(path, "w") as f:
-            f.write(text)
-        return
-    from mlbatch_beam.arrow_io import write_bytes
+def write_result(path: str, result: dict) -> dict:
+    """mlbatch_beam.results.write_result (same JSON), without Beam for a local path."""
+    if "://" in path:
+        from mlbatch_beam.results import write_result as beam_write_result
 
-    write_bytes(path, text.encode())
+        return beam_write_result(path, result)
+    with open(path, "w") as f:
+        f.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return result
 
 
 def _without(argv: list[str], option: str, takes_values: bool) -> list[str]:
@@ -172,14 +166,8 @@ def run(argv=None) -> dict:
             time.sleep(0.05)
     if failed:
         raise RuntimeError(f"{ours.job}: {'; '.join(failed)}; the failing shard's error is in the log above")
-    results = []
-    for k in range(len(procs)):
-        path = f"{job_args.result_file}.shard-{k}"
-        results.append(json.loads(read_text(path)))
-        remove(path)
-    result = {**combined(results), "shards": len(procs)}
-    write_text(job_args.result_file, json.dumps(result, indent=2, sort_keys=True) + "\n")  # as results.write_result
-    return result
+    results = [pop_result(f"{job_args.result_file}.shard-{k}") for k in range(len(procs))]
+    return write_result(job_args.result_file, {**combined(results), "shards": len(procs)})
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ rejected rows written as dead letters by the same pass.
 Why: with the direct model nothing else needs a prepared copy of the input. Run as two jobs (prep
 writes the prepared Parquet files, score reads them back) every run paid a second job process (Python,
 Beam's import, a runner start: ~1.5 s here) and a write and a read of the whole data set
-(bench/results.md, whole run). The steps are the two jobs' own: prep's ReadArrowBatches with its CSV
-typing, PrepareInput and DeadLetterWrite; score's ScoreBatches and WriteArrowBatches. The result has
-both jobs' counts: rows_in, rows_valid, rows_rejected (prep's rules), rows_scored, model_loads.
+(bench/results.md, whole run). The steps are the two jobs' own: prep's read_and_validate (read with
+its CSV typing, PrepareInput, DeadLetterWrite); score's ScoreBatches and WriteArrowBatches. The
+result has both jobs' counts: rows_in, rows_valid, rows_rejected (prep's rules), rows_scored, model_loads.
 
     python -m mlbatch_beam.validate_and_score --input 'in/*.parquet' --input-format parquet \
         --schema-json '{...}' --dead-letter-dir rejected/ <mlbatch_beam.score's model and output flags>
@@ -19,12 +19,11 @@ import json
 import logging
 
 import apache_beam as beam
-from apache_beam.runners.runner import PipelineState
 
-from mlbatch_beam.arrow_io import INPUT_FORMATS, DeadLetterWrite, ReadArrowBatches, WriteArrowBatches, match_paths
+from mlbatch_beam.arrow_io import INPUT_FORMATS, WriteArrowBatches, match_paths
 from mlbatch_beam.options import pipeline_options
-from mlbatch_beam.prep import PrepareInput, csv_column_types
-from mlbatch_beam.results import counter_totals, write_result
+from mlbatch_beam.prep import read_and_validate
+from mlbatch_beam.results import counter_totals, run_to_completion, write_result
 from mlbatch_beam.schema import FeatureSchema
 from mlbatch_beam.score import ScoreBatches, add_scoring_arguments, checked, model_handler_from_args
 
@@ -49,17 +48,10 @@ def run(argv=None) -> dict:
     options = pipeline_options(beam_args)  # also sets up the filesystems (S3 endpoint) for the match below
     match_paths(args.input)  # fail fast, before starting workers
     pipeline = beam.Pipeline(options=options)
-    batches = pipeline | "Read" >> ReadArrowBatches(
-        args.input, args.input_format, args.batch_rows, csv_column_types=csv_column_types(schema))
-    prepared = batches | "Prepare" >> PrepareInput(schema)
-    _ = prepared[PrepareInput.REJECTED] | "WriteRejected" >> DeadLetterWrite(args.dead_letter_dir)
-    _ = (prepared[PrepareInput.VALID]
+    _ = (read_and_validate(pipeline, args, schema)
          | "Score" >> ScoreBatches(handler)
          | "Write" >> WriteArrowBatches(args.output_dir, args.output_format, prefix="predictions"))
-    result = pipeline.run()
-    state = result.wait_until_finish()
-    if state not in (None, PipelineState.DONE):
-        raise RuntimeError(f"validate_and_score pipeline finished in state {state}")
+    result = run_to_completion(pipeline, "validate_and_score")
     # rows_in is counted by both prep's and score's first steps: prep's is the input's.
     counts = {**counter_totals(result, ["rows_in", "rows_valid", "rows_rejected"], step="Prepare"),
               **counter_totals(result, ["rows_scored", "model_loads"])}
