@@ -79,3 +79,46 @@ def test_one_pass_as_shards_counts_every_row_once(tmp_path, make_frame, schema_j
     out = pd.read_parquet(tmp_path / "out")
     assert len(out) == 3999 and out.id.is_unique and 10 not in set(out.id)
     assert [i for i, _ in _dead_letters(tmp_path / "rejected")] == [10]
+
+
+@pytest.mark.parametrize("store_root", ["gcs", "s3"], indirect=True)
+def test_one_pass_reads_and_writes_object_stores(store_root, tmp_path, make_frame, schema_json, mlflow_model):
+    """Input, predictions, dead letters and result file in a bucket (GCS emulator, moto S3), reached with
+    the credentials flags the predict task passes (mlbatch.storage.Storage.job_env)."""
+    import os
+
+    from mlbatch.storage import Storage, join
+
+    frame = make_frame(2000, seed=3)
+    frame.loc[5, "plurality"] = 0
+    storage = Storage()
+    for i, part in enumerate((frame.iloc[:1200], frame.iloc[1200:])):
+        local = tmp_path / f"part-{i}.parquet"
+        part.to_parquet(local, index=False)
+        storage.copy(str(local), join(store_root, "in", local.name))
+    env, flags = storage.job_env([store_root])
+    run = join(store_root, "run")
+    done = subprocess.run([sys.executable, "-m", "mlbatch_beam.validate_and_score",
+                           "--input", join(store_root, "in", "*.parquet"), "--input-format", "parquet",
+                           "--schema-json", schema_json, "--dead-letter-dir", join(run, "rejected"),
+                           "--model-uri", mlflow_model.uri, "--id-column", "id",
+                           "--feature-columns", ",".join(mlflow_model.features), "--output-dir", join(run, "out"),
+                           "--output-format", "parquet", "--result-file", join(run, "result.json"),
+                           "--runner=FnApiRunner", *flags],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr[-4000:]
+    with storage.open(join(run, "result.json")) as f:
+        result = json.load(f)
+    assert (result["rows_in"], result["rows_rejected"], result["rows_scored"]) == (2000, 1, 1999)
+    scored = []
+    for uri in storage.files(join(run, "out")):
+        with storage.open(uri) as f:
+            scored.append(pd.read_parquet(f))
+    out = pd.concat(scored).sort_values("id")
+    assert len(out) == 1999 and 5 not in set(out.id)
+    np.testing.assert_allclose(out.prediction, mlflow_model.expected(frame.drop(index=5).sort_values("id")))
+    rejected = []
+    for uri in storage.files(join(run, "rejected")):
+        with storage.open(uri) as f:
+            rejected += [json.loads(line) for line in f.read().decode().splitlines()]
+    assert [r["row"]["id"] for r in rejected] == [5]
