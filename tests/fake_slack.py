@@ -4,7 +4,8 @@ connection's `extra.base_url`) at `FakeSlack.api_url`.
 It records every call, checks the token, enforces Slack's message limits the way Slack answers them
 (`msg_blocks_too_long`, `invalid_blocks`), implements the external file-upload flow
 (files.getUploadURLExternal -> POST to the upload URL -> files.completeUploadExternal) and an incoming
-webhook, and can be told to answer 429 with Retry-After, 500, an error, or to be slow.
+webhook, and can be told to answer 429 with Retry-After, 500, an error, or to be slow -- for the next
+calls (`fail_next`) or for as long as an outage lasts (`set_outage`, on a clock the test may simulate).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlparse
@@ -36,16 +38,21 @@ class Trouble:
     body: dict | None = None
     headers: dict = field(default_factory=dict)
     delay_s: float = 0.0
+    text: str | None = None  # a body that is not JSON (a proxy's error page), instead of `body`
 
 
 class FakeSlack:
-    def __init__(self):
+    def __init__(self, clock: Callable[[], float] = time.time):
+        self.clock = clock  # stamps `Call.at` (and decides outages): a test's simulated clock, or real time
         self.calls: list[Call] = []
         self.messages: list[dict] = []  # accepted chat.postMessage arguments, with "ts" and "channel" id
         self.files: dict[str, dict] = {}  # file id -> {"content", "filename", "channel_id", "thread_ts", ...}
         self.webhook_posts: list[dict] = []
         self.delay_s = 0.0
         self._troubles: list[Trouble] = []
+        self._outage: Callable[[], bool] | None = None
+        self._outage_answers: list[Trouble] = []
+        self._outage_calls = 0
         self._lock = threading.Lock()
         self._ts = 1_700_000_000.000100
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -80,6 +87,12 @@ class FakeSlack:
         with self._lock:
             self._troubles.extend(Trouble(status, body, headers or {}, delay_s) for _ in range(count))
 
+    def set_outage(self, active: Callable[[], bool] | None, answers: list[Trouble] | None = None) -> None:
+        """While `active()` is true, every Web API call gets the next of `answers`, in turn (e.g. a 500,
+        then a 429 with Retry-After); None ends the outage."""
+        with self._lock:
+            self._outage, self._outage_answers = active, list(answers or [Trouble(500)])
+
     def api_calls(self, method: str) -> list[Call]:
         return [c for c in self.calls if c.method == method]
 
@@ -111,7 +124,7 @@ class FakeSlack:
         if url.path.startswith("/services/"):
             payload = json.loads(raw or b"{}")
             self.webhook_posts.append(payload)
-            self.calls.append(Call("webhook", payload, headers, time.time()))
+            self.calls.append(Call("webhook", payload, headers, self.clock()))
             return self._reply(req, 200, text="ok")
         method = url.path.removeprefix("/api/")
         args = dict(parse_qsl(url.query))
@@ -121,13 +134,18 @@ class FakeSlack:
             args.update(parse_qsl(raw.decode()))
         with self._lock:
             trouble = self._troubles.pop(0) if self._troubles else None
+            if trouble is None and self._outage is not None and self._outage():
+                trouble = self._outage_answers[self._outage_calls % len(self._outage_answers)]
+                self._outage_calls += 1
         if trouble:
             time.sleep(trouble.delay_s)
             body = trouble.body or {"ok": False, "error": "ratelimited" if trouble.status == 429 else "fatal_error"}
-            self.calls.append(Call(method, args, headers, time.time(), trouble.status, body))
+            self.calls.append(Call(method, args, headers, self.clock(), trouble.status, body))
+            if trouble.text is not None:
+                return self._reply(req, trouble.status, None, trouble.headers, text=trouble.text)
             return self._reply(req, trouble.status, body, trouble.headers)
         status, body = self._api(method, args, headers)
-        self.calls.append(Call(method, args, headers, time.time(), status, body))
+        self.calls.append(Call(method, args, headers, self.clock(), status, body))
         self._reply(req, status, body)
 
     def _api(self, method: str, args: dict, headers: dict) -> tuple[int, dict]:
@@ -175,7 +193,7 @@ class FakeSlack:
         if file_id not in self.files:
             return self._reply(req, 404, text="unknown upload url")
         self.files[file_id]["content"] = raw.decode("utf-8", errors="replace")
-        self.calls.append(Call("upload", {"file_id": file_id, "bytes": len(raw)}, headers, time.time()))
+        self.calls.append(Call("upload", {"file_id": file_id, "bytes": len(raw)}, headers, self.clock()))
         self._reply(req, 200, text=f"OK - {len(raw)}")
 
     @staticmethod

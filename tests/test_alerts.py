@@ -186,12 +186,14 @@ def test_pending_alerts_are_resent_when_slack_comes_back(fake_slack, outbox):
     assert delivery(outbox).send_within(first, 3).status == "pending"
     assert fake_slack.messages == []
 
-    second = queue(outbox, make_alert(task_id="predict"))  # Slack is back: the next alert flushes the outbox
+    second = queue(outbox, make_alert(task_id="predict"))  # Slack is back: the next alert sends both, in order
     assert delivery(outbox).send_within(second, 4).status == "sent"
     assert [m["blocks"][0]["text"]["text"] for m in fake_slack.messages] == [
-        "🔴 natality_daily.predict failed (try 2 of 2)", "🔴 natality_daily.prep failed (try 2 of 2)"]
-    delayed = json.dumps(fake_slack.messages[1]["blocks"])
-    assert "Delayed alert, raised" in delayed and "fatal_error" in delayed
+        "🔴 natality_daily.prep failed (try 2 of 2)", "🔴 natality_daily.predict failed (try 2 of 2)"]
+    late, on_time = (m["blocks"][1] for m in fake_slack.messages)
+    assert late["type"] == "context" and late["elements"][0]["text"].startswith("⏱ Delayed: raised ")
+    assert "because Slack was unreachable (HTTP 500: fatal_error)" in late["elements"][0]["text"]
+    assert "Delayed" not in json.dumps(on_time)
     assert {e.status for e in outbox.entries()} == {"sent"}
 
 

@@ -13,9 +13,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 LONG_RUNNING = {"postgres", "redis", "mlflow", "airflow-apiserver", "airflow-scheduler",
-                "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "slack-commands"}
+                "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "slack-commands", "alert-flusher"}
 AIRFLOW = {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-           "airflow-triggerer", "airflow-worker"}
+           "airflow-triggerer", "airflow-worker", "alert-flusher"}
 SECRETS = {"AIRFLOW_FERNET_KEY": "aZ9wW1zX0c4c2sV3bE5nQ7rT9yU1iO3pA5sD7fG9hJ0=",
            "AIRFLOW_JWT_SECRET": "x" * 48, "AIRFLOW_ADMIN_PASSWORD": "admin-pw",
            "MLBATCH_AIRFLOW_PASSWORD": "slack-pw", "POSTGRES_PASSWORD": "pg-pw"}
@@ -162,3 +162,35 @@ def test_slack_socket_mode_service_uses_the_shared_service_account_password(comp
     assert "SLACK_APP_TOKEN" in env
     assert (REPO / "include" / env["MLBATCH_SLACK_POLICY"].removeprefix("/opt/airflow/include/")).is_file()
     assert set(service["depends_on"]) <= set(compose["services"])
+
+
+def test_the_alert_flusher_delivers_from_the_workers_outbox(compose):
+    """The flusher reads the outbox the workers' tasks write (one named volume, one MLBATCH_ALERTS_DIR),
+    looks up the Slack connection like the workers (same image, database, Fernet key), and reports
+    liveness through the heartbeat file its loop touches."""
+    import sys
+
+    services = compose["services"]
+    flusher, worker, init = services["alert-flusher"], services["airflow-worker"], services["airflow-init"]
+    command = flusher["command"]
+    assert command[:5] == ["python", "-m", "mlbatch.alerts", "flush", "--loop"]
+    help_text = subprocess.run([sys.executable, "-m", "mlbatch.alerts", "--help"], capture_output=True, text=True,
+                               check=True).stdout
+    assert "--loop" in help_text and "--heartbeat" in help_text
+    assert flusher["image"] == worker["image"]
+    for key in ("MLBATCH_ALERTS_DIR", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__FERNET_KEY"):
+        assert flusher["environment"][key] == worker["environment"][key], key
+    outbox = worker["environment"]["MLBATCH_ALERTS_DIR"]
+    mounts = {name: {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}
+              for name in ("alert-flusher", "airflow-worker")}
+    assert mounts["alert-flusher"][outbox] == mounts["airflow-worker"][outbox] == "mlbatch-alerts"
+    assert "mlbatch-alerts" in compose["volumes"]  # named: survives container restarts
+    script = init["command"][1]
+    assert f"mkdir -p /opt/airflow/logs /opt/airflow/config /opt/airflow/data {outbox}" in script
+    assert [line for line in script.splitlines() if line.strip().startswith("chown") and outbox in line.split()]
+    heartbeat = command[command.index("--heartbeat") + 1]
+    check = flusher["healthcheck"]["test"]
+    assert check[:2] == ["CMD", "python"] and heartbeat in check[3]
+    compile(check[3], "alert-flusher healthcheck", "exec")
+    assert flusher["restart"] == "always"
+    assert flusher["depends_on"]["postgres"] == {"condition": "service_healthy"}  # connections live there

@@ -1,19 +1,35 @@
-"""Getting an outbox entry to Slack within a time budget, never raising into the task.
+"""Getting outbox entries to Slack, in the order they were raised, never raising into the task.
 
-Through the slack provider's `SlackHook` (its connection holds the token and may set `base_url`), with
-slack_sdk retry handlers that honour 429 Retry-After and retry a 500/503 once, but only while the
-deadline allows: a task must never wait on Slack for more than a few seconds. Whatever does not get
-through stays `pending` in the outbox, with the error, for the next flush; an optional incoming-webhook
-connection is the fallback channel. Local mode (no Slack connection or no token) keeps alerts as
-`local` in the outbox and prints them.
+Two callers, one sending path (`SlackDelivery.round`):
+
+- the task that raised an alert (`send_within`): it waits at most a few seconds (the budget) for the
+  flush lock and for Slack, sends the pending alerts queued before its own and then its own, and leaves
+  whatever did not get through `pending` for the flusher;
+- the flusher (`mlbatch.alerts.flusher`, `python -m mlbatch.alerts flush --loop`), which retries pending
+  alerts on its own, with backoff, honouring Slack's 429 `Retry-After`.
+
+Whoever sends holds the outbox's flush lock, so one alert is posted once and alerts go out oldest first.
+A failure is sorted (`classify`): Slack or its connection failing (5xx, 429, network, a refused token)
+stops the round and backs the route off (`Outbox.route_failed`); Slack refusing one alert (a channel
+that does not exist, ...) delays that alert alone, so it cannot hold up the others. An alert that goes
+out late says so in a context line: when it was raised, how late, and why.
+
+Through the slack provider's `SlackHook` (its connection holds the token and may set `base_url`). In the
+task, slack_sdk retry handlers retry a 429 after `Retry-After` and a 500/503 once, but only while the
+budget allows; the flusher makes no retries inside a call (its loop is the retry). An optional
+incoming-webhook connection is the fallback channel. Local mode (no Slack connection or no token) keeps
+alerts as `local` in the outbox and prints them.
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
+import re
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from mlbatch.alerts.outbox import Outbox, OutboxEntry
@@ -23,7 +39,16 @@ log = logging.getLogger(__name__)
 DEFAULT_BUDGET_S = 4.0
 REQUEST_TIMEOUT_S = 3.0
 LOCAL = "local"
-FRESH_S = 60.0  # a never-tried alert this young belongs to the process that queued it
+LATE_S = 60.0  # an alert sent later than this after it was raised is marked as delayed
+BACKOFF_FIRST_S = 5.0  # after a failure, the flusher's next try; doubles per failure ...
+BACKOFF_MAX_S = 30.0  # ... up to this: an alert goes out within ~30 s of Slack coming back (Retry-After aside)
+ALERT_BACKOFF_MAX_S = 3600.0  # an alert Slack itself refused (bad channel, ...) is retried at most hourly
+
+# Slack error codes that say "Slack, not this message": the whole route waits.
+TRANSIENT_CODES = {"ratelimited", "fatal_error", "internal_error", "service_unavailable", "request_timeout",
+                   "team_added_to_org"}
+AUTH_CODES = {"invalid_auth", "not_authed", "token_revoked", "token_expired", "account_inactive",
+              "missing_scope", "no_permission", "ekm_access_denied", "org_login_required"}
 
 
 class Deadline:
@@ -40,6 +65,33 @@ class SendResult:
     detail: str = ""
     ts: str | None = None
     channel_id: str | None = None
+
+
+@dataclass
+class Failure:
+    """A failed try, sorted. `scope`: "route" (Slack or the connection failed: stop, back off) or
+    "alert" (Slack refused this alert: it alone waits)."""
+
+    scope: str
+    error: str  # the detail (outbox `last_error`, logs)
+    reason: str  # in words, for the delayed note ("Slack was unreachable (HTTP 500: fatal_error)")
+    retry_after: float | None = None
+
+
+@dataclass
+class Round:
+    """What one pass over the outbox did."""
+
+    results: dict[int, SendResult] = field(default_factory=dict)
+    held: dict[str, tuple[str, float]] = field(default_factory=dict)  # conn id -> (why its alerts wait, until)
+    more: bool = False  # stopped at the round's size with more alerts due
+
+    def why_held(self, now: float) -> str:
+        return "; ".join(f"{why}; next try in {max(0.0, until - now):.0f} s" for why, until in self.held.values())
+
+    @property
+    def sent(self) -> int:
+        return sum(r.status == "sent" for r in self.results.values())
 
 
 def slack_connection_status(conn_id: str) -> str | None:
@@ -81,112 +133,181 @@ class Route:
     client: Any
     default_channel: str | None
     webhook: Any | None
+    webhook_conn_id: str | None = None
+
+
+class NoChannel(ValueError):
+    """The alert names no channel and its connection has no default one."""
 
 
 class SlackDelivery:
-    """Sends outbox entries. One instance per notification; cheap to make."""
+    """Sends outbox entries. Cheap to make: one per notification, one per flusher."""
 
     def __init__(self, outbox: Outbox, *, conn_id: str = "slack_api_default", webhook_conn_id: str | None = None,
-                 thread_window_s: float = 6 * 3600, request_timeout_s: float = REQUEST_TIMEOUT_S):
+                 thread_window_s: float = 6 * 3600, request_timeout_s: float = REQUEST_TIMEOUT_S,
+                 in_call_retries: bool = True):
         self.outbox = outbox
         self.conn_id = conn_id
         self.webhook_conn_id = webhook_conn_id
         self.thread_window_s = thread_window_s
         self.request_timeout_s = request_timeout_s
+        self.in_call_retries = in_call_retries
 
+    # -- the task's path -------------------------------------------------------------------------
     def send_within(self, entry_id: int | None, budget_s: float, flush: bool = True) -> SendResult:
-        """Send entry `entry_id` (None: only flush), then older pending entries while time is left; wait
-        at most `budget_s`. What is not sent by then stays pending for the next flush."""
+        """Send entry `entry_id` (None: only flush) after the pending alerts queued before it, then later
+        ones while time is left (`flush`); wait at most `budget_s`. What is not sent by then stays
+        pending for the flusher. Slack's Retry-After is honoured; the flusher's backoff is not (a new
+        alert is worth one try)."""
         deadline = Deadline(budget_s)
         try:
-            route = self._route(deadline)
+            route = self._route(self.conn_id, self.webhook_conn_id, deadline)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             log.warning("Slack alert %s not delivered (kept in %s): %s", entry_id, self.outbox.path, error)
             if entry_id is not None:
-                self.outbox.mark_failed(entry_id, error)
+                self.outbox.mark_failed(entry_id, error, reason=_lookup_reason(self.conn_id, exc))
             return SendResult("pending", error)
-        results: list[SendResult] = []
+        rounds: list[Round | None] = []
 
         def work() -> None:
-            if entry_id is not None:
-                results.append(self._send_safely(entry_id, route, deadline))
-            if flush and (entry_id is None or results[0].status == "sent"):
-                self._flush(route, deadline, exclude=entry_id, into=results)
+            with self.outbox.flush_lock(wait_s=max(0.0, deadline.remaining() - 0.5)) as mine:
+                if not mine:
+                    rounds.append(None)
+                    return
+                own = {self.conn_id: route}
+                rounds.append(self.round(lambda conn_id, webhook_conn_id: own.get(conn_id), deadline,
+                                         upto=None if flush else entry_id, honour_backoff=False))
 
         worker = threading.Thread(target=work, name=f"mlbatch-alert-{entry_id}", daemon=True)
         worker.start()
         worker.join(timeout=budget_s + 0.2)
+        done = rounds[0] if rounds else None
         if entry_id is None:
-            sent = sum(r.status == "sent" for r in results)
-            return SendResult("sent" if sent else "pending", f"{sent} of {len(results)} pending alerts sent")
-        if results:
-            return results[0]
-        self.outbox.mark_failed(entry_id, f"not sent within the {budget_s:.1f} s budget")
-        return SendResult("pending", f"not sent within the {budget_s:.1f} s budget")
+            sent = done.sent if done else 0
+            tried = len(done.results) if done else 0
+            return SendResult("sent" if sent else "pending", f"{sent} of {tried} pending alerts sent")
+        if done is not None and entry_id in done.results:
+            return done.results[entry_id]
+        entry = self.outbox.get(entry_id)
+        if entry.status == "sent":  # a flusher (or an earlier alert's round) sent it
+            return SendResult("sent", "sent by another process", ts=entry.ts)
+        if not rounds:
+            why = f"not sent within the {budget_s:.1f} s budget"
+            self.outbox.mark_failed(entry_id, why, reason="Slack did not answer in time")
+        elif done is None:
+            why = "another process is sending the outbox; it sends this alert next"
+        else:
+            why = done.why_held(self.outbox.clock()) or "out of time budget behind older pending alerts"
+        return SendResult("pending", why)
 
-    def _flush(self, route: Route, deadline: Deadline, exclude: int | None, into: list[SendResult]) -> None:
-        """Re-send pending alerts, oldest first, while the budget lasts; stop at the first failure.
-        One flusher per outbox at a time: another process flushing means nothing to do here."""
-        with self.outbox.flush_lock() as mine:
-            if mine:
-                self._flush_locked(route, deadline, exclude, into)
+    # -- one pass, for the task and the flusher ----------------------------------------------------
+    def round(self, routes: Callable[[str, str | None], Route | None], deadline: Deadline, *,
+              upto: int | None = None, honour_backoff: bool = True, limit: int = 50,
+              stop: Callable[[], bool] = lambda: False) -> Round:
+        """Send due pending alerts oldest first, while `deadline` lasts. Call with the flush lock held.
 
-    def _flush_locked(self, route: Route, deadline: Deadline, exclude: int | None,
-                      into: list[SendResult]) -> None:
-        for entry in self.outbox.entries("pending", limit=50):
-            if entry.id == exclude:
+        `routes(conn_id, webhook_conn_id)` gives the route of a connection (None: not this caller's
+        to send; raising: the connection cannot be used now). A route that fails stops for this round,
+        and its later alerts wait too (order); an alert Slack refused waits alone."""
+        out = Round()
+        due = self.outbox.due(limit + 1)
+        out.more = len(due) > limit
+        for entry in due[:limit]:
+            if upto is not None and entry.id > upto:
+                break
+            if stop() or deadline.remaining() < 0.5:
+                out.more = True
+                break
+            conn_id = entry.conn_id or self.conn_id
+            if conn_id in out.held:
+                self._hold(entry, out.held[conn_id][0])
                 continue
-            if entry.attempts == 0 and time.time() - entry.created < FRESH_S:
-                continue  # its own process is sending it right now: not ours to post
-            if deadline.remaining() < 0.5:
-                break
-            into.append(self._send_safely(entry.id, route, deadline, delayed=True))
-            if into[-1].status != "sent":
-                break
+            state = self.outbox.route(conn_id)
+            now = self.outbox.clock()
+            wait_until = max(state.retry_after_until or 0.0, (state.backoff_until or 0.0) if honour_backoff else 0.0)
+            if wait_until > now:
+                out.held[conn_id] = (state.reason or "Slack failed", wait_until)
+                self._hold(entry, state.reason or "Slack failed")
+                continue
+            try:
+                route = routes(conn_id, entry.webhook_conn_id or self.webhook_conn_id)
+            except Exception as exc:
+                failure = Failure("route", f"{type(exc).__name__}: {exc}", _lookup_reason(conn_id, exc))
+                self._route_failed(entry, conn_id, state.failures, failure, out)
+                continue
+            if route is None:
+                continue
+            try:
+                out.results[entry.id] = self._send(entry, route, deadline)
+            except Exception as exc:
+                failure = classify(exc)
+                log.warning("Slack alert %s not delivered (kept in %s): %s", entry.id, self.outbox.path,
+                            failure.error)
+                if failure.scope == "route":
+                    self._route_failed(entry, conn_id, state.failures, failure, out)
+                else:
+                    self.outbox.mark_failed(entry.id, failure.error, reason=failure.reason,
+                                            next_try=self.outbox.clock() + _alert_backoff(entry.attempts + 1))
+                    out.results[entry.id] = SendResult("pending", failure.error)
+                fallback = self._webhook_fallback(entry.id, route, deadline, failure.error)
+                if fallback is not None:
+                    out.results[entry.id] = fallback
+                continue
+            if state.failures or state.retry_after_until:
+                self.outbox.route_ok(conn_id)
+        return out
 
-    def _route(self, deadline: Deadline) -> Route:
-        why_local = slack_connection_status(self.conn_id)
+    def _route_failed(self, entry: OutboxEntry, conn_id: str, failures: int, failure: Failure, out: Round) -> None:
+        self.outbox.mark_failed(entry.id, failure.error, reason=failure.reason)
+        backoff = backoff_s(failures + 1)
+        self.outbox.route_failed(conn_id, backoff_s=backoff, retry_after_s=failure.retry_after, reason=failure.reason)
+        wait = max(backoff, failure.retry_after or 0.0)
+        out.held[conn_id] = (failure.reason, self.outbox.clock() + wait)
+        out.results[entry.id] = SendResult("pending", failure.error)
+
+    def _hold(self, entry: OutboxEntry, reason: str) -> None:
+        if entry.first_error is None:
+            self.outbox.hold(entry.id, reason)
+
+    def _route(self, conn_id: str, webhook_conn_id: str | None, deadline: Deadline | None) -> Route:
+        """The Slack client of a connection. Raises when it has no token or cannot be read."""
+        why_local = slack_connection_status(conn_id)
         if why_local:
             raise RuntimeError(why_local)
         from airflow.providers.slack.hooks.slack import SlackHook
 
-        timeout = max(0.5, min(self.request_timeout_s, deadline.remaining()))
-        hook = SlackHook(slack_conn_id=self.conn_id, timeout=timeout,  # type: ignore[arg-type]
-                         retry_handlers=retry_handlers(deadline))
+        timeout = self.request_timeout_s if deadline is None else max(0.5, min(self.request_timeout_s,
+                                                                               deadline.remaining()))
+        handlers = retry_handlers(deadline) if self.in_call_retries and deadline is not None else []
+        hook = SlackHook(slack_conn_id=conn_id, timeout=timeout,  # type: ignore[arg-type]
+                         retry_handlers=handlers)
         webhook = None
-        if self.webhook_conn_id:
+        if webhook_conn_id:
             try:
                 from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
 
-                webhook = SlackWebhookHook(slack_webhook_conn_id=self.webhook_conn_id, timeout=timeout,  # type: ignore[arg-type]
-                                           retry_handlers=retry_handlers(deadline))
+                webhook = SlackWebhookHook(slack_webhook_conn_id=webhook_conn_id, timeout=timeout,  # type: ignore[arg-type]
+                                           retry_handlers=handlers)
                 webhook.client  # noqa: B018  (resolves the connection here, in the calling thread)
             except Exception as exc:
-                log.warning("Webhook fallback %r unusable: %s", self.webhook_conn_id, exc)
+                log.warning("Webhook fallback %r unusable: %s", webhook_conn_id, exc)
                 webhook = None
-        return Route(client=hook.client, default_channel=default_channel(self.conn_id), webhook=webhook)
+        return Route(client=hook.client, default_channel=default_channel(conn_id), webhook=webhook,
+                     webhook_conn_id=webhook_conn_id)
 
-    def _send_safely(self, entry_id: int, route: Route, deadline: Deadline, delayed: bool = False) -> SendResult:
-        try:
-            return self._send(self.outbox.get(entry_id), route, deadline, delayed)
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            log.warning("Slack alert %s not delivered (kept in %s): %s", entry_id, self.outbox.path, error)
-            self.outbox.mark_failed(entry_id, error)
-            return self._webhook_fallback(entry_id, route, deadline, error) or SendResult("pending", error)
-
-    def _send(self, entry: OutboxEntry, route: Route, deadline: Deadline, delayed: bool) -> SendResult:
+    def _send(self, entry: OutboxEntry, route: Route, deadline: Deadline) -> SendResult:
         from slack_sdk.errors import SlackApiError
 
         channel = entry.channel or route.default_channel
         if not channel:
-            raise ValueError(f"no channel: set alerts.slack_channel in the spec or extra.channel of "
-                             f"connection {self.conn_id!r}")
+            raise NoChannel(f"no channel: set alerts.slack_channel in the spec or extra.channel of "
+                            f"connection {entry.conn_id or self.conn_id!r}")
         client = route.client
         payload = dict(entry.payload, channel=channel)
-        if delayed:
-            payload = _mark_delayed(payload, entry)
+        now = self.outbox.clock()
+        if entry.first_error is not None or now - entry.created > LATE_S:
+            payload = mark_delayed(payload, entry, now)
         thread = self.outbox.thread_for(entry.thread_key, self.thread_window_s) if entry.thread_key else None
         if thread:
             payload["channel"], payload["thread_ts"] = thread
@@ -202,6 +323,9 @@ class SlackDelivery:
             response = client.chat_postMessage(**payload)
         ts, channel_id = response.get("ts"), response.get("channel")
         self.outbox.mark_sent(entry.id, ts=ts, channel_id=channel_id)
+        if entry.first_error is not None:
+            log.info("Slack alert %s delivered %.0f s after it was raised (%s)", entry.id, now - entry.created,
+                     entry.first_error)
         if entry.thread_key and not thread and ts and channel_id:
             self.outbox.remember_thread(entry.thread_key, channel_id, ts)
         if entry.attachment and channel_id and ts:
@@ -231,8 +355,47 @@ class SlackDelivery:
             log.warning("Webhook fallback for alert %s failed too: %s", entry_id, exc)
             return None
         self.outbox.mark_sent(entry_id, ts=None, channel_id=None)
-        self.outbox.note(entry_id, f"sent through webhook {self.webhook_conn_id!r} after: {error}")
+        self.outbox.note(entry_id, f"sent through webhook {route.webhook_conn_id!r} after: {error}")
         return SendResult("sent", detail=f"webhook fallback after: {error}")
+
+
+def classify(exc: BaseException) -> Failure:
+    """Is Slack (or the way to it) failing, or did Slack refuse this one alert?"""
+    from slack_sdk.errors import SlackApiError
+
+    error = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, SlackApiError):
+        response = exc.response
+        status = int(getattr(response, "status_code", 200) or 200)
+        code = response.get("error") if isinstance(getattr(response, "data", None), dict) else None
+        if not (isinstance(code, str) and re.fullmatch(r"[a-z0-9_]{1,60}", code)):
+            code = None  # e.g. slack_sdk's "Received a response in a non-JSON format: <html>..."
+        if status == 429 or code == "ratelimited":
+            wait = _retry_after(response)
+            return Failure("route", error, f"Slack rate-limited the alerts (HTTP 429, Retry-After {wait:g} s)", wait)
+        if status >= 500 or code in TRANSIENT_CODES:
+            return Failure("route", error, f"Slack was unreachable (HTTP {status}" + (f": {code})" if code else ")"))
+        if code in AUTH_CODES:
+            return Failure("route", error, f"Slack refused the token ({code})")
+        return Failure("alert", error, f"Slack refused the alert ({code or f'HTTP {status}'})")
+    if isinstance(exc, NoChannel):
+        return Failure("alert", error, "the alert has no channel")
+    if isinstance(exc, (OSError, http.client.HTTPException)):  # URLError, timeouts, resets, refused
+        return Failure("route", error, f"Slack was unreachable ({type(exc).__name__})")
+    return Failure("alert", error, f"sending it failed ({type(exc).__name__})")
+
+
+def backoff_s(failures: int) -> float:
+    """The flusher's wait after `failures` consecutive failed tries: 5, 10, 20, 30, 30, ... s."""
+    return min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** max(0, failures - 1))
+
+
+def _alert_backoff(attempts: int) -> float:
+    return min(ALERT_BACKOFF_MAX_S, 60.0 * 2 ** max(0, attempts - 1))
+
+
+def _lookup_reason(conn_id: str, exc: BaseException) -> str:
+    return f"the Slack connection {conn_id!r} could not be used ({type(exc).__name__}: {str(exc)[:200]})"
 
 
 def retry_handlers(deadline: Deadline) -> list:
@@ -265,20 +428,29 @@ def retry_handlers(deadline: Deadline) -> list:
 
 
 def _retry_after(response: Any) -> float:
-    for key, value in response.headers.items():
+    for key, value in (getattr(response, "headers", None) or {}).items():
         if key.lower() == "retry-after":
             try:
-                return float(value[0] if isinstance(value, list) else value)
+                return max(0.0, float(value[0] if isinstance(value, list) else value))
             except (TypeError, ValueError):
                 return 1.0
     return 1.0
 
 
-def _mark_delayed(payload: dict, entry: OutboxEntry) -> dict:
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(entry.created))
-    note = f"⏱ Delayed alert, raised {stamp}; first sending failed: {(entry.last_error or '?')[:300]}"
+def mark_delayed(payload: dict, entry: OutboxEntry, now: float) -> dict:
+    """The alert with a context line under its title: raised when, delivered how late, and why."""
+    note = delayed_note(entry, now)
     blocks = list(payload.get("blocks") or [])
     if blocks:
         blocks.insert(1, {"type": "context", "elements": [{"type": "mrkdwn", "text": note}]})
         blocks = blocks[:50]
     return dict(payload, blocks=blocks) if blocks else dict(payload, text=f"{note}\n{payload.get('text', '')}")
+
+
+def delayed_note(entry: OutboxEntry, now: float) -> str:
+    raised, sent = time.gmtime(entry.created), time.gmtime(now)
+    stamp = time.strftime("%H:%M UTC" if raised[:3] == sent[:3] else "%Y-%m-%d %H:%M UTC", raised)
+    late = max(0.0, now - entry.created)
+    after = f"{late:.0f} s" if late < 90 else f"{late / 60:.0f} min" if late < 5400 else f"{late / 3600:.1f} h"
+    why = (entry.first_error or "it could not be sent at once").strip().rstrip(".")
+    return f"⏱ Delayed: raised {stamp}, delivered after {after} because {why}."

@@ -86,7 +86,8 @@ class PipelineAlertNotifier(BaseNotifier):
             thread_key=f"{ti.dag_id}.{ti.task_id}.{getattr(ti, 'map_index', -1)}" if self.kind == "failure" else None,
             attachment=redact_text(full_log) if full_log else None,
             attachment_name=_file_name(ti) if full_log else None,
-            status="local" if why_local else "pending")
+            status="local" if why_local else "pending",
+            conn_id=self.slack_conn_id, webhook_conn_id=self.webhook_conn_id)
         if why_local:
             log.warning("Slack alert kept locally in %s (local mode: %s):\n%s", outbox.path, why_local,
                         as_text(payload["blocks"], payload["text"]))
