@@ -1,17 +1,21 @@
 """The commit protocol on local disk, the GCS emulator and the moto S3 server: a crash before any step
 leaves the previous complete run or the new one visible to a reader following docs/storage.md, never a
-mix; a rerun converges; superseded attempts are collected."""
+mix; a rerun converges; superseded attempts are collected. Two publishes of one partition, interleaved
+at every step (the second while the first holds the lease, or after the first stalled past its lease),
+end in one complete run whose every named file exists, and the loser says why."""
 
 from __future__ import annotations
 
 import io
 import json
+import threading
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from mlbatch.partition_commit import ATTEMPTS, STEPS, Partition, commit, committed, committed_files, new_attempt
+from mlbatch.partition_lease import LEASE, PartitionBusyError, PartitionLeaseLostError
 from mlbatch.storage import Storage, join
 
 
@@ -59,10 +63,109 @@ def read_as_documented(storage: Storage, output: str) -> tuple[str, set, set] | 
     return record["run_id"], ids, bad
 
 
-def publish(storage, root, run, rows, rejected, before_step=lambda step: None):
+def publish(storage, root, run, rows, rejected, before_step=lambda step: None, **lease_options):
     output, dead = stage(storage, root, run, rows, rejected)
     return commit(storage, output, dead, new_attempt(run),
-                  {"run_id": run, "rows_scored": 2 * rows, "rows_rejected": rejected}, before_step)
+                  {"run_id": run, "rows_scored": 2 * rows, "rows_rejected": rejected}, before_step,
+                  **lease_options)
+
+
+def assert_one_complete_run(storage: Storage, root: str) -> str:
+    """Every file that the output's record, its dead-letter record and both manifests name exists, all
+    of one attempt; the partition holds no lease afterwards. Returns the committed run."""
+    output, dead = join(root, "out", "ds=2026-11-20"), join(root, "out", "_rejected", "ds=2026-11-20")
+    run, _, _ = read_as_documented(storage, output)
+    record, dead_record = committed(storage, output), committed(storage, dead)
+    named = [*record["files"], *record["dead_letter"]["files"], *dead_record["files"],
+             *storage.read_bytes(join(output, "_manifest")).decode().split(),
+             *storage.read_bytes(join(dead, "_manifest")).decode().split()]
+    missing = [uri for uri in named if not storage.exists(uri)]
+    assert not missing, f"committed pointers name missing files: {missing}"
+    assert {u.split(f"/{ATTEMPTS}/")[1].split("/")[0] for u in named} == {record["attempt"]}
+    assert dead_record["attempt"] == record["attempt"]
+    assert not storage.exists(join(output, LEASE))
+    return run
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("pause_at", STEPS)
+def test_a_second_publish_while_the_first_holds_the_lease_is_refused_naming_it(store_root, pause_at):
+    storage = Storage()
+    outcome = {}
+
+    def second_run(step):
+        if step == pause_at:
+            try:
+                outcome["B"] = publish(storage, store_root, "runB", rows=5, rejected=2, wait_seconds=0)["run_id"]
+            except PartitionBusyError as error:
+                outcome["B"] = error
+
+    publish(storage, store_root, "runA", rows=3, rejected=1, before_step=second_run, wait_seconds=0)
+    assert assert_one_complete_run(storage, store_root) == "runA"
+    if pause_at == "lease":  # B went first, whole; A then replaced it
+        assert outcome["B"] == "runB"
+    else:
+        assert isinstance(outcome["B"], PartitionBusyError) and "'runA'" in str(outcome["B"])
+
+
+@pytest.mark.parametrize("pause_at", STEPS)
+def test_a_publish_that_stalls_past_its_lease_cannot_commit_over_the_one_that_took_it(store_root, pause_at):
+    """The stalled writer's GC-deleted attempt is never named: its next fenced write is refused."""
+    storage, clock = Storage(), Clock()
+    outcome = {}
+
+    def stall_then_second_run(step):
+        if step == pause_at:
+            clock.now += 901  # the first run's lease (900 s) expires while it is stalled here
+            outcome["B"] = publish(storage, store_root, "runB", rows=5, rejected=2, clock=clock)["run_id"]
+
+    try:
+        outcome["A"] = publish(storage, store_root, "runA", rows=3, rejected=1, before_step=stall_then_second_run,
+                               clock=clock)["run_id"]
+    except PartitionLeaseLostError as error:
+        outcome["A"] = error
+    assert outcome["B"] == "runB"
+    if pause_at == "lease":  # A had not taken the lease yet: it waits for nothing and commits after B
+        assert outcome["A"] == "runA" and assert_one_complete_run(storage, store_root) == "runA"
+    else:
+        assert isinstance(outcome["A"], PartitionLeaseLostError) and "committed nothing" in str(outcome["A"])
+        assert assert_one_complete_run(storage, store_root) == "runB"
+
+
+def test_the_second_publish_waits_for_the_first_then_replaces_it(store_root):
+    storage = Storage()
+    holding, go_on, errors = threading.Event(), threading.Event(), []
+
+    def first_holds(step):
+        if step == "commit":
+            holding.set()
+            go_on.wait(60)
+
+    def run(name, **kwargs):
+        try:
+            publish(storage, store_root, name, rows=2, rejected=1, **kwargs)
+        except Exception as error:  # surfaced by the assert below
+            errors.append(error)
+
+    first = threading.Thread(target=run, args=("runA",), kwargs={"before_step": first_holds})
+    first.start()
+    assert holding.wait(60)
+    second = threading.Thread(target=run, args=("runB",), kwargs={"wait_seconds": 120, "poll_seconds": 0.05})
+    second.start()
+    second.join(0.5)
+    assert second.is_alive(), "the second publish waits while the first holds the lease"
+    go_on.set()
+    first.join(60)
+    second.join(120)
+    assert not errors
+    assert assert_one_complete_run(storage, store_root) == "runB"
 
 
 @pytest.mark.parametrize("crash_before", STEPS)

@@ -8,29 +8,34 @@ A partition folder holds:
   _SUCCESS                     the commit record (JSON): attempt, files, the dead-letter files of the same
                                run, row counts, model version, run id. Written last: the commit point.
 
-Commit steps (a crash between any two leaves the previous complete partition or the new one visible):
+Commit steps, all under the partition's lease (mlbatch.partition_lease: one writer at a time, pointer
+writes fenced); a crash between any two leaves the previous complete partition or the new one visible:
+  0. `lease`       take the output partition's lease (wait while another run holds it)
   1. `stage`       copy the staged files into fresh `_attempts/<attempt>/` of output and dead letters
   2. `file_list`   write the output's `_manifest`
   3. `commit`      write the output's `_SUCCESS`          <- the new run is visible from here on
   4. `dead_letter` write the dead-letter partition's `_manifest` and `_SUCCESS` (a convenience copy:
                    the output's record names its dead letters, so the two are always read together)
   5. `collect`     delete every attempt no pointer names (superseded runs, crashed attempts) and stray
-                   data files at the partition's top
+                   data files at the partition's top; safe because no other writer can hold the lease
+  then the lease is released.
 Rerunning a commit after a crash at any step converges to the new partition.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mlbatch.partition_lease import PartitionLease
 from mlbatch.storage import Storage, join
 
 ATTEMPTS = "_attempts"
 RECORD = "_SUCCESS"
 FILE_LIST = "_manifest"
-STEPS = ("stage", "file_list", "commit", "dead_letter", "collect")
+STEPS = ("lease", "stage", "file_list", "commit", "dead_letter", "collect")
 
 
 @dataclass(frozen=True)
@@ -50,25 +55,33 @@ def new_attempt(run_key: str) -> str:
 
 
 def commit(storage: Storage, output: Partition, dead_letter: Partition, attempt: str, record: dict,
-           before_step: Callable[[str], None] = lambda step: None) -> dict:
+           before_step: Callable[[str], None] = lambda step: None, **lease_options) -> dict:
     """Publish the staged output and dead letters as one run; returns the commit record.
 
-    `before_step(name)` is called before each step (crash injection in tests)."""
-    before_step("stage")
-    files = storage.copy_tree(output.staging, output.attempt_uri(attempt))
-    rejected = storage.copy_tree(dead_letter.staging, dead_letter.attempt_uri(attempt))
-    record = {**record, "attempt": attempt, "files": files,
-              "dead_letter": {"uri": dead_letter.uri, "files": rejected}}
-    before_step("file_list")
-    storage.write_bytes(join(output.uri, FILE_LIST), _lines(files))
-    before_step("commit")
-    storage.write_json(join(output.uri, RECORD), record)
-    before_step("dead_letter")
-    storage.write_bytes(join(dead_letter.uri, FILE_LIST), _lines(rejected))
-    storage.write_json(join(dead_letter.uri, RECORD), {**record, "files": rejected, "output": output.uri})
-    before_step("collect")
-    collect_garbage(storage, output.uri)
-    collect_garbage(storage, dead_letter.uri)
+    The holder of the partition's lease is `record["run_id"]`; `lease_options` go to `PartitionLease`
+    (expiry, wait, clock). `before_step(name)` is called before each step (crash injection in tests)."""
+    before_step("lease")
+    output_pointers = [join(output.uri, FILE_LIST), join(output.uri, RECORD)]
+    dead_pointers = [join(dead_letter.uri, FILE_LIST), join(dead_letter.uri, RECORD)]
+    with PartitionLease(storage, output.uri, record["run_id"], **lease_options) as lease:
+        lease.fence(*output_pointers, *dead_pointers)
+        before_step("stage")
+        lease.renew()
+        files = storage.copy_tree(output.staging, output.attempt_uri(attempt))
+        rejected = storage.copy_tree(dead_letter.staging, dead_letter.attempt_uri(attempt))
+        record = {**record, "attempt": attempt, "files": files,
+                  "dead_letter": {"uri": dead_letter.uri, "files": rejected}}
+        before_step("file_list")
+        lease.write_pointer(output_pointers[0], _lines(files))
+        before_step("commit")
+        lease.write_pointer(output_pointers[1], _json(record))
+        before_step("dead_letter")
+        lease.write_pointer(dead_pointers[0], _lines(rejected))
+        lease.write_pointer(dead_pointers[1], _json({**record, "files": rejected, "output": output.uri}))
+        before_step("collect")
+        lease.renew()
+        collect_garbage(storage, output.uri)
+        collect_garbage(storage, dead_letter.uri)
     return record
 
 
@@ -108,6 +121,10 @@ def collect_garbage(storage: Storage, partition: str) -> list[str]:
 def _attempt_of(uri: str) -> str:
     head, sep, rest = uri.partition(f"/{ATTEMPTS}/")
     return rest.split("/", 1)[0] if sep else ""
+
+
+def _json(document: dict) -> bytes:
+    return json.dumps(document, indent=2, sort_keys=True).encode()
 
 
 def _lines(uris: list[str]) -> bytes:
