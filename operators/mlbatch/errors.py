@@ -1,10 +1,22 @@
-"""Every exception the bundle raises on purpose, in one place."""
+"""Every exception the bundle raises on purpose, in one place, and which failures a retry can fix.
+
+`PermanentError` marks what a retry cannot fix (the spec, the model, the data or the run's conf must
+change first): a task that raises one fails at once, without waiting for its retries
+(`mlbatch.operators.fail_fast`). `retry_verdict` also classifies the errors of the libraries we call
+(MLflow, botocore, google-api-core) by their type and code, never by their message. The table of which
+error is which: docs/errors.md.
+"""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+
+class PermanentError(Exception):
+    """Base of the errors a retry cannot fix: the task fails at once, with this error and its message."""
 
 
 @dataclass(frozen=True)
@@ -14,7 +26,7 @@ class SpecProblem:
     expected: str
 
 
-class SpecError(ValueError):
+class SpecError(PermanentError, ValueError):
     """A pipeline spec is invalid. The message names the file, the field (and line), the value and
     what was expected, one problem per line."""
 
@@ -31,15 +43,38 @@ class SpecError(ValueError):
         super().__init__("\n".join(rendered))
 
 
-class BrokenSpecError(ValueError):
+class BrokenSpecError(PermanentError, ValueError):
     """A run of a broken spec's placeholder DAG (see `mlbatch.broken_spec`): says why it cannot run."""
 
 
-class CountMismatchError(RuntimeError):
-    """Rows in != rows scored + rows rejected: refuse to publish rather than lose rows silently."""
+class TriggerConfError(PermanentError, ValueError):
+    """A run's conf holds keys that are not trigger params of its pipeline (`mlbatch.trigger_conf`)."""
+
+    def __init__(self, pipeline: str, unknown: list[str], valid: list[str]):
+        self.pipeline, self.unknown, self.valid = pipeline, unknown, valid
+        names = ", ".join(unknown)
+        allowed = ", ".join(valid) or "none (this pipeline takes no trigger params)"
+        super().__init__(f"{pipeline}: the run's conf has {'a key' if len(unknown) == 1 else 'keys'} that "
+                         f"{'is not a trigger param' if len(unknown) == 1 else 'are not trigger params'}: "
+                         f"{names}. Valid keys: {allowed}. Trigger a new run without "
+                         f"{'it' if len(unknown) == 1 else 'them'}.")
 
 
-class TooManyRejectedError(RuntimeError):
+class BackendConfigError(PermanentError, ValueError):
+    """The spec's backend settings cannot make a valid job request (found when the job is built)."""
+
+
+class PreparedInputMissingError(PermanentError, RuntimeError):
+    """predict found no prepared input where prep left it: prep must run again (clear it), a retry of
+    predict alone would find the same nothing."""
+
+
+class CountMismatchError(PermanentError, RuntimeError):
+    """Rows in != rows scored + rows rejected: refuse to publish rather than lose rows silently. Not
+    retried: publish would re-read the same staged files; clear predict to score again."""
+
+
+class TooManyRejectedError(PermanentError, RuntimeError):
     """The rejected fraction of the input exceeds the spec's `prep.max_rejected_fraction`."""
 
 
@@ -47,21 +82,86 @@ class NoValidRowsError(TooManyRejectedError):
     """prep found no valid row: there is nothing to predict."""
 
 
-class ModelNotFoundError(LookupError):
+class ModelNotFoundError(PermanentError, LookupError):
     """The spec's model, alias or version is not in the registry."""
 
 
-class ModelMismatchError(ValueError):
+class ModelMismatchError(PermanentError, ValueError):
     """The spec's features do not fit the model's signature."""
 
 
 class RemoteJobError(RuntimeError):
-    """A Beam or batch-prediction job ended in failure."""
+    """A Beam or batch-prediction job ended in failure. Retried: the job's state alone does not say why
+    (preemption, an internal error, a killed worker look the same)."""
 
 
 class WaitFailedError(RuntimeError):
     """Waiting for the input ended without it: the trigger reported an error, or the upstream task or
-    DAG run it waited for failed or was skipped."""
+    DAG run it waited for failed or was skipped. Retried: the upstream may be re-run meanwhile."""
+
+
+# --- which failures a retry can fix --------------------------------------------------------------
+
+# AWS error codes (ClientError.response["Error"]["Code"]) that say the request itself is wrong.
+AWS_PERMANENT_CODES = frozenset({
+    "ValidationException", "ValidationError", "InvalidParameterValue", "InvalidParameterCombination",
+    "MissingParameter", "AccessDenied", "AccessDeniedException", "UnauthorizedOperation",
+    "UnrecognizedClientException", "InvalidClientTokenId", "InvalidSignatureException",
+    "ResourceNotFound", "ResourceNotFoundException", "NoSuchBucket", "NoSuchKey",
+})
+# ... and those that say "later": throttling and the service's own trouble (also any HTTP 5xx).
+AWS_TRANSIENT_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled",
+    "RequestThrottledException", "TooManyRequestsException", "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded", "SlowDown", "ServiceUnavailable", "ServiceUnavailableException",
+    "InternalError", "InternalFailure", "InternalServerError", "InternalServerException",
+    "RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete", "ResourceLimitExceeded",
+})
+# google-api-core classes (HTTP/gRPC status) of a request that cannot succeed as sent.
+GOOGLE_PERMANENT = ("BadRequest", "InvalidArgument", "FailedPrecondition", "OutOfRange", "Unauthorized",
+                    "Unauthenticated", "Forbidden", "PermissionDenied", "NotFound", "MethodNotImplemented")
+# MLflow's HTTP statuses (MlflowException.get_http_status_code) of a request that cannot succeed.
+MLFLOW_PERMANENT_STATUS = frozenset({400, 401, 403, 404})
+
+
+@dataclass(frozen=True)
+class RetryVerdict:
+    retry: bool
+    reason: str
+
+
+def retry_verdict(exc: BaseException) -> RetryVerdict:
+    """Can a retry fix `exc`? By type and by the service's own code, never by message text.
+
+    Our `PermanentError`s: no. MLflow 400/401/403/404, AWS validation/access/not-found codes, google
+    InvalidArgument/FailedPrecondition/PermissionDenied/NotFound (and their HTTP twins): no. Everything
+    else (network errors, HTTP 5xx, throttling, preempted or failed remote jobs, timeouts, bugs): yes,
+    as Airflow's `retries` say. A library error is only looked up when its library is already imported
+    (it cannot have been raised otherwise), so classifying costs no import."""
+    if isinstance(exc, PermanentError):
+        return RetryVerdict(False, f"{type(exc).__name__}: a retry cannot fix it")
+    mlflow = sys.modules.get("mlflow.exceptions")
+    if mlflow is not None and isinstance(exc, mlflow.MlflowException):
+        status = exc.get_http_status_code()
+        if status in MLFLOW_PERMANENT_STATUS:
+            return RetryVerdict(False, f"MLflow answered {exc.error_code} (HTTP {status})")
+        return RetryVerdict(True, f"MLflow answered {exc.error_code} (HTTP {status}): may pass on retry")
+    botocore = sys.modules.get("botocore.exceptions")
+    if botocore is not None and isinstance(exc, botocore.ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        if code in AWS_TRANSIENT_CODES or status >= 500:
+            return RetryVerdict(True, f"AWS answered {code} (HTTP {status}): may pass on retry")
+        if code in AWS_PERMANENT_CODES:
+            return RetryVerdict(False, f"AWS answered {code} (HTTP {status})")
+        return RetryVerdict(True, f"AWS answered {code} (HTTP {status})")
+    google = sys.modules.get("google.api_core.exceptions")
+    if google is not None and isinstance(exc, google.GoogleAPICallError):
+        permanent = tuple(getattr(google, name) for name in GOOGLE_PERMANENT if hasattr(google, name))
+        if isinstance(exc, permanent):
+            return RetryVerdict(False, f"Google API answered {type(exc).__name__} (HTTP {exc.code})")
+        return RetryVerdict(True, f"Google API answered {type(exc).__name__} (HTTP {exc.code}): may pass on retry")
+    return RetryVerdict(True, f"{type(exc).__name__}: may pass on retry")
 
 
 def _nearest_line(where: str, lines: dict[str, int]) -> int | None:

@@ -45,7 +45,7 @@ from mlbatch.backends.dataflow_options import (
     DATAFLOW_RUNNER, dataflow_pipeline_args, model_sharing_args, prediction_output_args)
 from mlbatch.backends.completion import require_success_event
 from mlbatch.backends.job_names import files_fingerprint, find_attempt, job_name, result_identity, short_hash
-from mlbatch.errors import RemoteJobError
+from mlbatch.errors import BackendConfigError, RemoteJobError
 from mlbatch.hooks.dataflow import SUCCEEDED, DataflowJobsHook
 from mlbatch.run_paths import RunPaths, run_key
 from mlbatch.spec import PipelineSpec
@@ -82,7 +82,7 @@ def _require(spec: PipelineSpec) -> None:
     cfg = spec.predict.dataflow
     missing = [f"predict.dataflow.{f}" for f in ("project", "region", "temp_location") if not getattr(cfg, f)]
     if missing:
-        raise ValueError(f"{spec.name}: Dataflow runner 'dataflow' needs {', '.join(missing)}")
+        raise BackendConfigError(f"{spec.name}: Dataflow runner 'dataflow' needs {', '.join(missing)}")
 
 
 def staged_model_uri(spec: PipelineSpec, model: dict) -> str:

@@ -12,6 +12,7 @@ import importlib.util
 import re
 from pathlib import Path
 
+from mlbatch.errors import BackendConfigError
 from mlbatch.spec import PipelineSpec
 
 LOCAL_RUNNER = "FnApiRunner"
@@ -140,12 +141,12 @@ def dataflow_pipeline_args(spec: PipelineSpec, *, job_name: str, setup_file: str
     dataflow, compute, network = spec.predict.dataflow, spec.predict.compute, spec.predict.network
     missing = [name for name in ("project", "region", "temp_location") if not getattr(dataflow, name)]
     if missing:
-        raise ValueError(f"{where}: runner 'dataflow' needs {', '.join(missing)}")
+        raise BackendConfigError(f"{where}: runner 'dataflow' needs {', '.join(missing)}")
     if not dataflow.temp_location.startswith("gs://"):
-        raise ValueError(f"{where}.temp_location = {dataflow.temp_location!r}: expected a gs:// path")
+        raise BackendConfigError(f"{where}.temp_location = {dataflow.temp_location!r}: expected a gs:// path")
     if not _JOB_NAME.match(job_name):
-        raise ValueError(f"{spec.name}: Dataflow job name {job_name!r} must be lowercase letters, digits "
-                         "and hyphens, starting with a letter and not ending with a hyphen")
+        raise BackendConfigError(f"{spec.name}: Dataflow job name {job_name!r} must be lowercase letters, digits "
+                                 "and hyphens, starting with a letter and not ending with a hyphen")
 
     args = [
         f"--runner={DATAFLOW_RUNNER}",

@@ -36,7 +36,7 @@ from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
 
 from mlbatch.backends.completion import require_success_event
 from mlbatch.backends.job_names import files_fingerprint, find_attempt, fit, job_name, result_identity, short_hash
-from mlbatch.errors import RemoteJobError
+from mlbatch.errors import BackendConfigError, RemoteJobError
 from mlbatch.hooks.sagemaker import TransformJobHook
 from mlbatch.run_paths import RunPaths, run_key
 from mlbatch.spec import PipelineSpec
@@ -66,7 +66,7 @@ def _require(spec: PipelineSpec) -> None:
     missing = [f"predict.sagemaker.{f}" for f in ("role_arn", "image_uri", "s3_staging_uri")
                if not getattr(cfg, f)]
     if missing:
-        raise ValueError(f"{spec.name}: backend sagemaker needs {', '.join(missing)}")
+        raise BackendConfigError(f"{spec.name}: backend sagemaker needs {', '.join(missing)}")
 
 
 def model_name(model: dict, behaviour: dict) -> str:
@@ -114,8 +114,8 @@ def model_behaviour(spec: PipelineSpec, model: dict, model_data_url: str) -> dic
     }
     if net.subnetwork or net.security_group_ids:
         if not (net.subnetwork and net.security_group_ids):
-            raise ValueError(f"{spec.name}: on sagemaker a VPC needs both network.subnetwork and "
-                             "network.security_group_ids")
+            raise BackendConfigError(f"{spec.name}: on sagemaker a VPC needs both network.subnetwork and "
+                                     "network.security_group_ids")
         config["VpcConfig"] = {"Subnets": [s.strip() for s in net.subnetwork.split(",")],
                                "SecurityGroupIds": list(net.security_group_ids)}
     if not net.public_ips:
@@ -139,8 +139,8 @@ def transform_config(spec: PipelineSpec, name: str, model: dict, input_uri: str,
     the count per file; Parquet has no JoinSource)."""
     compute, net, cfg = spec.predict.compute, spec.predict.network, spec.predict.sagemaker
     if compute.accelerator_count and not (compute.machine_type or "").startswith(("ml.g", "ml.p")):
-        raise ValueError(f"{spec.name}: on sagemaker, accelerators come with the instance type; "
-                         f"compute.machine_type {compute.machine_type!r} is not a GPU type (ml.g*/ml.p*)")
+        raise BackendConfigError(f"{spec.name}: on sagemaker, accelerators come with the instance type; "
+                                 f"compute.machine_type {compute.machine_type!r} is not a GPU type (ml.g*/ml.p*)")
     config: dict[str, Any] = {
         "TransformJobName": name,
         "ModelName": model["sagemaker_model"],
@@ -158,9 +158,9 @@ def transform_config(spec: PipelineSpec, name: str, model: dict, input_uri: str,
     }
     if cfg.max_concurrent_transforms:
         if cfg.max_concurrent_transforms * cfg.max_payload_mb > 100:
-            raise ValueError(f"{spec.name}: predict.sagemaker.max_concurrent_transforms x max_payload_mb = "
-                             f"{cfg.max_concurrent_transforms * cfg.max_payload_mb} MB; SageMaker allows "
-                             "at most 100 MB (CreateTransformJob MaxPayloadInMB)")
+            raise BackendConfigError(f"{spec.name}: predict.sagemaker.max_concurrent_transforms x max_payload_mb = "
+                                     f"{cfg.max_concurrent_transforms * cfg.max_payload_mb} MB; SageMaker allows "
+                                     "at most 100 MB (CreateTransformJob MaxPayloadInMB)")
         config["MaxConcurrentTransforms"] = cfg.max_concurrent_transforms
     if net.kms_key:
         config["TransformOutput"]["KmsKeyId"] = net.kms_key
@@ -188,9 +188,9 @@ def write_request_files(spec: PipelineSpec, storage: Storage, prepared: str, tar
             pq.write_table(pq.ParquetFile(fh).read(columns=features), sink)
         name = path.rpartition("/")[2]
         if sink.tell() > limit:
-            raise ValueError(f"{spec.name}: {name} is {sink.tell()} bytes as a request, over "
-                             f"predict.sagemaker.max_payload_mb ({spec.predict.sagemaker.max_payload_mb} MB); "
-                             "lower prep.batch_rows so that each prepared file fits one request")
+            raise BackendConfigError(f"{spec.name}: {name} is {sink.tell()} bytes as a request, over "
+                                     f"predict.sagemaker.max_payload_mb ({spec.predict.sagemaker.max_payload_mb} MB); "
+                                     "lower prep.batch_rows so that each prepared file fits one request")
         storage.write_bytes(join(target, name), sink.getvalue())
         written.append(join(target, name))
     return written

@@ -25,7 +25,7 @@ from airflow.providers.google.cloud.triggers.vertex_ai import CreateBatchPredict
 from mlbatch.backends import cloud_logging
 from mlbatch.backends.completion import require_success_event
 from mlbatch.backends.job_names import files_fingerprint, find_attempt, fit, job_name, result_identity, short_hash
-from mlbatch.errors import RemoteJobError
+from mlbatch.errors import BackendConfigError, RemoteJobError
 from mlbatch.hooks.vertex import SUCCEEDED, VertexBatchHook, job_id_of
 from mlbatch.run_paths import RunPaths, run_key
 from mlbatch.spec import PipelineSpec
@@ -55,10 +55,10 @@ def _require(spec: PipelineSpec) -> None:
     missing = [f"predict.vertex.{f}" for f in ("project", "region", "serving_container_image_uri",
                                                "gcs_staging_uri") if not getattr(cfg, f)]
     if missing:
-        raise ValueError(f"{spec.name}: backend vertex needs {', '.join(missing)}")
+        raise BackendConfigError(f"{spec.name}: backend vertex needs {', '.join(missing)}")
     if spec.predict.network.network or spec.predict.network.subnetwork:
-        raise ValueError(f"{spec.name}: Vertex AI batch prediction has no VPC setting (BatchPredictionJob "
-                         "v1); remove predict.network.network/subnetwork or use another backend")
+        raise BackendConfigError(f"{spec.name}: Vertex AI batch prediction has no VPC setting (BatchPredictionJob "
+                                 "v1); remove predict.network.network/subnetwork or use another backend")
 
 
 def labels(spec: PipelineSpec, run_id: str) -> dict[str, str]:
@@ -94,8 +94,8 @@ def serving_image(spec: PipelineSpec, model: dict) -> str:
     try:
         return uri.format(model_name=model["name"], model_version=model["version"])
     except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(f"{spec.name}: predict.vertex.serving_container_image_uri {uri!r}: only "
-                         f"{{model_name}} and {{model_version}} can be filled in ({exc})") from exc
+        raise BackendConfigError(f"{spec.name}: predict.vertex.serving_container_image_uri {uri!r}: only "
+                                 f"{{model_name}} and {{model_version}} can be filled in ({exc})") from exc
 
 
 def model_request(spec: PipelineSpec, model: dict, artifact_uri: str):

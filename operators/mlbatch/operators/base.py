@@ -1,5 +1,6 @@
-"""What every pipeline step shares: the spec with this run's trigger overrides, rendered paths, and
-resource figures pushed to XCom for the `record` step."""
+"""What every pipeline step shares: the spec with this run's trigger overrides, rendered paths,
+resource figures pushed to XCom for the `record` step, the check of the run's conf keys, and the retry
+policy that fails at once on what a retry cannot fix (`mlbatch.operators.fail_fast`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from mlbatch.assets import fill_data_date
+from mlbatch.trigger_conf import check_conf_keys
+from mlbatch.operators.fail_fast import FAIL_FAST
 from mlbatch.resources import measure
 from mlbatch.run_paths import RunPaths, default_dead_letter, default_work_root, run_key
 from mlbatch.spec import PipelineSpec
@@ -31,6 +34,7 @@ class PipelineStepOperator(BaseOperator):
     template_fields: Sequence[str] = ("input_uri", "input_marker", "output_uri", "dead_letter_uri", "work_folder")
 
     def __init__(self, *, spec: PipelineSpec, **kwargs: Any):
+        kwargs.setdefault("retry_policy", FAIL_FAST)  # errors a retry cannot fix fail at once
         super().__init__(**kwargs)
         self.spec = spec
         self.input_uri, self.input_marker = spec.input.uri, spec.input.marker or ""
@@ -41,7 +45,9 @@ class PipelineStepOperator(BaseOperator):
         """Airflow renders template fields before `execute`. Ours depend on this run's trigger overrides
         and data date (a scheduled run scores the day before, a `date` param or an asset event names
         it), so they are set from `run_paths`, the one renderer every step uses; a subclass's own
-        fields are then rendered by Airflow as usual."""
+        fields are then rendered by Airflow as usual. Rendering comes first in a try, so the run's conf
+        is checked here (and again in `execute`, for callers that do not render)."""
+        check_run_conf(self.spec, context)
         spec = effective_spec(self.spec, context["params"])
         fill_data_date(context)
         paths = self.run_paths(context, spec)
@@ -50,6 +56,7 @@ class PipelineStepOperator(BaseOperator):
         super().render_template_fields(context, jinja_env)
 
     def execute(self, context: Any) -> Any:
+        check_run_conf(self.spec, context)
         spec = effective_spec(self.spec, context["params"])
         fill_data_date(context)  # asset-triggered runs have no logical date: take it from the asset event
         paths = self.run_paths(context, spec)
@@ -85,6 +92,15 @@ class PipelineStepOperator(BaseOperator):
             values.update(ds=data_date, ds_nodash=data_date.replace("-", ""))
         env = self.get_template_env()
         return lambda template: env.from_string(template).render(**values)
+
+
+def check_run_conf(spec: PipelineSpec, context: Any) -> None:
+    """A run's conf may hold only the pipeline's trigger params: Airflow accepts any extra key (REST,
+    UI JSON) and would silently ignore it, so the run fails at its first task with `TriggerConfError`
+    naming the unknown keys and the valid ones -- the rule Slack and `mlbatch run` apply before they
+    trigger (`mlbatch.trigger_conf.check_conf_keys`)."""
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    check_conf_keys(spec.name, spec.trigger_params, conf)
 
 
 def effective_spec(spec: PipelineSpec, params: Any) -> PipelineSpec:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from mlbatch.backends.dataflow_options import local_job, model_sharing_args, prediction_output_args
+from mlbatch.errors import NoValidRowsError, PreparedInputMissingError
 from mlbatch.job_process import JobProcess, stop_leftover_job
 from mlbatch.links import RemoteJobConsoleLink
 from mlbatch.operators.base import PipelineStepOperator
@@ -98,10 +99,10 @@ def require_prepared_rows(spec: PipelineSpec, paths: RunPaths, prep: dict | None
     """Never score an empty or missing prepared set: say so, and where prep's verdict is."""
     prep = prep or {}
     if prep.get("rows_valid") == 0 or prep.get("prepared_files") == 0:
-        raise RuntimeError(f"{spec.name}: prep left no valid row to predict (its result: {prep}); "
-                           f"see the prep task's log and {paths.rejected_staging}")
+        raise NoValidRowsError(f"{spec.name}: prep left no valid row to predict (its result: {prep}); "
+                               f"see the prep task's log and {paths.rejected_staging}")
     if prep.get("prepared_uri"):  # prep ran on Dataflow: its files are on GCS
         return
     if not Storage.for_spec(spec).files(paths.prepared):
-        raise RuntimeError(f"{spec.name}: the prepared input {paths.prepared} is missing or empty; "
-                           "clear the prep task of this run to prepare it again")
+        raise PreparedInputMissingError(f"{spec.name}: the prepared input {paths.prepared} is missing or "
+                                        "empty; clear the prep task of this run to prepare it again")

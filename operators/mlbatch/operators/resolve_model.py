@@ -52,11 +52,15 @@ def pinned_version(client: Any, ref: Any) -> Any:
         if ref.alias:
             return client.get_model_version_by_alias(ref.name, ref.alias)
         return client.get_model_version(ref.name, str(ref.version))
-    except MlflowException:  # stores differ in the error code: look at what the registry has
+    except MlflowException as exc:  # stores differ in the error code: look at what the registry has
+        if exc.get_http_status_code() not in (400, 404):  # unreachable, 5xx, throttled: retried as itself
+            raise
         where = f"the registry at {client.tracking_uri}"
         try:
             registered = client.get_registered_model(ref.name)
-        except MlflowException:
+        except MlflowException as missing:
+            if missing.get_http_status_code() != 404:  # not an answer about the model: retried as itself
+                raise
             raise ModelNotFoundError(f"model {ref.name!r} is not registered in {where}") from None
         if ref.alias and ref.alias not in registered.aliases:
             aliases = ", ".join(f"{a} -> v{v}" for a, v in sorted(registered.aliases.items())) or "none"
