@@ -2,7 +2,8 @@
 
 Imports only `airflow.sdk`, pydantic, PyYAML and the bundle's own light modules: this runs in the DAG
 processor on every parse. A broken spec does not take the other pipelines down: it becomes a placeholder DAG
-tagged `mlbatch-broken` whose docs and only task give the error (file, line, field, value, expectation).
+tagged `mlbatch-broken` whose docs and only task give the error (file, line, field, value, expectation),
+logged by the dag-processor only, never into another pipeline's task log (see `build_dags`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, Param, get_parsing_context
 from pydantic import ValidationError
 
 from mlbatch.alerts.notifier import pipeline_callbacks, success_callback
@@ -108,7 +109,14 @@ def build_dags(pipelines_dir: str | Path) -> dict[str, DAG]:
     """One DAG per `*.yaml` in `pipelines_dir`. A spec error (`SPEC_ERRORS`) stays with its spec: it
     becomes a placeholder DAG saying why (`mlbatch.broken_spec`), because an import error of the DAG
     file would make a live dag-processor mark every pipeline of the file stale. Anything else is a bug
-    in mlbatch, not in the spec, and is raised as itself (an import error with its traceback)."""
+    in mlbatch, not in the spec, and is raised as itself (an import error with its traceback).
+
+    A worker parses this file again to run one task, under Airflow's parsing context (the DAG id it
+    needs, `airflow.sdk.get_parsing_context`; the dag-processor parses without one). Then only that
+    DAG is built, and broken specs are not logged: their errors belong to their placeholder DAG and the
+    dag-processor's log, not to every other pipeline's task log. Every spec is still loaded, so names,
+    duplicates and upstream assets are decided exactly as in the dag-processor."""
+    wanted = get_parsing_context().dag_id  # None in the dag-processor (and in DagBag, dag.test, ...)
     dags: dict[str, Any] = {}
     broken: dict[str, tuple[Path, str]] = {}
     specs: dict[str, tuple[Path, PipelineSpec]] = {}
@@ -122,16 +130,25 @@ def build_dags(pipelines_dir: str | Path) -> dict[str, DAG]:
         except SPEC_ERRORS as exc:
             broken[broken_dag_id(path)] = (path, _describe(path, exc))
     known = {spec.name: output_asset(spec) for _, spec in specs.values()}  # for upstream_asset waits
+    ours = specs.keys() | broken.keys() | {f"{d}__broken" for d in broken}
+    only = wanted if wanted in ours else None  # a DAG id of another file: build all, as without one
+    valid: set[str] = set()
     for dag_id, (path, spec) in specs.items():
+        if only is not None and dag_id != only:
+            valid.add(dag_id)  # not built in this task process; the dag-processor builds it
+            continue
         try:
             dags[dag_id] = build_dag(spec, path, pipeline_assets=known)
+            valid.add(dag_id)
         except SPEC_ERRORS as exc:
             broken[dag_id] = (path, _describe(path, exc))
     for dag_id, (path, error) in broken.items():
-        log.error("Pipeline spec cannot be loaded (placeholder DAG %s): %s", dag_id, error)
-        if dag_id in dags:
+        if wanted is None:  # the dag-processor: its log for this file is where parse errors go
+            log.error("Pipeline spec cannot be loaded (placeholder DAG %s): %s", dag_id, error)
+        if dag_id in valid:
             dag_id = f"{dag_id}__broken"
-        dags[dag_id] = broken_spec_dag(path, error, dag_id)
+        if only is None or dag_id == only:
+            dags[dag_id] = broken_spec_dag(path, error, dag_id)
     return dags
 
 
