@@ -152,6 +152,21 @@ def test_help_answers_in_the_ack(airflow_server, fake_slack):
     assert not fake_slack.replies.get(response_url[len(fake_slack.url):])
 
 
+def test_retry_of_a_task_that_succeeded_says_nothing_failed(airflow_server, fake_slack):
+    run_id = airflow_server.failed_run_id  # `extract` succeeded in it (`score` failed)
+
+    def states():
+        return {t["task_id"]: t["state"] for t in airflow_server.api(
+            "GET", f"/api/v2/dags/slack_failing/dagRuns/{run_id}/taskInstances").json()["task_instances"]}
+
+    before = states()
+    assert before["extract"] == "success"
+    text = reply_to(airflow_server, fake_slack, f"retry {run_id} extract", user=ALICE)
+    assert text == (f"Nothing failed: task `extract` of `slack_failing` run `{run_id}` succeeded; "
+                    "use `run` to score again: `/mlops run slack_failing`.")
+    assert states() == before  # nothing cleared, not even the failed tasks downstream of `extract`
+
+
 def test_retry_button_clears_the_failed_tasks_for_a_group_member(airflow_server, fake_slack):
     """Carol may retry `slack_failing` through the on-call user group (looked up in Slack)."""
     run_id = airflow_server.failed_run_id
@@ -174,6 +189,49 @@ def test_retry_button_clears_the_failed_tasks_for_a_group_member(airflow_server,
 
     again = reply_to(airflow_server, fake_slack, f"retry {run_id}", user=ALICE)
     assert again.startswith("Nothing to retry: no task of `slack_failing`")
+
+
+@pytest.mark.parametrize("run_state, task_id, task_state, expected", [
+    ("success", None, "success", "Nothing failed: `natality_daily` run `scheduled__1` succeeded; use `run` to "
+                                 "score again: `/mlops run natality_daily date=2026-11-20 backend=local`."),
+    ("success", "publish", "success", "Nothing failed: task `publish` of `natality_daily` run `scheduled__1` "
+                                      "succeeded; use `run` to score again: `/mlops run natality_daily "
+                                      "date=2026-11-20 backend=local`."),
+    ("running", "publish", "running", "Nothing to retry: task `publish` of `natality_daily` run `scheduled__1` "
+                                      "has not failed (state: running)."),
+    ("running", None, "running", "Nothing to retry: no task of `natality_daily` run `scheduled__1` has failed "
+                                 "(run state: running)."),
+])
+def test_retry_that_clears_nothing_says_what_is_true(tmp_path, run_state, task_id, task_state, expected):
+    """The router alone, with an Airflow API stand-in: each case of `retry` finding nothing failed."""
+    import asyncio
+
+    from mlbatch.slack_commands.commands import Command, RunRef
+    from mlbatch.slack_commands.policy import Actor, load_policy
+    from mlbatch.slack_commands.router import Router, SlackRequest
+    from slack_support import POLICY
+
+    run = {"dag_id": PIPELINE, "dag_run_id": "scheduled__1", "state": run_state,
+           "conf": {"date": "2026-11-20", "backend": "local", "note_list": [1]}}
+
+    class Airflow:
+        async def find_runs(self, run_id):
+            return [run]
+
+        async def pipelines(self, tag):
+            return [{"dag_id": PIPELINE}]
+
+        async def task_instances(self, dag_id, run_id):
+            return [{"task_id": t, "map_index": -1, "state": task_state} for t in ("predict", "publish")]
+
+        async def clear_failed(self, dag_id, run_id, task_ids, note):
+            return []
+
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    router = Router(policy=load_policy(tmp_path / "policy.yaml"), airflow=Airflow(), links_base="https://airflow.example")
+    request = SlackRequest(actor=Actor(ALICE), text="retry scheduled__1", response_url=None)
+    reply = asyncio.run(router.execute(request, Command("retry", run=RunRef("scheduled__1"), task_id=task_id)))
+    assert reply.text == expected
 
 
 def test_retry_button_with_a_forged_value_is_refused(airflow_server, fake_slack):

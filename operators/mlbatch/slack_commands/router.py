@@ -31,6 +31,7 @@ PIPELINE_TAG = "mlbatch"
 ACK_LOOKUP_SECONDS = 1.5  # a cold user-group lookup may take this much of Slack's 3 s
 LOG_LINES = 40
 LOG_CHARS = 2800
+FAILED_STATES = ("failed", "upstream_failed")  # what `retry` clears (the API's only_failed)
 STATE_ICONS = {"success": "✅", "failed": "❌", "running": "▶️", "queued": "⏳", "upstream_failed": "⛔",
                "up_for_retry": "🔁", "skipped": "⏭️", "deferred": "💤", "scheduled": "🕒"}
 
@@ -246,17 +247,22 @@ class Router:
     async def _retry(self, request: SlackRequest, actor: Actor, command: Command) -> Reply:
         run = await self._find_run(actor, "retry", command.run)
         dag_id, run_id = run["dag_id"], run["dag_run_id"]
-        task_ids = None
+        task_ids, tasks = None, None
         if command.task_id:
             tasks = await self.airflow.task_instances(dag_id, run_id)
             self._pick_task(tasks, command.task_id, run)
             task_ids = [[command.task_id, command.map_index]] if command.map_index >= 0 else [command.task_id]
-        cleared = await self.airflow.clear_failed(dag_id, run_id, task_ids, retry_note(actor))
+        named = [t for t in tasks or [] if t["task_id"] == command.task_id
+                 and (command.map_index < 0 or t.get("map_index", -1) == command.map_index)]
+        if command.task_id and not any(t.get("state") in FAILED_STATES for t in named):
+            cleared = []  # not failed: nothing to clear (the clear would take its failed downstream tasks)
+        else:
+            cleared = await self.airflow.clear_failed(dag_id, run_id, task_ids, retry_note(actor))
         if not cleared:
             audit(actor, "retry", "nothing to retry", source=request.source, pipeline=dag_id, run_id=run_id)
-            which = f"task `{command.task_id}`" if command.task_id else "no task"
-            return Reply(f"Nothing to retry: {which} of `{dag_id}` run `{run_id}` has failed "
-                         f"(run state: {run.get('state')}).")
+            if tasks is None and run.get("state") != "success":
+                tasks = await self.airflow.task_instances(dag_id, run_id)
+            return Reply(_nothing_to_retry(run, tasks or [], command, request.command_name))
         note = "\n".join(filter(None, [run.get("note"), retry_note(actor)]))
         await self.airflow.set_run_note(dag_id, run_id, note)
         cleared = sorted(cleared, key=lambda t: (t["task_id"], t.get("map_index", -1)))
@@ -340,6 +346,37 @@ class Router:
         else:
             why = f"No such pipeline `{name}`: it is not loaded in Airflow."
         return f"{why} Pipelines: " + (", ".join(f"`{p}`" for p in known) or "none loaded") + "."
+
+
+def _nothing_to_retry(run: dict, tasks: list[dict], command: Command, command_name: str) -> str:
+    """What is true when `retry` cleared nothing: what succeeded says so and points to `run`."""
+    dag_id, run_id = run["dag_id"], run["dag_run_id"]
+    again = f"use `run` to score again: `{command_name} run {dag_id}{_conf_args(run.get('conf'))}`"
+    if command.task_id:
+        mine = [t for t in tasks if t["task_id"] == command.task_id
+                and (command.map_index < 0 or t.get("map_index", -1) == command.map_index)]
+        states = sorted({t.get("state") or "not started" for t in mine}) or ["not started"]
+        name = f"`{command.task_id}`" + (f"[{command.map_index}]" if command.map_index >= 0 else "")
+        if states == ["success"]:
+            return f"Nothing failed: task {name} of `{dag_id}` run `{run_id}` succeeded; {again}."
+        return (f"Nothing to retry: task {name} of `{dag_id}` run `{run_id}` has not failed "
+                f"(state: {', '.join(states)}).")
+    if run.get("state") == "success":
+        return f"Nothing failed: `{dag_id}` run `{run_id}` succeeded; {again}."
+    return f"Nothing to retry: no task of `{dag_id}` run `{run_id}` has failed (run state: {run.get('state')})."
+
+
+def _conf_args(conf: Any) -> str:
+    """A run's conf as `run` parameters (the simple values; trigger params are strings, numbers, flags)."""
+    if not isinstance(conf, dict):
+        return ""
+    parts = []
+    for key, value in conf.items():
+        if isinstance(value, bool):
+            value = str(value).lower()
+        if isinstance(value, (str, int, float)) and str(value) and " " not in str(value):
+            parts.append(f"{key}={value}")
+    return "".join(f" {p}" for p in parts)
 
 
 class _Refused(Exception):
