@@ -116,8 +116,14 @@ def test_rerun_of_the_same_date_replaces_its_partition(dag, partition, session_d
     assert run(dag, {"backend": "local"}).state == "success"
     (out / "stray-from-an-old-run.parquet").write_bytes(b"not parquet")
     first_run = json.loads((out / "_SUCCESS").read_text())["run_id"]
+    killed = out.parent / "_work" / "natality_daily" / "manual__killed_and_deleted"  # as a killed prep leaves it
+    (killed / "prepared").mkdir(parents=True)
+    (killed / "prepared" / "part-0.parquet").write_bytes(b"half written")
+    (killed / "_run.json").write_text(json.dumps({"dag_id": "natality_daily", "run_id": "manual__killed_and_deleted",
+                                                  "noted": 0}))
 
     assert run(dag, {"backend": "dataflow"}).state == "success"
+    assert not killed.exists(), "the next publish sweeps the folder of a run Airflow no longer has"
     assert not (out / "stray-from-an-old-run.parquet").exists()
     assert len(read_output(out)) == partition["rows"] - partition["bad"]
     assert json.loads((out / "_SUCCESS").read_text())["run_id"] != first_run  # the newer run owns it

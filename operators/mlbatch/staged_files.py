@@ -5,11 +5,17 @@ SageMaker s3_staging_uri, Vertex gcs_staging_uri, per run).
 With `storage.keep_staged_days: 0` they are deleted as soon as the partition is committed. Otherwise
 publish writes an expiry note under `<work root>/<pipeline>/_expiry/` and every later publish of the
 pipeline deletes what expired, so nothing piles up and nothing is deleted before its time.
+
+Runs that never reach their own clean-up (killed, crashed, failed) are swept by the next publish of the
+pipeline: each run notes its id in its work folder (`_run.json`, `note_run`), and a folder goes once
+Airflow says its run is over (success, or failed for longer than `keep_staged_days`) or gone; a running
+or queued run's folder is never touched.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from mlbatch.run_paths import RunPaths, run_key
 from mlbatch.spec import PipelineSpec
@@ -62,3 +68,37 @@ def _owned(uri: str, paths: RunPaths, spec: PipelineSpec, run_id: str) -> bool:
     """Only ever delete under this run's own work folder or staging prefixes."""
     roots = [paths.work, *staged_prefixes(spec, run_id)]
     return any(uri.rstrip("/").startswith(r.rstrip("/") + "/") or uri.rstrip("/") == r.rstrip("/") for r in roots)
+
+
+RUN_NOTE = "_run.json"
+ACTIVE = ("queued", "running")
+
+
+def note_run(storage: Storage, paths: RunPaths, dag_id: str, run_id: str) -> None:
+    """Say which run a work folder belongs to, so a later sweep can ask Airflow whether it is over."""
+    uri = join(paths.work, RUN_NOTE)
+    if not storage.exists(uri):
+        storage.write_json(uri, {"dag_id": dag_id, "run_id": run_id, "noted": time.time()})
+
+
+def sweep_abandoned_runs(storage: Storage, spec: PipelineSpec, paths: RunPaths,
+                         run_state: Callable[[str, str], str | None], now: float | None = None) -> list[str]:
+    """Delete the work folders and cloud staging of this pipeline's other runs that no run can use any
+    more; `run_state(dag_id, run_id)` is Airflow's state of a run (None: no such run). Returns what went."""
+    now = time.time() if now is None else now
+    removed = []
+    fs, root = storage.fs(parent(paths.work))
+    fs.invalidate_cache()
+    for found in fs.glob(f"{root}/*/{RUN_NOTE}"):
+        note_uri = storage.uri(paths.work, found)
+        if parent(note_uri).rstrip("/") == paths.work.rstrip("/"):
+            continue
+        note = storage.read_json(note_uri) or {}
+        state = run_state(note.get("dag_id", spec.name), note["run_id"])
+        finished_failing = state == "failed" and now - note.get("noted", now) >= spec.storage.keep_staged_days * DAY
+        if state in ACTIVE or not (state is None or state == "success" or finished_failing):
+            continue
+        for uri in [parent(note_uri), *staged_prefixes(spec, note["run_id"])]:
+            storage.rm(uri)
+            removed.append(uri)
+    return removed

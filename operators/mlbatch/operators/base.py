@@ -17,6 +17,8 @@ from mlbatch.resources import measure
 from mlbatch.run_paths import RunPaths, default_dead_letter, default_work_root, run_key
 from mlbatch.spec import PipelineSpec
 from mlbatch.spec_loader import with_overrides
+from mlbatch.staged_files import note_run
+from mlbatch.storage import Storage
 
 RESOURCES_KEY = "resources"
 
@@ -28,6 +30,7 @@ class PipelineStepOperator(BaseOperator):
     """
 
     ui_color = "#e8f0fe"
+    uses_work_folder = False  # steps that write into the run's work folder note the run there first
     last_result: Any = None  # this try's return value, read by the extra links at the end of the try
     # Where this run reads and writes: the spec's templates in the DAG, what the run used once rendered
     # (the UI's "Rendered Template" view).
@@ -60,6 +63,8 @@ class PipelineStepOperator(BaseOperator):
         spec = effective_spec(self.spec, context["params"])
         fill_data_date(context)  # asset-triggered runs have no logical date: take it from the asset event
         paths = self.run_paths(context, spec)
+        if self.uses_work_folder:
+            note_run(Storage.for_spec(spec), paths, self.dag_id, context["run_id"])
         with measure() as figures:
             result = self.last_result = self.run(context, spec, paths)
             job = getattr(self, "_job", None)  # steps that ran a job process report its peak too

@@ -31,6 +31,7 @@ from mlbatch.storage import Storage
 
 class PredictOperator(RemoteJobMixin, PipelineStepOperator):
     ui_color = "#f3e8fd"
+    uses_work_folder = True  # noted there, so a later publish can sweep it if this run is killed
     operator_extra_links = (RemoteJobConsoleLink(),)
     template_fields = (*PipelineStepOperator.template_fields, "model_version")
 

@@ -34,6 +34,7 @@ def runs_on_dataflow(spec: PipelineSpec) -> bool:
 
 class BeamPrepOperator(RemoteJobMixin, PipelineStepOperator):
     ui_color = "#fce8e6"
+    uses_work_folder = True  # noted there, so a later publish can sweep it if this run is killed
     operator_extra_links = (RemoteJobConsoleLink(),)
     dataflow_job_kind = "prep"  # which job mlbatch.backends.dataflow runs for this step
 

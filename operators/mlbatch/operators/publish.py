@@ -19,7 +19,7 @@ from mlbatch.prediction_stats import prediction_stats
 from mlbatch.row_counts import count_rows
 from mlbatch.run_paths import RunPaths, run_key
 from mlbatch.spec import PipelineSpec
-from mlbatch.staged_files import clean_up_after_commit
+from mlbatch.staged_files import clean_up_after_commit, sweep_abandoned_runs
 from mlbatch.storage import Storage, join, write_table
 
 
@@ -76,6 +76,9 @@ class PublishOperator(PipelineStepOperator):
                       paths.output, rows_scored, len(record["files"]), paths.dead_letter, rows_rejected)
         cleaned = clean_up_after_commit(storage, spec, context["run_id"], paths, [output_staging, rejected_staging])
         self.log.info("Staged files: %s", cleaned)
+        swept = sweep_abandoned_runs(storage, spec, paths, airflow_run_state)
+        if swept:
+            self.log.info("Removed the work folders of %d runs that are over: %s", len(swept), swept)
         published = {**counts, "output_uri": paths.output, "dead_letter_uri": paths.dead_letter,
                      "input_uri": paths.input_pattern, "stats": stats, "attempt": record["attempt"],
                      "commit_record": join(paths.output, "_SUCCESS"), "files": len(record["files"])}
@@ -115,6 +118,16 @@ def published_stats(storage: Storage, spec: PipelineSpec, staging: str) -> dict:
     if kind not in ("value", "positive_probability"):
         return {"kind": kind, "columns": spec.output.prediction_columns}
     return prediction_stats(storage.files(staging), spec.output.format, spec.output.prediction_column, storage)
+
+
+def airflow_run_state(dag_id: str, run_id: str) -> str | None:
+    """A run's state as Airflow's execution API tells a task (None: no such run, e.g. deleted)."""
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    if not RuntimeTaskInstance.get_dr_count(dag_id, run_ids=[run_id]):
+        return None
+    state = RuntimeTaskInstance.get_dagrun_state(dag_id, run_id)
+    return str(getattr(state, "value", state))
 
 
 def produced_by(context: Any, model: dict) -> int:
