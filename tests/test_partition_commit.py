@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlbatch.partition_commit import ATTEMPTS, STEPS, Partition, commit, committed, committed_files, new_attempt
-from mlbatch.partition_lease import LEASE, PartitionBusyError, PartitionLeaseLostError
+from mlbatch.errors import PartitionBusyError, PartitionLeaseLostError
+from mlbatch.partition_lease import LEASE
 from mlbatch.storage import Storage, join
 
 

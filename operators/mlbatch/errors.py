@@ -95,6 +95,15 @@ class RemoteJobError(RuntimeError):
     (preemption, an internal error, a killed worker look the same)."""
 
 
+class PartitionBusyError(RuntimeError):
+    """Another run holds the output partition's lease and did not let go in time (mlbatch.partition_lease)."""
+
+
+class PartitionLeaseLostError(RuntimeError):
+    """This run's partition lease expired and another writer took over, or a pointer changed under it:
+    nothing of this run was committed."""
+
+
 class WaitFailedError(RuntimeError):
     """Waiting for the input ended without it: the trigger reported an error, or the upstream task or
     DAG run it waited for failed or was skipped. Retried: the upstream may be re-run meanwhile."""

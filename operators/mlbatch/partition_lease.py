@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 
 from mlbatch.conditional_writes import PreconditionFailed, delete_if, read_versioned, write_if
+from mlbatch.errors import PartitionBusyError, PartitionLeaseLostError
 from mlbatch.storage import Storage, join
 
 LEASE = "_lease"
@@ -25,15 +26,6 @@ LEASE_SECONDS = 900.0   # renewed before every commit step; a crashed holder blo
 POLL_SECONDS = 5.0
 
 log = logging.getLogger(__name__)
-
-
-class PartitionBusyError(RuntimeError):
-    """Another run holds the partition's lease and did not let go in time (transient: retry later)."""
-
-
-class PartitionLeaseLostError(RuntimeError):
-    """This run's lease expired and another writer took the partition, or a pointer changed under it:
-    nothing of this run was committed (transient: a retry publishes again)."""
 
 
 class PartitionLease:
