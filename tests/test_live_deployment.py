@@ -92,6 +92,7 @@ def live(tmp_path_factory):
     spec["schedule"] = None  # runs only as the tests trigger them
     spec["tasks"]["retry_delay_minutes"] = 0.05  # the killed task's retry comes in 3 s
     spec["wait"]["poke_seconds"] = 2
+    spec["max_active_runs"] = 2  # two runs of one date publish at once (the partition lease's live test)
     (pipelines / f"{PIPELINE}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     (root / "policy.yaml").write_text(POLICY)
     slack = FakeSlack().start()
@@ -183,6 +184,23 @@ def test_a_broken_spec_leaves_every_other_pipeline_active(live):
     assert live.api("PATCH", f"/api/v2/dags/{PIPELINE}", json={"is_paused": False}).status_code == 200
 
 
+def test_a_rest_run_with_an_unknown_conf_key_fails_at_its_first_task_without_retry(live):
+    """Airflow's REST API accepts any conf key; the run's first task refuses it at try 1, naming the
+    valid keys, and its log carries nothing about the broken spec parsed beside it."""
+    path = f"/api/v2/dags/{PIPELINE}/dagRuns"
+    response = live.api("POST", path, json={"logical_date": None, "conf": {"bogus_key": 1}})
+    assert response.status_code == 200, response.text
+    run_id = response.json()["dag_run_id"]
+    final = wait_until("the run to fail", lambda: (r := live.run(run_id))["state"] in ("success", "failed") and r,
+                       timeout=300, every=1)
+    assert final["state"] == "failed"
+    first = live.task(run_id, "wait_for_data")
+    assert (first["state"], first["try_number"]) == ("failed", 1)
+    log = live.api("GET", f"{path}/{run_id}/taskInstances/wait_for_data/logs/1", params={"full_content": True}).text
+    assert "TriggerConfError" in log and "Valid keys: model_alias, backend, date" in log
+    assert "natality_broken" not in log
+
+
 def test_rest_trigger_defers_survives_a_killed_task_and_publishes_once(live):
     path = f"/api/v2/dags/{PIPELINE}/dagRuns"
     bad = live.api("POST", path, json={"logical_date": None, "conf": {"backend": "gpu"}})
@@ -245,6 +263,50 @@ def test_rest_trigger_defers_survives_a_killed_task_and_publishes_once(live):
     assert predict["Remote job console"] is None
     log = live.api("GET", f"{path}/{run_id}/taskInstances/prep/logs/2", params={"full_content": True}).text
     assert "prep" in log and "XCom not found" not in log
+
+
+def test_two_runs_of_one_date_publish_one_after_the_other_under_the_partition_lease(live):
+    """`max_active_runs: 2`, two REST runs of one date. A lease held by a third party keeps both
+    publishes waiting (so they really meet); once it goes, they take the lease one after the other:
+    both succeed and the partition names the files of exactly one of them."""
+    from mlbatch.demo.natality import write_partition
+    from mlbatch.partition_commit import ATTEMPTS
+    from mlbatch.partition_lease import LEASE
+
+    folder = live.root / "data" / "natality" / f"ds={DATE}"
+    if not (folder / "_SUCCESS").exists():  # when this test runs alone
+        write_partition(folder, ROWS, files=3, seed=11, row_group_rows=10_000)
+    output = live.root / "data" / "predictions" / PIPELINE / f"ds={DATE}"
+    output.mkdir(parents=True, exist_ok=True)
+    (output / LEASE).write_text(json.dumps({"holder": "manual__held_by_the_test", "token": "t", "acquired": time.time(),
+                                            "expires": time.time() + 3600, "host": "test"}))
+    path = f"/api/v2/dags/{PIPELINE}/dagRuns"
+    runs = []
+    for _ in range(2):
+        response = live.api("POST", path, json={"logical_date": None, "conf": {"date": DATE, "backend": "local"}})
+        assert response.status_code == 200, response.text
+        runs.append(response.json()["dag_run_id"])
+
+    def publish_log(run_id: str) -> str:
+        return live.api("GET", f"{path}/{run_id}/taskInstances/publish/logs/1", params={"full_content": True}).text
+
+    wait_until("both publishes waiting for the lease", lambda: all(
+        live.task(r, "publish").get("state") == "running" and "manual__held_by_the_test" in publish_log(r)
+        for r in runs), timeout=420, every=2)
+    (output / LEASE).unlink()  # the holder lets go
+    finals = [wait_until("the run to finish", lambda r=r: (x := live.run(r))["state"] in ("success", "failed") and x,
+                         timeout=300, every=1) for r in runs]
+    assert [f["state"] for f in finals] == ["success", "success"], finals
+
+    record = json.loads((output / "_SUCCESS").read_text())
+    assert record["run_id"] in runs
+    named = record["files"] + record["dead_letter"]["files"] + (output / "_manifest").read_text().split()
+    assert named and all(Path(u).exists() for u in named)
+    assert {u.split(f"/{ATTEMPTS}/")[1].split("/")[0] for u in named} == {record["attempt"]}
+    assert [p.name for p in (output / ATTEMPTS).iterdir()] == [record["attempt"]]
+    assert not (output / LEASE).exists()
+    replaced = next(r for r in runs if r != record["run_id"])
+    assert f"Waiting for run '{replaced}'" in publish_log(record["run_id"])  # the last one waited for the first
 
 
 def test_slack_commands_on_the_api_server(live):
