@@ -154,7 +154,8 @@ class LocalStack:
         commands = self.commands()
         steps = [{"name": "mlflow", "argv": commands.pop("mlflow")},
                  {"name": "db-migrate", "argv": [sys.executable, "-m", "airflow", "db", "migrate"], "once": True}]
-        steps += [{"name": name, "argv": argv} for name, argv in commands.items()]
+        warm_up = {"api-server": f"{self.url}/execution/health"}  # its execution API is built on first use
+        steps += [{"name": name, "argv": argv, "warm_up": warm_up.get(name)} for name, argv in commands.items()]
         return {"home": str(self.home), "marker": self.marker, "steps": steps, "grace": self.grace,
                 "stop_last": ["api-server", "mlflow"], "restart": self.restart}
 
@@ -255,6 +256,7 @@ class LocalStack:
                                        f"end of its log:\n{log}")
             try:
                 _get(f"{self.mlflow_url}/health")
+                _get(f"{self.url}/execution/health")  # built on its first request (the supervisor's warm-up)
                 health = json.loads(_get(f"{self.url}/api/v2/monitor/health"))
                 states = {k: (v or {}).get("status") for k, v in health.items()}
                 running = self.pids()

@@ -27,6 +27,9 @@ What it guarantees:
   adopted processes) plus those whose environment carries `marker` (job processes start their own
   session; see `mlbatch.processes`). One whose parent is not of the stack (re-parented to this
   supervisor or to init) is an orphan and is stopped (SIGTERM, SIGKILL after `grace`).
+- **Warm-up.** A step may name a `warm_up` URL: after each start the supervisor requests it until it
+  answers (the api-server builds its execution API on the first request, a CPU-heavy step that
+  blocks every other request meanwhile: better done before a task's first call than during it).
 - **Adoption.** Processes of an earlier supervisor that are still alive (`pids.json`: pid and start
   time) are kept and watched, not started twice: a second `make up` on a half-running stack starts
   only what is missing.
@@ -49,7 +52,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +80,7 @@ def describe_status(status: int) -> str:
 class Process:
     name: str
     argv: list[str]
+    warm_up: str | None = None
     state: str = "pending"  # pending, running, cleaning, waiting, gave-up, stopped
     pid: int | None = None
     start: int | None = None  # start ticks (identity with the pid)
@@ -102,7 +109,8 @@ class Supervisor:
         self.grace = float(self.plan.get("grace", 20))
         self.restart = {**RESTART_DEFAULTS, **self.plan.get("restart", {})}
         self.steps = self.plan["steps"]
-        self.processes = {s["name"]: Process(s["name"], s["argv"]) for s in self.steps if not s.get("once")}
+        self.processes = {s["name"]: Process(s["name"], s["argv"], s.get("warm_up"))
+                          for s in self.steps if not s.get("once")}
         self.stop_last = [n for n in self.plan.get("stop_last", []) if n in self.processes]
         self.pending = [s["name"] for s in self.steps]  # the start sequence still to go
         self.once: dict[str, subprocess.Popen] = {}  # one-off steps running or done
@@ -241,6 +249,22 @@ class Supervisor:
         p.state, p.started_at, p.killed = "running", time.monotonic(), False
         log(f"{p.name}: started (pid {p.pid}{f', restart {p.restarts}' if p.restarts else ''})")
         self.save()
+        if p.warm_up:
+            threading.Thread(target=self._warm_up, args=(p, p.pid), daemon=True).start()
+
+    def _warm_up(self, p: Process, pid: int, timeout: float = 600) -> None:
+        """Request `p.warm_up` until it answers (any HTTP status), while `pid` is still `p`'s process."""
+        started = time.monotonic()
+        while p.pid == pid and p.state == "running" and not self.stopping and time.monotonic() - started < timeout:
+            try:
+                urllib.request.urlopen(p.warm_up, timeout=300).close()
+            except urllib.error.HTTPError:
+                pass
+            except OSError:
+                time.sleep(1)
+                continue
+            log(f"{p.name}: warmed up ({p.warm_up} answered {time.monotonic() - started:.0f} s after the start)")
+            return
 
     # ---- death and cleanup ----------------------------------------------------------------------
     def reap(self) -> None:
