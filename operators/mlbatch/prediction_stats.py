@@ -73,13 +73,14 @@ def _jsonl_batches(fh, column: str, rows: int = 1 << 16) -> Iterator:
 
     import pyarrow as pa
 
+    from mlbatch.storage import nonblank_lines
+
     values: list = []
-    for line in fh:
-        if line.strip():
-            value = json.loads(line).get(column)
-            values.append(float("nan") if value is None else value)
-            if len(values) == rows:
-                yield pa.record_batch({column: pa.array(values, pa.float64())})
-                values = []
+    for line in nonblank_lines(fh):
+        value = json.loads(line).get(column)
+        values.append(float("nan") if value is None else value)
+        if len(values) == rows:
+            yield pa.record_batch({column: pa.array(values, pa.float64())})
+            values = []
     if values:
         yield pa.record_batch({column: pa.array(values, pa.float64())})

@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any
 
 from mlbatch.errors import NoValidRowsError, TooManyRejectedError
+from mlbatch.storage import nonblank_lines
 
 TOP = 5
 
@@ -24,10 +25,8 @@ def top_rejections(folder: str, storage: Any, top: int = TOP) -> list[tuple[str,
     for uri in storage.files(folder):
         if not uri.endswith(".jsonl"):
             continue
-        with storage.open(uri, "rt") as f:
-            for line in f:
-                if not line.strip():
-                    continue
+        with storage.open(uri) as f:
+            for line in nonblank_lines(f):
                 rejected = json.loads(line)
                 rule = rejected.get("rule") or rejected.get("reason", "?")
                 counts[rule] += 1

@@ -242,6 +242,19 @@ class Storage:
         return env, args
 
 
+def nonblank_lines(fh, block: int = 8 << 20):
+    """The non-blank lines (bytes, newline stripped) of an open binary file, read in large blocks:
+    iterating a remote fsspec file line by line costs a buffer round per line (JSON Lines counted that
+    way: 74.7 s for 200,000 rows on the GCS emulator; in blocks: 0.05 s)."""
+    tail = b""
+    while chunk := fh.read(block):
+        lines = (tail + chunk).split(b"\n")
+        tail = lines.pop()
+        yield from (line for line in lines if line.strip())
+    if tail.strip():
+        yield tail
+
+
 def write_table(storage: Storage, table, uri: str, fmt: str) -> str:
     """One Arrow table as one file (parquet, csv or jsonl), streamed to any store."""
     import pyarrow.csv as pcsv
