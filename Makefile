@@ -43,8 +43,11 @@ $(STAMP): requirements.txt operators/pyproject.toml include/beam_jobs/setup.py i
 lock: $(STAMP)
 	$(BIN)/uv pip compile requirements.in --python-version 3.11 -o requirements.txt
 
-# The deployment topology as plain processes (api-server, scheduler, dag-processor, triggerer, MLflow);
+# The deployment topology as plain processes (api-server, scheduler, dag-processor, triggerer, MLflow,
+# alert flusher) under a supervisor of ours that restarts what dies (.mlbatch-up/logs/supervisor.log);
 # SQLite + LocalExecutor unless DB=<SQLAlchemy URL> (e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/airflow).
+# On a running or half-running stack `make up` starts only what is missing. `make down` returns once no
+# process of the stack is left (task processes and their job processes included).
 up: $(STAMP)
 	$(BIN)/python -m mlbatch.local_stack up $(if $(DB),--db $(DB))
 

@@ -3,7 +3,8 @@ during one run of natality_daily, `kill -9` of the dag-processor, the triggerer 
 (while wait_for_data is deferred) and of the scheduler (while prep's Beam job runs). Each is restarted
 by the supervisor; the scheduler's LocalExecutor workers, task process, job process and log server go
 with it (the new scheduler binds the log port again); the run completes and publishes once; `down`
-leaves no process of the stack and no port bound.
+(called while a second run's job runs) returns once the task and its job are gone and leaves no
+process of the stack and no port bound.
 
 Restart times are measured and written to `.test-output/live_supervision/timings.json`, never asserted.
 """
@@ -82,7 +83,7 @@ def live(tmp_path_factory):
     spec["wait"]["poke_seconds"] = 2
     (pipelines / f"{PIPELINE}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     stack = LocalStack(root / "stack", f"{PG}/{database}", free_port(), free_port(), pipelines,
-                       log_port=free_port(), extra_env={
+                       log_port=free_port(), trigger_log_port=free_port(), extra_env={
                            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
                            "MLBATCH_DATA_ROOT": str(root / "data"),
                            "MLBATCH_ENV": "dev",
@@ -219,10 +220,17 @@ def test_kill_9_of_each_process_during_a_run(live):
         events = live.api("GET", "/api/v2/assets/events", params={"source_run_id": run_id}).json()
         assert events["total_entries"] == 1, events
 
-        ports = {"api-server": stack.port, "mlflow": stack.mlflow_port, "log server": stack.log_port}
+        # `down` while a second run's prep job runs: it returns only once the task and its job are gone
+        response = live.api("POST", path, json={"logical_date": None, "conf": {"date": DATE, "backend": "local"}})
+        assert response.status_code == 200, response.text
+        job_pid, task_pid = wait_until("the second run's prep job", lambda: _job_process("prep.job.lock", live.root),
+                                       timeout=300, every=0.05)
+        ports = {"api-server": stack.port, "mlflow": stack.mlflow_port, "log server": stack.log_port,
+                 "triggerer's log server": stack.trigger_log_port}
         stopping = time.monotonic()
         stack.down(grace=10)
-        TIMINGS["down"] = time.monotonic() - stopping
+        TIMINGS["down (a task's job running)"] = time.monotonic() - stopping
+        assert not procs.alive(job_pid) and not procs.alive(task_pid)
         sampler.sample()
     assert len(sampler.seen) > 20  # the sampler saw the stack (workers, tasks, jobs, restarts)
     assert not sampler.alive(), sampler.alive()

@@ -171,7 +171,8 @@ def test_one_that_keeps_dying_is_given_up_and_sighup_starts_it_again(tmp_path):
         assert log.index("setup: done") < log.index("crasher: started")
         assert "crasher: died 3 times in a row within 3 s of starting (last: exit code 3)" in log.replace(
             "GIVING UP on crasher: it died", "crasher: died")
-        assert stack.state("crasher")["state"] == "gave-up" and stack.running("steady")
+        wait_until("pids.json to say so", lambda: stack.state("crasher").get("state") == "gave-up")
+        assert stack.running("steady")
         flag.write_text("")
         stack.proc.send_signal(signal.SIGHUP)  # `make up` on a half-running stack
         wait_until("the crasher started again", lambda: stack.running("crasher"), timeout=30)

@@ -51,6 +51,7 @@ class LocalStack:
     pipelines_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     log_port: int = 8793  # the scheduler's log server (LocalExecutor task logs)
+    trigger_log_port: int = 8794  # the triggerer's log server
     restart: dict[str, float] = field(default_factory=dict)  # supervisor backoff (mlbatch.supervisor)
     grace: float = 20  # seconds a process group gets between SIGTERM and SIGKILL
 
@@ -85,15 +86,13 @@ class LocalStack:
         values = {"fernet_key": Fernet.generate_key().decode(), "jwt_secret": secrets.token_urlsafe(48),
                   "admin": secrets.token_urlsafe(12), SERVICE_USER: secrets.token_urlsafe(12)}
         self.home.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(values))
-        path.chmod(0o600)
+        _write_private(path, json.dumps(values))
         return values
 
     def env(self) -> dict[str, str]:
         s = self.secrets()
         passwords = self.home / "passwords.json"
-        passwords.write_text(json.dumps({"admin": s["admin"], SERVICE_USER: s[SERVICE_USER]}))
-        passwords.chmod(0o600)
+        _write_private(passwords, json.dumps({"admin": s["admin"], SERVICE_USER: s[SERVICE_USER]}))
         airflow_home = self.home / "airflow"
         db = self.db_url or f"sqlite:///{airflow_home}/airflow.db"
         env = {k: v for k, v in os.environ.items()  # the stack's own Airflow and MLflow settings only
@@ -116,6 +115,7 @@ class LocalStack:
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db,
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.log_port),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.trigger_log_port),
             # tasks queued by a scheduler that died go back to the scheduler within a minute, not 5
             "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "30",
             "MLFLOW_TRACKING_URI": self.mlflow_url,
@@ -159,7 +159,7 @@ class LocalStack:
         return {"home": str(self.home), "marker": self.marker, "steps": steps, "grace": self.grace,
                 "stop_last": ["api-server", "mlflow"], "restart": self.restart}
 
-    def up(self, timeout: float = 180) -> str:
+    def up(self, timeout: float = 300) -> str:
         """Start the stack (or what is missing of it); return once all is healthy. Returns what it did."""
         supervisor = self.supervisor_pid()
         if supervisor is not None:
@@ -183,9 +183,8 @@ class LocalStack:
         self.home.mkdir(parents=True, exist_ok=True)
         logs = self.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        plan = self.home / "supervisor.json"  # holds the environment's secrets: mode 600
-        plan.write_text(json.dumps(self.plan(), indent=1))
-        plan.chmod(0o600)
+        plan = self.home / "supervisor.json"
+        _write_private(plan, json.dumps(self.plan(), indent=1))
         (self.home / "stop.json").unlink(missing_ok=True)
         name, value = self.marker.split("=", 1)
         with (logs / "supervisor.log").open("a") as out:
@@ -321,6 +320,14 @@ def _get(url: str) -> str:
         return response.read().decode()
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (secrets), never readable by others, not even briefly."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
 @lru_cache(maxsize=1)
 def alert_flusher_loops() -> bool:
     """Whether `python -m mlbatch.alerts flush --loop` exists in this installation (the flusher that
@@ -342,9 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("MLBATCH_UI_PORT", 8080)))
     parser.add_argument("--mlflow-port", type=int, default=int(os.environ.get("MLBATCH_MLFLOW_PORT", 5000)))
     parser.add_argument("--log-port", type=int, default=int(os.environ.get("MLBATCH_LOG_PORT", 8793)),
-                        help="the scheduler's task log server")
+                        help="the scheduler's task log server (the triggerer's: the next port)")
     args = parser.parse_args(argv)
-    stack = LocalStack(args.home.resolve(), args.db, args.port, args.mlflow_port, log_port=args.log_port)
+    stack = LocalStack(args.home.resolve(), args.db, args.port, args.mlflow_port, log_port=args.log_port,
+                       trigger_log_port=args.log_port + 1)
     if args.action == "down":
         started, before = time.monotonic(), len(stack.stack_processes())
         stack.down()

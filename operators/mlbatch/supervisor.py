@@ -279,7 +279,11 @@ class Supervisor:
                 self.statuses[pid] = status
 
     def dead(self, p: Process) -> bool:
-        return p.pid in self.statuses or not procs.alive(p.pid, p.start)
+        """Our child: once reaped (a multi-threaded process shows as a zombie before it can be reaped);
+        an adopted process: once /proc says so."""
+        if p.popen is not None:
+            return p.pid in self.statuses
+        return not procs.alive(p.pid, p.start)
 
     def on_death(self, p: Process, started: bool = True) -> None:
         now = time.monotonic()
@@ -288,7 +292,8 @@ class Supervisor:
             status = self.statuses.pop(p.pid, None)
             if p.popen is not None and status is not None:
                 p.popen.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-            p.last_exit = describe_status(status) if status is not None else "exited (not our child: no status)"
+            p.last_exit = (describe_status(status) if status is not None
+                           else "exit status unknown: adopted, not our child")
             log(f"{p.name}: process {p.pid} died ({p.last_exit}) after {lived:.0f} s; stopping what it "
                 f"started (process group {p.pid})")
             procs.signal_group(p.pid, signal.SIGTERM)
