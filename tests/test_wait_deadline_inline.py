@@ -50,4 +50,9 @@ def test_wait_deadline_fires_under_dag_test(tmp_path, monkeypatch, airflow_db, c
     assert took < 60, f"the 3 s deadline took {took:.0f} s"
     out, err = capfd.readouterr()
     assert "in/_SUCCESS does not exist" in out + err
+    waiting = [line for line in (out + err).splitlines() if "Still waiting for" in line]
+    assert waiting and "_SUCCESS" in waiting[0] and " left (until " in waiting[0], waiting  # progress, as it waits
+    from mlbatch.run_display import WAITING
+
+    assert WAITING.search(waiting[0]), waiting[0]  # what `mlbatch run` prints of it
     assert not (tmp_path / "out").exists()

@@ -35,7 +35,9 @@ FACTS = {  # message patterns of the pipeline steps -> what the summary line say
 }
 LEVEL = re.compile(r"^\S+ \[(error|warning|critical)\s*\] (.*)$")
 STRUCTURED_TAIL = re.compile(r"\s+\[[\w.]+\](?: \S+=\S+)*\s*$")  # ` [logger] key=value ...` after a message
-EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt): .*$")  # a traceback's last line
+# a traceback's last line: `[module.]Name: message`, whatever the name (AirflowSensorTimeout, NoSuchBucket, ...)
+EXCEPTION = re.compile(r"^(?:[a-z_]\w*\.)*[A-Z]\w*: \S.*$")
+WAITING = re.compile(r"(Still waiting for .*? left.*?)(?:\s+\[[\w.]+\]|$)")  # triggers.deadline, once a minute
 STEP_WORK = {"prep": ("read", "rows read"), "predict": ("scored", "rows scored")}
 
 
@@ -120,6 +122,9 @@ class RunWatcher:
         if ended:
             self._end(ended.group(1))
             return
+        waiting = WAITING.search(line)
+        if waiting:  # a deferred wait's trigger runs with no task current: say it as it comes
+            self.console.print(f"  wait_for_data  {waiting.group(1)}", markup=False)
         task = self.current
         if task is None:
             return

@@ -129,7 +129,7 @@ class WaitForInputOperator(PipelineStepOperator):
                       remaining.total_seconds(), what)
         # The deadline travels inside the trigger too: `dags test` runs triggers in-process and ignores
         # the deferral timeout. The triggerer's own timeout stays, a little later, as a backstop.
-        self.defer(trigger=DeadlineTrigger.wrap(trigger, deadline), method_name="execute_complete",
+        self.defer(trigger=DeadlineTrigger.wrap(trigger, deadline, waiting_for=what), method_name="execute_complete",
                    timeout=remaining + timedelta(seconds=60),
                    kwargs={"deadline": deadline.isoformat(), "waiting_for": what, "satisfied": satisfied})
 
