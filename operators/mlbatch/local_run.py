@@ -36,6 +36,7 @@ from mlbatch.errors import SpecError
 from mlbatch.local_env import DEFAULT_HOME, PIPELINES_DIR_ENV, ensure_airflow_db, local_env, pipelines_dir
 from mlbatch.spec import PipelineSpec
 from mlbatch.spec_loader import active_environment, load_spec, with_overrides
+from mlbatch.trigger_conf import unknown_keys
 
 
 RUN_MARKER = "MLBATCH_RUN_ID"  # in the environment of every process of one `mlbatch run`
@@ -78,7 +79,7 @@ def trigger_conf(spec: PipelineSpec, assignments: list[str]) -> dict[str, Any]:
             raise RunError(f"--set {assignment!r}: expected key=value")
         key = by_field.get(key, key)
         param = spec.trigger_params.get(key)
-        if param is None:
+        if unknown_keys(spec.trigger_params, [key]):  # the rule every trigger path applies
             allowed = ", ".join(f"{k} ({p.field})" for k, p in spec.trigger_params.items()) or "none"
             raise RunError(f"--set {key}: not a trigger parameter of {spec.name}; it has: {allowed}. "
                            "To make another field overridable, add it under `trigger_params:` in the spec")
