@@ -8,11 +8,11 @@ STAMP := $(VENV)/.installed
 .PHONY: demo demo-alert test bench bench-whole-run venv lock validate clean-demo up down
 
 demo: $(STAMP)
-	$(BIN)/python -m mlbatch.demo
+	$(BIN)/python -m mlbatch.local.demo
 
 # A deliberately failing pipeline; prints its Slack alert as text (local outbox unless a token is set).
 demo-alert: $(STAMP)
-	$(BIN)/python -m mlbatch.demo.alert
+	$(BIN)/python -m mlbatch.local.demo.alert
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
@@ -49,10 +49,10 @@ lock: $(STAMP)
 # On a running or half-running stack `make up` starts only what is missing. `make down` returns once no
 # process of the stack is left (task processes and their job processes included).
 up: $(STAMP)
-	$(BIN)/python -m mlbatch.local_stack up $(if $(DB),--db $(DB))
+	$(BIN)/python -m mlbatch.local.stack up $(if $(DB),--db $(DB))
 
 down:
-	$(BIN)/python -m mlbatch.local_stack down
+	$(BIN)/python -m mlbatch.local.stack down
 
 validate: $(STAMP)
 	$(BIN)/mlbatch validate include/pipelines/*.yaml

@@ -59,7 +59,7 @@ def main() -> int:
                    stderr=subprocess.DEVNULL)
     from fake_slack import VALID_TOKEN, FakeSlack
 
-    from mlbatch.demo.natality import write_partition
+    from mlbatch.local.demo.natality import write_partition
 
     write_partition(HOME / "data" / "natality" / f"ds={DATE}", 2_000, files=1)
     results: dict[str, list[float]] = {"Slack answers at once": [], "first post answered 429, Retry-After: 1": []}

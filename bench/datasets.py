@@ -55,7 +55,7 @@ def use_bench_registry() -> str:
 
 
 def natality_frame(rows: int, seed: int, id_offset: int):
-    from mlbatch.demo.natality import FEATURES, make_frame
+    from mlbatch.local.demo.natality import FEATURES, make_frame
 
     return make_frame(rows, seed=seed, bad_fraction=0.0, id_offset=id_offset)[["id"] + FEATURES]
 
@@ -97,7 +97,7 @@ def _write_files(folder: Path, rows: int, files: int, make) -> None:
 def _train(kind: str):
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    from mlbatch.demo.natality import FEATURES, LABEL, make_frame
+    from mlbatch.local.demo.natality import FEATURES, LABEL, make_frame
 
     if kind == "natality":
         frame = make_frame(200_000, seed=42, bad_fraction=0.0)
@@ -114,7 +114,7 @@ def _register(kind: str, model_name: str) -> tuple[str, str]:
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
 
-    from mlbatch.mlflow_experiments import ensure_experiment
+    from mlbatch.run.mlflow_experiments import ensure_experiment
 
     client = MlflowClient()
     versions = client.search_model_versions(f"name='{model_name}'")
@@ -144,7 +144,7 @@ def ensure(name: str, log=print) -> Dataset:
     use_bench_registry()
     model_name = f"bench_{kind}"
     model_uri, artifact_uri = _register(kind, model_name)
-    from mlbatch.demo.natality import FEATURES
+    from mlbatch.local.demo.natality import FEATURES
 
     return Dataset(
         name=name, rows=rows, features=list(FEATURES) if kind == "natality" else list(WIDE_FEATURES),

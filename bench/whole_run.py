@@ -9,7 +9,7 @@ Parquet write). Each is timed from spawn to exit: the
 DAG run pays Airflow's start-up, the raw limit pays Python's and its imports, as a user would.
 
 Per task, wall time, CPU time (the task's job processes included) and peak memory come from the
-task's own `Resources of <task>` log line (mlbatch.resources, the same figures the `record` step puts
+task's own `Resources of <task>` log line (mlbatch.run.resources, the same figures the `record` step puts
 in MLflow). "Airflow" is the rest of the run: CLI start, DAG parse, task start-up and bookkeeping
 between tasks. Under `airflow dags test` all six tasks run in one process, and the first task start
 builds Airflow's execution API app in-process (Cadwyn's versioned routers, ~4 s of CPU at rest): a
@@ -83,7 +83,7 @@ def spec_dir(workers: int) -> Path:
 
 
 def dag_env(workers: int) -> dict[str, str]:
-    from mlbatch.local_env import local_env
+    from mlbatch.local.env import local_env
 
     # The scoring cases' environment (one thread per process, the warm bytecode cache of an installed
     # worker), then the demo's Airflow home, MLflow store and data root under HOME.
@@ -93,8 +93,8 @@ def dag_env(workers: int) -> dict[str, str]:
 
 def prepare(sizes: list[str]) -> tuple[dict, str]:
     """Airflow database, input partitions and the registered model (made once, reused)."""
-    from mlbatch.demo.natality import write_partition
-    from mlbatch.local_env import ensure_airflow_db
+    from mlbatch.local.demo.natality import write_partition
+    from mlbatch.local.env import ensure_airflow_db
 
     env = dag_env(1)
     say("whole run: " + ensure_airflow_db(env))
@@ -105,7 +105,7 @@ def prepare(sizes: list[str]) -> tuple[dict, str]:
             write_partition(folder, SIZES[size], files=max(4, SIZES[size] // 1_250_000))
     # The model goes into this home's MLflow store; a child process so this one's MLflow settings stay.
     code = ("import json; from mlflow import MlflowClient; from mlflow.exceptions import MlflowException\n"
-            "from mlbatch.demo.natality import train_and_register\n"
+            "from mlbatch.local.demo.natality import train_and_register\n"
             f"c = MlflowClient()\ntry: v = c.get_model_version_by_alias({MODEL!r}, 'champion').version\n"
             f"except MlflowException: v = train_and_register({MODEL!r}, pip_requirements=['scikit-learn'])\n"
             f"print(json.dumps(c.get_model_version_download_uri({MODEL!r}, str(v))))")
@@ -174,7 +174,7 @@ def run_floor(tag: str = "") -> RunFigures:
 
 
 def run_raw(size: str, artifact_uri: str, tag: str = "") -> RunFigures:
-    from mlbatch.spec_loader import load_spec
+    from mlbatch.spec.loader import load_spec
 
     spec = load_spec(spec_dir(1) / f"{PIPELINE}.yaml")
     schema = {"id_column": spec.input.id_column, "features": [f.model_dump() for f in spec.input.features]}

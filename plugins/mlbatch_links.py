@@ -1,8 +1,8 @@
-"""Registers the bundle's operator extra links with Airflow (logic lives in mlbatch.links)."""
+"""Registers the bundle's operator extra links with Airflow (logic lives in mlbatch.operators.links)."""
 
 from airflow.plugins_manager import AirflowPlugin
 
-from mlbatch.links import MlflowModelVersionLink, MlflowRunLink, RemoteJobConsoleLink
+from mlbatch.operators.links import MlflowModelVersionLink, MlflowRunLink, RemoteJobConsoleLink
 
 
 class MlbatchLinksPlugin(AirflowPlugin):

@@ -59,7 +59,7 @@ def airflow_db() -> Path:
 @pytest.fixture(scope="session")
 def registered_model() -> dict:
     """The demo's natality model, trained small and registered with alias `champion`."""
-    from mlbatch.demo.natality import train_and_register
+    from mlbatch.local.demo.natality import train_and_register
 
     version = train_and_register("natality_weight", rows=20_000)
     return {"name": "natality_weight", "version": version}

@@ -4,16 +4,16 @@ emulator and moto; a running run's folder is never touched."""
 
 from __future__ import annotations
 
-from mlbatch.run_paths import RunPaths
-from mlbatch.spec import PipelineSpec
-from mlbatch.staged_files import RUN_NOTE, note_run, sweep_abandoned_runs
-from mlbatch.storage import Storage, join
+from mlbatch.run.paths import RunPaths
+from mlbatch.spec.models import PipelineSpec
+from mlbatch.run.staged_files import RUN_NOTE, note_run, sweep_abandoned_runs
+from mlbatch.storage.layer import Storage, join
 
 DAY = 86400.0
 
 
 def spec_for(keep_days: float) -> PipelineSpec:
-    from mlbatch.spec_loader import load_spec, with_overrides
+    from mlbatch.spec.loader import load_spec, with_overrides
 
     return with_overrides(load_spec("include/pipelines/natality_daily.yaml"), {"storage.keep_staged_days": keep_days})
 

@@ -273,7 +273,7 @@ def test_dag_factory_attaches_alerts_as_the_spec_says():
     from mlbatch.alerts.notifier import PipelineAlertNotifier
     from mlbatch.alerts.task_log import start_log_tap
     from mlbatch.dag_factory import build_dag
-    from mlbatch.spec_loader import load_spec, with_overrides
+    from mlbatch.spec.loader import load_spec, with_overrides
 
     spec = load_spec(Path(__file__).resolve().parents[1] / "include" / "pipelines" / "natality_daily.yaml")
     quiet = build_dag(spec)

@@ -37,7 +37,7 @@ def failing_pipeline(session_dir, monkeypatch, tmp_path):
     pipelines.mkdir()
     shutil.copy(FAILING, pipelines)
     monkeypatch.setenv("MLBATCH_PIPELINES_DIR", str(pipelines))
-    from mlbatch.demo.natality import write_partition
+    from mlbatch.local.demo.natality import write_partition
 
     folder = session_dir / "data" / "natality" / f"ds={DATE}"
     if not (folder / "_SUCCESS").exists():
@@ -115,7 +115,7 @@ class LeakyOperator(BaseOperator):
         conn = BaseHook.get_connection("warehouse_db")
         self.log.info("connecting to %s with password %s", conn.host, conn.password)
         self.log.info("slack says hi with token {token}")
-        logging.getLogger("mlbatch.job_process").info("[job] worker %s finished", "w-1")
+        logging.getLogger("mlbatch.run.job_process").info("[job] worker %s finished", "w-1")
         raise RuntimeError(f"login failed for postgres://etl:{{conn.password}}@{{conn.host}}/dw "
                            f"(debug token {token})")
 

@@ -10,7 +10,7 @@ SPEC = Path(__file__).resolve().parents[1] / "include" / "pipelines" / "natality
 
 
 def auto_spec(**overrides):
-    from mlbatch.spec_loader import load_spec, with_overrides
+    from mlbatch.spec.loader import load_spec, with_overrides
 
     return with_overrides(load_spec(SPEC), {"predict.backend": "auto", **overrides})
 
@@ -39,9 +39,9 @@ def test_auto_with_gpus_and_no_batch_service_is_a_spec_error():
 
 def test_auto_is_resolved_by_a_named_step_not_by_the_model():
     """Validating a spec never changes it; resolve_backend returns a new spec with the reason public."""
-    from mlbatch.backend_choice import resolve_backend
-    from mlbatch.spec import PipelineSpec
-    from mlbatch.spec_loader import with_overrides
+    from mlbatch.spec.backend_choice import resolve_backend
+    from mlbatch.spec.models import PipelineSpec
+    from mlbatch.spec.loader import with_overrides
 
     data = auto_spec().model_dump()
     data["predict"].update(backend="auto", auto_reason=None)
@@ -57,7 +57,7 @@ def test_auto_is_resolved_by_a_named_step_not_by_the_model():
 
 def test_a_spec_file_cannot_set_the_auto_reason(tmp_path):
     from mlbatch.errors import SpecError
-    from mlbatch.spec_loader import load_spec
+    from mlbatch.spec.loader import load_spec
 
     text = SPEC.read_text().replace("predict:\n", "predict:\n  auto_reason: because\n", 1)
     assert "auto_reason" in text

@@ -162,7 +162,7 @@ def dataflow(gcs_emulator, monkeypatch):
 
 @pytest.fixture
 def spec(tmp_path):
-    from mlbatch.spec_loader import load_spec, with_overrides
+    from mlbatch.spec.loader import load_spec, with_overrides
 
     return with_overrides(load_spec(SPEC), {
         "output.uri": str(tmp_path / "out" / "ds={{ ds }}"),
@@ -330,7 +330,7 @@ def prep_spec(spec, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mlbatch.spec_loader import with_overrides
+    from mlbatch.spec.loader import with_overrides
 
     folder = tmp_path / "in" / f"ds={DS}"
     folder.mkdir(parents=True)
@@ -353,7 +353,7 @@ def submit_prep(spec, context):
 def test_prep_runs_on_dataflow_and_predict_reads_its_prepared_files(dataflow, prep_spec, model):
     from mlbatch.backends.dataflow import DataflowJobTrigger
     from mlbatch.operators.prep import BeamPrepOperator
-    from mlbatch.prep_contract import schema_json
+    from mlbatch.spec.prep_contract import schema_json
 
     service, gcs = dataflow
     run_id = "manual__dataflow_prep"
@@ -444,7 +444,7 @@ def test_prep_execute_complete_refuses_a_failed_event_or_job(dataflow, prep_spec
 
 def test_prep_stays_local_unless_predict_runs_on_dataflow(spec):
     from mlbatch.operators.prep import runs_on_dataflow
-    from mlbatch.spec_loader import with_overrides
+    from mlbatch.spec.loader import with_overrides
 
     assert runs_on_dataflow(spec)
     assert not runs_on_dataflow(with_overrides(spec, {"predict.dataflow.runner": "local"}))
@@ -453,7 +453,7 @@ def test_prep_stays_local_unless_predict_runs_on_dataflow(spec):
 
 def test_prep_workers_get_no_gpus(spec):
     from mlbatch.backends.dataflow import launch_variables, prep_launch_variables
-    from mlbatch.spec_loader import with_overrides
+    from mlbatch.spec.loader import with_overrides
 
     gpu = with_overrides(spec, {"predict.compute.accelerator_type": "nvidia-tesla-t4",
                                 "predict.compute.accelerator_count": 1})

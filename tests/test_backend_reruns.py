@@ -112,7 +112,7 @@ def test_a_stopping_job_is_waited_out_then_the_next_attempt_starts(spec, model, 
 
 def test_a_changed_image_role_or_network_makes_a_new_model(spec, model, aws_conn, sagemaker_lifecycle):
     from mlbatch.backends.sagemaker import model_config
-    from mlbatch.spec_loader import with_overrides
+    from mlbatch.spec.loader import with_overrides
 
     _, first = submit(spec, task_context("manual__image_a", DS, model), model)
     changed = {

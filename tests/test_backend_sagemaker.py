@@ -29,7 +29,7 @@ def staging_bucket(aws_conn, monkeypatch, request):
 
 @pytest.fixture
 def spec(staging_bucket, tmp_path):
-    from mlbatch.spec_loader import load_spec, with_overrides
+    from mlbatch.spec.loader import load_spec, with_overrides
 
     return with_overrides(load_spec(SPEC), {"output.uri": str(tmp_path / "out" / "ds={{ ds }}")})
 
@@ -291,8 +291,8 @@ def test_sagemaker_example_runs_end_to_end_against_moto(airflow_db, registered_m
 
     from cloud_backends import pipeline_outputs_moved
 
-    from mlbatch.demo.natality import LABEL, make_frame
-    from mlbatch.storage import Storage
+    from mlbatch.local.demo.natality import LABEL, make_frame
+    from mlbatch.storage.layer import Storage
 
     data_root = f"s3://{staging_bucket}/data"
     monkeypatch.setenv("MLBATCH_DATA_ROOT", data_root)
@@ -348,7 +348,7 @@ def aws_conn_jobs(bucket: str) -> list[str]:
 def test_concurrent_payloads_over_100_mb_are_refused_before_submitting():
     """CreateTransformJob: MaxConcurrentTransforms * MaxPayloadInMB cannot exceed 100 MB."""
     from mlbatch.backends.sagemaker import transform_config
-    from mlbatch.spec_loader import load_spec, with_overrides
+    from mlbatch.spec.loader import load_spec, with_overrides
 
     spec = with_overrides(load_spec(SPEC), {"predict.sagemaker.max_concurrent_transforms": 20})
     with pytest.raises(ValueError, match="max_concurrent_transforms x max_payload_mb = 120 MB"):

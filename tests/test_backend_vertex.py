@@ -119,7 +119,7 @@ def vertex(gcs_emulator, monkeypatch):
 
 @pytest.fixture
 def spec(tmp_path):
-    from mlbatch.spec_loader import load_spec, with_overrides
+    from mlbatch.spec.loader import load_spec, with_overrides
 
     return with_overrides(load_spec(SPEC), {"output.uri": str(tmp_path / "out" / "ds={{ ds }}")})
 

@@ -15,7 +15,7 @@ HEADER = "id,is_male,mother_age,plurality,gestation_weeks\n"
 
 
 def natality_spec(tmp_path: Path, **overrides):
-    from mlbatch.spec_loader import load_spec, with_overrides
+    from mlbatch.spec.loader import load_spec, with_overrides
 
     base = {"input.uri": str(tmp_path / "in" / "*.csv"), "input.format": "csv", "input.marker": None,
             "output.uri": str(tmp_path / "out" / "ds={{ ds }}"), "predict.backend": "local"}

@@ -52,7 +52,7 @@ class Recorder:
 
 def test_under_a_parsing_context_only_the_wanted_dag_is_built_and_no_broken_spec_logged(pipelines, monkeypatch):
     from mlbatch import dag_factory
-    from mlbatch.broken_spec import BROKEN_TAG
+    from mlbatch.spec.broken import BROKEN_TAG
 
     log = Recorder()
     monkeypatch.setattr(dag_factory, "log", log)
@@ -85,7 +85,7 @@ def test_a_good_pipelines_task_log_has_no_line_about_a_broken_spec(airflow_db, p
     from airflow.sdk.api.datamodels._generated import BundleInfo
     from airflow.utils.session import create_session
 
-    from mlbatch.demo.natality import write_partition
+    from mlbatch.local.demo.natality import write_partition
 
     folder = session_dir / "data" / "natality" / f"ds={DATE}"
     if not (folder / "_SUCCESS").exists():

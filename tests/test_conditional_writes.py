@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from mlbatch.conditional_writes import PreconditionFailed, delete_if, read_versioned, write_if
-from mlbatch.storage import Storage, join
+from mlbatch.storage.conditional import PreconditionFailed, delete_if, read_versioned, write_if
+from mlbatch.storage.layer import Storage, join
 
 
 def test_create_only_if_absent_then_swap_only_from_the_version_read(store_root):

@@ -54,7 +54,7 @@ def test_scheduled_runs_score_the_day_before_they_are_due_and_manual_runs_their_
     from types import SimpleNamespace
 
     from mlbatch.operators.base import scheduled_data_date
-    from mlbatch.spec_loader import load_spec, with_overrides
+    from mlbatch.spec.loader import load_spec, with_overrides
 
     spec = load_spec(PIPELINES / "natality_daily.yaml")
     due = datetime(2026, 11, 21, tzinfo=timezone.utc)

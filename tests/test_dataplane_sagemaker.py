@@ -18,7 +18,7 @@ BUCKET = "dataplane-sagemaker"
 
 @pytest.fixture
 def rows() -> pd.DataFrame:
-    from mlbatch.demo.natality import make_frame
+    from mlbatch.local.demo.natality import make_frame
 
     frame = make_frame(int(os.environ.get("MLBATCH_FORMAT_ROWS", 2_000)), seed=5, bad_fraction=0)
     return frame[["id", *FEATURES]]

@@ -152,7 +152,7 @@ def test_vertex_example_runs_end_to_end(airflow_db, registered_model, session_di
 
     from cloud_backends import pipeline_outputs_moved
 
-    from mlbatch.demo.natality import write_partition
+    from mlbatch.local.demo.natality import write_partition
 
     jobs, models, _ = vertex_dataplane
     write_partition(session_dir / "data" / "natality" / f"ds={E2E_DATE}", 3_000, files=2, seed=12,

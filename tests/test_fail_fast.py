@@ -147,7 +147,7 @@ def fake_slack(monkeypatch, tmp_path):
 
 @pytest.fixture
 def partition(session_dir):
-    from mlbatch.demo.natality import write_partition
+    from mlbatch.local.demo.natality import write_partition
 
     folder = session_dir / "data" / "natality" / f"ds={DATE}"
     if not (folder / "_SUCCESS").exists():

@@ -30,7 +30,7 @@ import mlbatch, mlbatch_beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.stager import Stager
 from mlbatch.backends.dataflow_options import dataflow_pipeline_args
-from mlbatch.spec import PipelineSpec
+from mlbatch.spec.models import PipelineSpec
 
 spec = PipelineSpec(
     name="natality_daily", model={"name": "natality_weight", "alias": "champion"},

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mlbatch.errors import RemoteJobError
-from mlbatch.job_process import JobProcess, job_processes, lock_file_for, stop_leftover_job
+from mlbatch.run.job_process import JobProcess, job_processes, lock_file_for, stop_leftover_job
 
 SLEEPER = """
 import argparse, os, pathlib, time
@@ -22,7 +22,7 @@ pathlib.Path(a.pid_file).write_text(str(os.getpid())); print("started", flush=Tr
 """
 TASK = """
 import sys
-from mlbatch.job_process import JobProcess
+from mlbatch.run.job_process import JobProcess
 JobProcess("mlbatch_test_sleeper", ["--pid-file", sys.argv[1]], sys.argv[2]).run()
 """
 
@@ -98,7 +98,7 @@ def test_lock_file_lives_in_the_work_folder():
 
 def test_job_process_module_has_no_heavy_imports():
     code = textwrap.dedent("""
-        import sys, mlbatch.job_process
+        import sys, mlbatch.run.job_process
         print([m for m in ("apache_beam", "mlflow", "pyarrow") if m in sys.modules])
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,4 +1,4 @@
-"""The real deployment, live: `make up`'s topology (mlbatch.local_stack: api-server, scheduler,
+"""The real deployment, live: `make up`'s topology (mlbatch.local.stack: api-server, scheduler,
 dag-processor, triggerer, MLflow server) on its own PostgreSQL database, driven from outside as users
 drive it -- REST API v2, signed Slack commands, the UI in headless Chromium -- plus a kill -9 of a
 running task. `DagBag`/`dag.test` cannot show what a live dag-processor, triggerer and supervisor do.
@@ -78,7 +78,7 @@ def wait_until(what: str, predicate, timeout: float = 120, every: float = 0.5):
 def live(tmp_path_factory):
     import psycopg2
 
-    from mlbatch.local_stack import LocalStack
+    from mlbatch.local.stack import LocalStack
 
     started = time.monotonic()
     root = tmp_path_factory.mktemp("live")
@@ -132,7 +132,7 @@ def live(tmp_path_factory):
 REGISTER = """
 import time, urllib.request
 import cloudpickle, sklearn
-from mlbatch.demo.natality import train_and_register
+from mlbatch.local.demo.natality import train_and_register
 deadline = time.monotonic() + 180
 while True:
     try:
@@ -218,7 +218,7 @@ def test_rest_trigger_defers_survives_a_killed_task_and_publishes_once(live):
     TIMINGS["trigger -> deferred"] = time.monotonic() - started
     assert waiting["try_number"] == 1
 
-    from mlbatch.demo.natality import write_partition
+    from mlbatch.local.demo.natality import write_partition
 
     folder = live.root / "data" / "natality" / f"ds={DATE}"
     write_partition(folder, ROWS, files=3, seed=11, row_group_rows=10_000)
@@ -269,9 +269,9 @@ def test_two_runs_of_one_date_publish_one_after_the_other_under_the_partition_le
     """`max_active_runs: 2`, two REST runs of one date. A lease held by a third party keeps both
     publishes waiting (so they really meet); once it goes, they take the lease one after the other:
     both succeed and the partition names the files of exactly one of them."""
-    from mlbatch.demo.natality import write_partition
-    from mlbatch.partition_commit import ATTEMPTS
-    from mlbatch.partition_lease import LEASE
+    from mlbatch.local.demo.natality import write_partition
+    from mlbatch.run.commit import ATTEMPTS
+    from mlbatch.run.lease import LEASE
 
     folder = live.root / "data" / "natality" / f"ds={DATE}"
     if not (folder / "_SUCCESS").exists():  # when this test runs alone
@@ -397,7 +397,7 @@ def _fill_js(values: dict[str, str]) -> str:
 
 def _job_process(lock_name: str, root: Path) -> tuple[int, int] | None:
     """(job pid, its parent = the task process) of a running job of this stack, found by its lock env."""
-    from mlbatch.job_process import LOCK_ENV
+    from mlbatch.run.job_process import LOCK_ENV
 
     marked = {}
     for entry in Path("/proc").iterdir():

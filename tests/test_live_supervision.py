@@ -58,7 +58,7 @@ class Sampler:
         self._thread.join()
 
     def alive(self) -> dict[int, str]:
-        from mlbatch import processes as procs
+        from mlbatch.local import processes as procs
 
         return {pid: cmd for (pid, start), cmd in self.seen.items() if procs.alive(pid, start)}
 
@@ -67,7 +67,7 @@ class Sampler:
 def live(tmp_path_factory):
     import psycopg2
 
-    from mlbatch.local_stack import LocalStack
+    from mlbatch.local.stack import LocalStack
 
     started = time.monotonic()
     root = tmp_path_factory.mktemp("supervised")
@@ -146,7 +146,7 @@ def health_after(live: Live, component: str, since: float) -> bool:
 
 
 def test_kill_9_of_each_process_during_a_run(live):
-    from mlbatch import processes as procs
+    from mlbatch.local import processes as procs
 
     stack = live.stack
     with Sampler(stack) as sampler:
@@ -179,7 +179,7 @@ def test_kill_9_of_each_process_during_a_run(live):
         TIMINGS["api-server: kill -9 -> execution API answering"] = time.monotonic() - killed_at
         assert wait_until("wait_for_data", tolerant(lambda: live.task(run_id, "wait_for_data")))["state"] == "deferred"
 
-        from mlbatch.demo.natality import write_partition
+        from mlbatch.local.demo.natality import write_partition
 
         write_partition(live.root / "data" / "natality" / f"ds={DATE}", ROWS, files=2, seed=5, row_group_rows=5_000)
 

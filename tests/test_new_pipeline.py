@@ -142,8 +142,8 @@ def test_new_then_run_publishes_a_partition(workdir):
 
 
 def test_run_overrides_are_checked_like_trigger_params():
-    from mlbatch.local_run import RunError, trigger_conf
-    from mlbatch.spec_loader import load_spec
+    from mlbatch.local.run import RunError, trigger_conf
+    from mlbatch.spec.loader import load_spec
 
     spec = load_spec(Path(__file__).resolve().parents[1] / "include" / "pipelines" / "natality_daily.yaml", "dev")
     assert trigger_conf(spec, ["backend=local", "model.alias=challenger", "date=2026-11-19"]) == {
@@ -159,7 +159,7 @@ def test_docs_classifier_example_is_a_valid_spec(tmp_path):
     """The second complete example of docs/spec.md loads in dev and prod."""
     import re
 
-    from mlbatch.spec_loader import load_spec
+    from mlbatch.spec.loader import load_spec
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "spec.md").read_text()
     example = re.search(r"```yaml\n(name: churn_daily\n.*?)```", text, re.S).group(1)
@@ -176,7 +176,7 @@ def test_run_display_reads_airflow_output():
 
     from rich.console import Console
 
-    from mlbatch.run_display import RunWatcher
+    from mlbatch.local.display import RunWatcher
 
     out = io.StringIO()
     watcher = RunWatcher(Console(file=out, width=200))

@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlbatch.partition_commit import ATTEMPTS, STEPS, Partition, commit, committed, committed_files, new_attempt
+from mlbatch.run.commit import ATTEMPTS, STEPS, Partition, commit, committed, committed_files, new_attempt
 from mlbatch.errors import PartitionBusyError, PartitionLeaseLostError
-from mlbatch.partition_lease import LEASE
-from mlbatch.storage import Storage, join
+from mlbatch.run.lease import LEASE
+from mlbatch.storage.layer import Storage, join
 
 
 class Crash(Exception):

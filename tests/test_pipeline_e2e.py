@@ -15,7 +15,7 @@ ROWS = 6_000
 
 @pytest.fixture(scope="module")
 def partition(session_dir: Path) -> dict:
-    from mlbatch.demo.natality import make_frame, write_partition
+    from mlbatch.local.demo.natality import make_frame, write_partition
 
     folder = write_partition(session_dir / "data" / "natality" / f"ds={DATE}", ROWS, files=2, seed=7,
                              row_group_rows=1_000)

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from mlflow_uris import mlflow_pointed_at
-from mlbatch.storage import Storage
+from mlbatch.storage.layer import Storage
 from scoring_server import serve_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -292,7 +292,7 @@ def spec_dict(tmp_path: Path, tracking_uri: str, model: str, predictions: dict, 
 
 @pytest.mark.parametrize("backend", ["local", "sagemaker", "vertex"])
 def test_validator_refuses_a_method_switch_the_serving_container_cannot_do(tmp_path, backend):
-    from mlbatch.spec import PipelineSpec
+    from mlbatch.spec.models import PipelineSpec
 
     spec = spec_dict(tmp_path, "sqlite:///x.db", "binary", {"kind": "positive_probability",
                                                             "method": "predict_proba"}, backend)
@@ -305,8 +305,8 @@ def test_validator_refuses_a_method_switch_the_serving_container_cannot_do(tmp_p
 
 
 def test_validator_refuses_the_switch_when_a_trigger_picks_the_backend(tmp_path):
-    from mlbatch.spec import PipelineSpec
-    from mlbatch.spec_loader import with_overrides
+    from mlbatch.spec.models import PipelineSpec
+    from mlbatch.spec.loader import with_overrides
 
     spec = PipelineSpec.model_validate(spec_dict(
         tmp_path, "sqlite:///x.db", "binary", {"kind": "positive_probability", "method": "predict_proba"},
@@ -325,7 +325,7 @@ def test_validator_refuses_the_switch_when_a_trigger_picks_the_backend(tmp_path)
     ({"kind": "columns", "columns": ["id"]}, "must be unique"),
 ])
 def test_validator_names_what_is_wrong_with_output_predictions(tmp_path, predictions, message):
-    from mlbatch.spec import PipelineSpec
+    from mlbatch.spec.models import PipelineSpec
 
     with pytest.raises(ValueError, match=message):
         PipelineSpec.model_validate(spec_dict(tmp_path, "sqlite:///x.db", "m", predictions, "dataflow"))
@@ -342,7 +342,7 @@ def test_validator_names_what_is_wrong_with_output_predictions(tmp_path, predict
 def test_resolve_model_checks_the_output_against_the_model(classifiers, tmp_path, model, predictions, message):
     from mlbatch.errors import ModelMismatchError
     from mlbatch.operators.resolve_model import check_signature
-    from mlbatch.spec import PipelineSpec
+    from mlbatch.spec.models import PipelineSpec
 
     spec = PipelineSpec.model_validate(spec_dict(tmp_path, classifiers["tracking_uri"], model, predictions))
     with pytest.raises(ModelMismatchError, match=message):

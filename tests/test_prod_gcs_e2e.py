@@ -53,8 +53,8 @@ def test_prod_natality_daily_runs_on_gcs_end_to_end(prod_on_gcs, airflow_db, reg
 
     from cloud_backends import pipeline_outputs_moved
 
-    from mlbatch.demo.natality import LABEL, make_frame
-    from mlbatch.storage import Storage
+    from mlbatch.local.demo.natality import LABEL, make_frame
+    from mlbatch.storage.layer import Storage
 
     storage = Storage()
     data = f"gs://{BUCKET}/natality/natality/ds={DATE}"

@@ -10,8 +10,8 @@ import pytest
 
 from mlbatch.errors import CountMismatchError, TooManyRejectedError
 from mlbatch.operators.publish import PublishOperator
-from mlbatch.run_paths import RunPaths
-from mlbatch.spec_loader import load_spec, with_overrides
+from mlbatch.run.paths import RunPaths
+from mlbatch.spec.loader import load_spec, with_overrides
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "include" / "pipelines" / "natality_daily.yaml"
 

@@ -8,8 +8,8 @@ import io
 
 import pytest
 
-from mlbatch.row_counts import count_json_lines, count_rows
-from mlbatch.storage import Storage, join
+from mlbatch.run.row_counts import count_json_lines, count_rows
+from mlbatch.storage.layer import Storage, join
 
 
 @pytest.mark.parametrize("block", [1, 7, 64, 8 << 20])

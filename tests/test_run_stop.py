@@ -13,8 +13,8 @@ from pathlib import Path
 
 from test_new_pipeline import DATE, MLBATCH, mlbatch, workdir  # noqa: F401  (workdir: the fixture)
 
-from mlbatch import processes as procs
-from mlbatch.job_process import LOCK_ENV
+from mlbatch.local import processes as procs
+from mlbatch.run.job_process import LOCK_ENV
 
 
 def _environ(pid: int) -> bytes:

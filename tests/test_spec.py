@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlbatch.cli import main as cli_main
+from mlbatch.local.cli import main as cli_main
 from mlbatch.errors import SpecError
-from mlbatch.spec_loader import load_spec, with_overrides
+from mlbatch.spec.loader import load_spec, with_overrides
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "include" / "pipelines" / "natality_daily.yaml"
 

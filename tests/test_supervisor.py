@@ -1,4 +1,4 @@
-"""The local stack's supervisor (`mlbatch.supervisor`) on stand-in processes shaped like Airflow's:
+"""The local stack's supervisor (`mlbatch.local.supervisor`) on stand-in processes shaped like Airflow's:
 a leader with a log server and a worker in its process group, the worker's task process in its own
 group, and the task's job in its own session. Fast (no Airflow); the live stack is
 tests/test_live_supervision.py.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mlbatch import processes as procs
+from mlbatch.local import processes as procs
 
 # argv: state folder, log-server port. Writes <state>/<leader pid>.json with every pid it started.
 SCHEDULER = r"""
@@ -81,7 +81,7 @@ class Stack:
             "home": str(home), "marker": self.marker, "steps": steps, "grace": 5,
             "restart": {"first_delay": 0.2, "max_delay": 1, "fast_seconds": 3, "give_up_after": 3}, **plan}))
         (home / "logs").mkdir(exist_ok=True)
-        self.proc = subprocess.Popen([sys.executable, "-m", "mlbatch.supervisor", str(home / "plan.json")],
+        self.proc = subprocess.Popen([sys.executable, "-m", "mlbatch.local.supervisor", str(home / "plan.json")],
                                      stdout=(home / "logs" / "supervisor.log").open("w"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.start = procs.start_ticks(self.proc.pid)

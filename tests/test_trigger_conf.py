@@ -1,4 +1,4 @@
-"""A run's conf may hold only trigger params: one rule (`mlbatch.trigger_conf.check_conf_keys`) for REST,
+"""A run's conf may hold only trigger params: one rule (`mlbatch.spec.trigger_conf.check_conf_keys`) for REST,
 the UI, Slack and `mlbatch run`.
 
 Airflow itself accepts any extra key: its REST API creates the run (checked here through Airflow's own
@@ -25,7 +25,7 @@ VALID = "Valid keys: model_alias, backend, date."
 
 def test_the_rule_names_the_unknown_keys_and_lists_the_valid_ones():
     from mlbatch.errors import PermanentError, TriggerConfError
-    from mlbatch.trigger_conf import check_conf_keys, unknown_keys
+    from mlbatch.spec.trigger_conf import check_conf_keys, unknown_keys
 
     check_conf_keys("p", ["model_alias", "backend", "date"], {"backend": "local", "date": None})
     check_conf_keys("p", ["backend"], {})
@@ -41,11 +41,11 @@ def test_the_rule_names_the_unknown_keys_and_lists_the_valid_ones():
 
 def test_slack_and_mlbatch_run_refuse_the_keys_the_rule_refuses():
     """The three front doors agree on which keys are not trigger params."""
-    from mlbatch.local_run import RunError, trigger_conf
+    from mlbatch.local.run import RunError, trigger_conf
     from mlbatch.slack_commands.commands import CommandError
     from mlbatch.slack_commands.params import run_conf
-    from mlbatch.spec_loader import load_spec
-    from mlbatch.trigger_conf import unknown_keys
+    from mlbatch.spec.loader import load_spec
+    from mlbatch.spec.trigger_conf import unknown_keys
 
     spec = load_spec(PIPELINES / "natality_daily.yaml")
     params = {key: {"schema": {"type": "string"}, "value": None} for key in spec.trigger_params}
@@ -80,7 +80,7 @@ def fake_slack(monkeypatch, tmp_path):
 def natality_dag(airflow_db, session_dir, monkeypatch):
     """natality_daily as shipped, parsed from dags/ and written to the metadata DB as the dag-processor
     would (bundle `dags-folder`); its input is there, so only the conf check can stop the run."""
-    from mlbatch.demo.natality import write_partition
+    from mlbatch.local.demo.natality import write_partition
 
     folder = session_dir / "data" / "natality" / f"ds={DATE}"
     if not (folder / "_SUCCESS").exists():

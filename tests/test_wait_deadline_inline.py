@@ -52,7 +52,7 @@ def test_wait_deadline_fires_under_dag_test(tmp_path, monkeypatch, airflow_db, c
     assert "in/_SUCCESS does not exist" in out + err
     waiting = [line for line in (out + err).splitlines() if "Still waiting for" in line]
     assert waiting and "_SUCCESS" in waiting[0] and " left (until " in waiting[0], waiting  # progress, as it waits
-    from mlbatch.run_display import WAITING
+    from mlbatch.local.display import WAITING
 
     assert WAITING.search(waiting[0]), waiting[0]  # what `mlbatch run` prints of it
     assert not (tmp_path / "out").exists()

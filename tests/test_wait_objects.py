@@ -117,9 +117,9 @@ def test_bad_targets_are_refused_with_the_uri():
 
 
 def test_completeness_checks_name_what_is_missing(tmp_path):
-    from mlbatch.demo.natality import write_partition
+    from mlbatch.local.demo.natality import write_partition
     from mlbatch.sensors.completeness import incomplete_reasons
-    from mlbatch.spec_loader import load_spec, with_overrides
+    from mlbatch.spec.loader import load_spec, with_overrides
 
     spec = load_spec(REPO / "include" / "pipelines" / "natality_daily.yaml")
     folder = write_partition(tmp_path / "ds=2026-11-20", 500, files=2, seed=1, row_group_rows=100)

@@ -25,13 +25,13 @@ def write_spec(tmp_path: Path, name: str, **changes) -> Path:
 
 
 def load(tmp_path: Path, name: str = "p", **changes):
-    from mlbatch.spec_loader import load_spec
+    from mlbatch.spec.loader import load_spec
 
     return load_spec(write_spec(tmp_path, name, **changes))
 
 
 def test_example_waits_for_its_marker_with_a_size_check():
-    from mlbatch.spec_loader import load_spec
+    from mlbatch.spec.loader import load_spec
 
     spec = load_spec(EXAMPLE)
     assert spec.wait.kind == "object" and spec.wait.targets == []  # default target: input.marker
@@ -78,7 +78,7 @@ def test_asset_schedule_excludes_a_clock_and_row_checks_work_on_object_stores(tm
 def test_every_pipeline_publishes_its_predictions_as_an_asset(tmp_path):
     from airflow.sdk import Asset
 
-    from mlbatch.assets import dataset_uri
+    from mlbatch.run.assets import dataset_uri
     from mlbatch.dag_factory import build_dag
 
     spec = load(tmp_path)
@@ -118,7 +118,7 @@ def test_asset_triggered_runs_take_the_data_date_of_the_newest_event():
     from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
     from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
 
-    from mlbatch.assets import fill_data_date
+    from mlbatch.run.assets import fill_data_date
 
     now = datetime(2026, 11, 21, 3, tzinfo=timezone.utc)
 

@@ -222,7 +222,7 @@ def task_log(cluster, dag_id: str, task_id: str) -> str:
 
 
 def test_sensor_defers_in_the_triggerer_resumes_on_data_and_chains_by_asset(cluster):
-    from mlbatch.demo.natality import write_partition
+    from mlbatch.local.demo.natality import write_partition
 
     trigger(cluster, "chain_upstream", "after_upstream_task", "wait_then_skip", "wait_then_fail")
 
@@ -293,7 +293,7 @@ def test_sensor_waits_for_s3_and_gcs_markers_in_the_triggerer_and_checks_complet
     """The marker lands after the task deferred; a partition below wait.checks (min_bytes, min_rows: rows
     counted from the Parquet footers in the bucket) keeps the run waiting (the checks run in the resumed
     task), the rest of the data lets it go on."""
-    from mlbatch.demo.natality import write_partition
+    from mlbatch.local.demo.natality import write_partition
 
     bucket, prefix = cluster["bucket"], f"natality/ds={DATE}"
     # wait_s3 and wait_gs were triggered when the cluster started (see `cluster`).

@@ -17,8 +17,8 @@ from airflow.sdk import DAG, Param, get_parsing_context
 from pydantic import ValidationError
 
 from mlbatch.alerts.notifier import pipeline_callbacks, success_callback
-from mlbatch.assets import output_asset, upstream_schedule
-from mlbatch.broken_spec import broken_dag_id, broken_spec_dag
+from mlbatch.run.assets import output_asset, upstream_schedule
+from mlbatch.spec.broken import broken_dag_id, broken_spec_dag
 from mlbatch.errors import SpecError, SpecProblem
 from mlbatch.operators.predict import PredictOperator
 from mlbatch.operators.prep import BeamPrepOperator
@@ -26,8 +26,8 @@ from mlbatch.operators.publish import PublishOperator
 from mlbatch.operators.record import RecordRunOperator
 from mlbatch.operators.resolve_model import ResolveModelOperator
 from mlbatch.operators.wait_for_data import WaitForInputOperator
-from mlbatch.spec import PipelineSpec, TriggerParam
-from mlbatch.spec_loader import load_spec
+from mlbatch.spec.models import PipelineSpec, TriggerParam
+from mlbatch.spec.loader import load_spec
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def _value_at(spec: PipelineSpec, dotted: str) -> Any:
 
 def build_dags(pipelines_dir: str | Path) -> dict[str, DAG]:
     """One DAG per `*.yaml` in `pipelines_dir`. A spec error (`SPEC_ERRORS`) stays with its spec: it
-    becomes a placeholder DAG saying why (`mlbatch.broken_spec`), because an import error of the DAG
+    becomes a placeholder DAG saying why (`mlbatch.spec.broken`), because an import error of the DAG
     file would make a live dag-processor mark every pipeline of the file stale. Anything else is a bug
     in mlbatch, not in the spec, and is raised as itself (an import error with its traceback).
 

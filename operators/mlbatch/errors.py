@@ -44,11 +44,11 @@ class SpecError(PermanentError, ValueError):
 
 
 class BrokenSpecError(PermanentError, ValueError):
-    """A run of a broken spec's placeholder DAG (see `mlbatch.broken_spec`): says why it cannot run."""
+    """A run of a broken spec's placeholder DAG (see `mlbatch.spec.broken`): says why it cannot run."""
 
 
 class TriggerConfError(PermanentError, ValueError):
-    """A run's conf holds keys that are not trigger params of its pipeline (`mlbatch.trigger_conf`)."""
+    """A run's conf holds keys that are not trigger params of its pipeline (`mlbatch.spec.trigger_conf`)."""
 
     def __init__(self, pipeline: str, unknown: list[str], valid: list[str]):
         self.pipeline, self.unknown, self.valid = pipeline, unknown, valid
@@ -96,7 +96,7 @@ class RemoteJobError(RuntimeError):
 
 
 class PartitionBusyError(RuntimeError):
-    """Another run holds the output partition's lease and did not let go in time (mlbatch.partition_lease)."""
+    """Another run holds the output partition's lease and did not let go in time (mlbatch.run.lease)."""
 
 
 class PartitionLeaseLostError(RuntimeError):

@@ -13,7 +13,7 @@ from apache_beam.options.pipeline_options import (
 from mlbatch.backends.dataflow_options import (
     beam_jobs_setup_file, dataflow_pipeline_args, local_job, local_runner_args, model_sharing_args,
 )
-from mlbatch.spec import PipelineSpec
+from mlbatch.spec.models import PipelineSpec
 
 BEAM_JOBS = Path(__file__).resolve().parents[2] / "include" / "beam_jobs"
 

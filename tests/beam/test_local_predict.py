@@ -10,7 +10,7 @@ from mlbatch_beam import local_predict
 from mlbatch_beam.arrow_io import table_to_jsonl
 from mlbatch_beam.predictions import read_batch_predictions
 
-from mlbatch.storage import Storage
+from mlbatch.storage.layer import Storage
 
 STORE = Storage()  # local files; publish passes the pipeline's Storage (any store)
 
@@ -128,7 +128,7 @@ def test_publish_reads_both_services_files_without_apache_beam(tmp_path, mlflow_
 import os, sys
 sys.modules["apache_beam"] = None  # any import of Beam now raises ImportError
 import mlbatch.operators.publish
-from mlbatch.storage import Storage
+from mlbatch.storage.layer import Storage
 from mlbatch_beam.predictions import read_batch_predictions
 for flavor in ("vertex", "sagemaker"):
     tables = list(read_batch_predictions(Storage(), {str(tmp_path)!r} + "/" + flavor, flavor, id_column="id",

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlbatch.backends.dataflow_options import local_runner_args, model_sharing_args
-from mlbatch.spec import PipelineSpec
+from mlbatch.spec.models import PipelineSpec
 from mlbatch_beam import score
 from mlbatch_beam.model_handler import MLflowPyfuncModelHandler
 

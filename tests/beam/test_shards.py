@@ -148,8 +148,8 @@ def test_local_files_are_matched_as_beam_matches_them(tmp_path, monkeypatch):
 @pytest.mark.parametrize("store_root", ["gcs", "s3"], indirect=True)  # local files: the tests above
 def test_sharded_prep_on_object_stores(store_root, raw_input, schema_json):
     """gs:// and s3:// input, output and result file: the launcher matches through Beam's filesystems
-    with the job's own credentials flags (mlbatch.storage.Storage.job_env), as the prep task passes them."""
-    from mlbatch.storage import Storage, join
+    with the job's own credentials flags (mlbatch.storage.layer.Storage.job_env), as the prep task passes them."""
+    from mlbatch.storage.layer import Storage, join
 
     _, folder = raw_input
     storage = Storage()

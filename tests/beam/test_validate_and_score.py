@@ -84,10 +84,10 @@ def test_one_pass_as_shards_counts_every_row_once(tmp_path, make_frame, schema_j
 @pytest.mark.parametrize("store_root", ["gcs", "s3"], indirect=True)
 def test_one_pass_reads_and_writes_object_stores(store_root, tmp_path, make_frame, schema_json, mlflow_model):
     """Input, predictions, dead letters and result file in a bucket (GCS emulator, moto S3), reached with
-    the credentials flags the predict task passes (mlbatch.storage.Storage.job_env)."""
+    the credentials flags the predict task passes (mlbatch.storage.layer.Storage.job_env)."""
     import os
 
-    from mlbatch.storage import Storage, join
+    from mlbatch.storage.layer import Storage, join
 
     frame = make_frame(2000, seed=3)
     frame.loc[5, "plurality"] = 0

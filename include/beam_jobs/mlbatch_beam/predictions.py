@@ -15,7 +15,7 @@ direct-model job.
 
 No Beam here (publish runs it on the Airflow side for every backend): files are listed and opened
 through `store`, anything with `files(glob) -> sorted URIs` and `open(uri) -> binary file` (publish
-passes mlbatch.storage.Storage, bound to the pipeline's connections).
+passes mlbatch.storage.layer.Storage, bound to the pipeline's connections).
 """
 from __future__ import annotations
 

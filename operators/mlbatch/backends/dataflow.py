@@ -47,9 +47,9 @@ from mlbatch.backends.completion import require_success_event
 from mlbatch.backends.job_names import files_fingerprint, find_attempt, job_name, result_identity, short_hash
 from mlbatch.errors import BackendConfigError, RemoteJobError
 from mlbatch.hooks.dataflow import SUCCEEDED, DataflowJobsHook
-from mlbatch.run_paths import RunPaths, run_key
-from mlbatch.spec import PipelineSpec
-from mlbatch.storage import Storage, join, scheme
+from mlbatch.run.paths import RunPaths, run_key
+from mlbatch.spec.models import PipelineSpec
+from mlbatch.storage.layer import Storage, join, scheme
 
 BACKEND = "dataflow"
 PREP_TASK_ID = "prep"  # the DAG's prep step (dag_factory); predict reads its prepared_uri from XCom
@@ -132,7 +132,7 @@ def prep_launch_variables(spec: PipelineSpec, name: str, *, input_pattern: str, 
                           rejected_uri: str, result_file: str) -> dict:
     """BeamHook `variables` for `python -m mlbatch_beam.prep` (same flags as the local prep job, with
     gs:// folders), then the DataflowRunner flags, without the model workers' GPUs."""
-    from mlbatch.prep_contract import prepared_format, schema_json
+    from mlbatch.spec.prep_contract import prepared_format, schema_json
 
     prep_args = ["--input", input_pattern, "--input-format", spec.input.format,
                  "--schema-json", schema_json(spec), "--output-dir", prepared_uri,
@@ -320,7 +320,7 @@ def complete(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model:
 def _complete_prep(spec: PipelineSpec, remote: dict) -> dict:
     """The prepared files stay on GCS for the predict job (`prepared_uri` in this step's XCom), the
     dead letters for publish (`rejected_uri`), which counts and commits them from there."""
-    from mlbatch.row_counts import count_rows
+    from mlbatch.run.row_counts import count_rows
 
     store = gcs_storage(spec)
     rows_rejected, rejected_files = count_rows(remote["rejected_uri"], "jsonl", store)

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from mlbatch.errors import BackendConfigError
-from mlbatch.spec import PipelineSpec
+from mlbatch.spec.models import PipelineSpec
 
 LOCAL_RUNNER = "FnApiRunner"
 DATAFLOW_RUNNER = "DataflowRunner"

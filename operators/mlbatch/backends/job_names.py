@@ -70,7 +70,7 @@ def job_name(pipeline: str, run_id: str, task_id: str, attempt: int, *, identity
 
 
 def files_fingerprint(storage: Any, uris: Iterable[str]) -> str:
-    """A hash of the files' names, sizes and contents (read through mlbatch.storage, any store): what a
+    """A hash of the files' names, sizes and contents (read through mlbatch.storage.layer, any store): what a
     job reads from them."""
     digest = hashlib.sha256()
     for uri in sorted(uris):

@@ -38,9 +38,9 @@ from mlbatch.backends.completion import require_success_event
 from mlbatch.backends.job_names import files_fingerprint, find_attempt, fit, job_name, result_identity, short_hash
 from mlbatch.errors import BackendConfigError, RemoteJobError
 from mlbatch.hooks.sagemaker import TransformJobHook
-from mlbatch.run_paths import RunPaths, run_key
-from mlbatch.spec import PipelineSpec
-from mlbatch.storage import Storage, join
+from mlbatch.run.paths import RunPaths, run_key
+from mlbatch.spec.models import PipelineSpec
+from mlbatch.storage.layer import Storage, join
 
 BACKEND = "sagemaker"
 CONSOLE = "https://console.{domain}/sagemaker/home?region={region}#/transform-jobs/{name}"

@@ -27,9 +27,9 @@ from mlbatch.backends.completion import require_success_event
 from mlbatch.backends.job_names import files_fingerprint, find_attempt, fit, job_name, result_identity, short_hash
 from mlbatch.errors import BackendConfigError, RemoteJobError
 from mlbatch.hooks.vertex import SUCCEEDED, VertexBatchHook, job_id_of
-from mlbatch.run_paths import RunPaths, run_key
-from mlbatch.spec import PipelineSpec
-from mlbatch.storage import Storage, join
+from mlbatch.run.paths import RunPaths, run_key
+from mlbatch.spec.models import PipelineSpec
+from mlbatch.storage.layer import Storage, join
 
 BACKEND = "vertex"
 POLL_SECONDS = 30

@@ -10,15 +10,15 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from mlbatch.assets import fill_data_date
-from mlbatch.trigger_conf import check_conf_keys
+from mlbatch.run.assets import fill_data_date
+from mlbatch.spec.trigger_conf import check_conf_keys
 from mlbatch.operators.fail_fast import FAIL_FAST
-from mlbatch.resources import measure
-from mlbatch.run_paths import RunPaths, default_dead_letter, default_work_root, run_key
-from mlbatch.spec import PipelineSpec
-from mlbatch.spec_loader import with_overrides
-from mlbatch.staged_files import note_run
-from mlbatch.storage import Storage
+from mlbatch.run.resources import measure
+from mlbatch.run.paths import RunPaths, default_dead_letter, default_work_root, run_key
+from mlbatch.spec.models import PipelineSpec
+from mlbatch.spec.loader import with_overrides
+from mlbatch.run.staged_files import note_run
+from mlbatch.storage.layer import Storage
 
 RESOURCES_KEY = "resources"
 
@@ -103,7 +103,7 @@ def check_run_conf(spec: PipelineSpec, context: Any) -> None:
     """A run's conf may hold only the pipeline's trigger params: Airflow accepts any extra key (REST,
     UI JSON) and would silently ignore it, so the run fails at its first task with `TriggerConfError`
     naming the unknown keys and the valid ones -- the rule Slack and `mlbatch run` apply before they
-    trigger (`mlbatch.trigger_conf.check_conf_keys`)."""
+    trigger (`mlbatch.spec.trigger_conf.check_conf_keys`)."""
     conf = getattr(context.get("dag_run"), "conf", None) or {}
     check_conf_keys(spec.name, spec.trigger_params, conf)
 

@@ -17,16 +17,16 @@ from typing import Any
 
 from mlbatch.backends.dataflow_options import local_job, model_sharing_args, prediction_output_args
 from mlbatch.errors import NoValidRowsError, PreparedInputMissingError
-from mlbatch.job_process import JobProcess, stop_leftover_job
-from mlbatch.links import RemoteJobConsoleLink
+from mlbatch.run.job_process import JobProcess, stop_leftover_job
+from mlbatch.operators.links import RemoteJobConsoleLink
 from mlbatch.operators.base import PipelineStepOperator
 from mlbatch.operators.remote_job import RemoteJobMixin
 from mlbatch.operators.prep import beam_runner_args
-from mlbatch.prep_contract import prep_runs_in_predict, schema_json
-from mlbatch.rejections import check_prep
-from mlbatch.run_paths import RunPaths
-from mlbatch.spec import PipelineSpec
-from mlbatch.storage import Storage
+from mlbatch.spec.prep_contract import prep_runs_in_predict, schema_json
+from mlbatch.run.rejections import check_prep
+from mlbatch.run.paths import RunPaths
+from mlbatch.spec.models import PipelineSpec
+from mlbatch.storage.layer import Storage
 
 
 class PredictOperator(RemoteJobMixin, PipelineStepOperator):

@@ -8,22 +8,22 @@ re-attached, deferred, cancelled on kill; see mlbatch.backends.dataflow), which 
 Parquet files on GCS for the predict job and brings the dead letters back to `rejected_staging`.
 
 With `predict.backend: dataflow` on the local runner it runs nothing: predict's direct-model job
-validates, writes the dead letters and scores in one pass (mlbatch.prep_contract.prep_runs_in_predict)."""
+validates, writes the dead letters and scores in one pass (mlbatch.spec.prep_contract.prep_runs_in_predict)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from mlbatch.backends.dataflow_options import local_job, local_runner_args
-from mlbatch.job_process import JobProcess, stop_leftover_job
-from mlbatch.links import RemoteJobConsoleLink
+from mlbatch.run.job_process import JobProcess, stop_leftover_job
+from mlbatch.operators.links import RemoteJobConsoleLink
 from mlbatch.operators.base import PipelineStepOperator, effective_spec
 from mlbatch.operators.remote_job import RemoteJobMixin
-from mlbatch.prep_contract import prep_runs_in_predict, prepared_format, schema_json
-from mlbatch.rejections import check_prep
-from mlbatch.run_paths import RunPaths
-from mlbatch.spec import PipelineSpec
-from mlbatch.storage import Storage
+from mlbatch.spec.prep_contract import prep_runs_in_predict, prepared_format, schema_json
+from mlbatch.run.rejections import check_prep
+from mlbatch.run.paths import RunPaths
+from mlbatch.spec.models import PipelineSpec
+from mlbatch.storage.layer import Storage
 
 beam_runner_args = local_runner_args  # the local FnApiRunner's flags; kept under this name for callers
 

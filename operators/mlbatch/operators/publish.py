@@ -4,23 +4,23 @@ Rows in (counted in the input files) must equal rows scored (counted in the outp
 (counted in the dead letters); otherwise the task fails, says by how much, and publishes nothing.
 For batch-prediction backends it first turns their result files into the spec's output format.
 Everything goes through the storage layer: input, staging and output may be local, gs:// or s3://.
-The commit protocol (mlbatch.partition_commit, docs/storage.md) makes the run visible in one write.
+The commit protocol (mlbatch.run.commit, docs/storage.md) makes the run visible in one write.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from mlbatch.assets import event_extra, output_asset
+from mlbatch.run.assets import event_extra, output_asset
 from mlbatch.errors import CountMismatchError, TooManyRejectedError
 from mlbatch.operators.base import PipelineStepOperator
-from mlbatch.partition_commit import Partition, commit, new_attempt
-from mlbatch.prediction_stats import prediction_stats
-from mlbatch.row_counts import count_rows
-from mlbatch.run_paths import RunPaths, run_key
-from mlbatch.spec import PipelineSpec
-from mlbatch.staged_files import clean_up_after_commit, sweep_abandoned_runs
-from mlbatch.storage import Storage, join, write_table
+from mlbatch.run.commit import Partition, commit, new_attempt
+from mlbatch.run.prediction_stats import prediction_stats
+from mlbatch.run.row_counts import count_rows
+from mlbatch.run.paths import RunPaths, run_key
+from mlbatch.spec.models import PipelineSpec
+from mlbatch.run.staged_files import clean_up_after_commit, sweep_abandoned_runs
+from mlbatch.storage.layer import Storage, join, write_table
 
 
 class PublishOperator(PipelineStepOperator):

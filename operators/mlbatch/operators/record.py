@@ -14,11 +14,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mlbatch.links import MlflowRunLink
-from mlbatch.mlflow_experiments import ensure_experiment
+from mlbatch.operators.links import MlflowRunLink
+from mlbatch.run.mlflow_experiments import ensure_experiment
 from mlbatch.operators.base import RESOURCES_KEY, PipelineStepOperator
-from mlbatch.run_paths import RunPaths
-from mlbatch.spec import PipelineSpec
+from mlbatch.run.paths import RunPaths
+from mlbatch.spec.models import PipelineSpec
 
 MEASURED_STEPS = ("wait_for_data", "resolve_model", "prep", "predict", "publish")
 
@@ -122,7 +122,7 @@ def _histogram_svg(stats: dict, spec: PipelineSpec, path: Path) -> Path | None:
     hist = stats.get("histogram")
     if not hist:
         return None
-    from mlbatch.histogram_svg import histogram_svg
+    from mlbatch.run.histogram_svg import histogram_svg
 
     title = f"{spec.name}: {stats['count']:,} predictions (mean {stats['mean']:.3f})"
     path.write_text(histogram_svg(hist["counts"], hist["edges"], title, spec.output.prediction_column))

@@ -16,8 +16,8 @@ from typing import Any
 
 from mlbatch.operators.base import RESOURCES_KEY, effective_spec
 from mlbatch.remote_logs import BACKEND_MODULES, REMOTE_JOB_KEY
-from mlbatch.resources import measure
-from mlbatch.spec import PipelineSpec
+from mlbatch.run.resources import measure
+from mlbatch.spec.models import PipelineSpec
 
 
 

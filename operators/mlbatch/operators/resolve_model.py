@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from mlbatch.errors import ModelMismatchError, ModelNotFoundError
-from mlbatch.links import MlflowModelVersionLink
+from mlbatch.operators.links import MlflowModelVersionLink
 from mlbatch.operators.base import PipelineStepOperator
-from mlbatch.run_paths import RunPaths
-from mlbatch.spec import PipelineSpec
+from mlbatch.run.paths import RunPaths
+from mlbatch.spec.models import PipelineSpec
 
 
 class ResolveModelOperator(PipelineStepOperator):
@@ -76,7 +76,7 @@ def pinned_version(client: Any, ref: Any) -> Any:
 def check_signature(spec: PipelineSpec, pinned: dict) -> None:
     """Fail before any job runs when input.features or output.predictions do not fit the model's signature
     (and the function it was logged with)."""
-    from mlbatch.model_signature import output_problems, signature_problems
+    from mlbatch.spec.signature import output_problems, signature_problems
 
     info = model_metadata(pinned["artifact_uri"])
     problems = signature_problems(spec.input.features, info.signature)

@@ -13,11 +13,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from mlbatch.assets import fill_data_date
+from mlbatch.run.assets import fill_data_date
 from mlbatch.errors import WaitFailedError
 from mlbatch.operators.base import PipelineStepOperator, effective_spec
-from mlbatch.run_paths import RunPaths
-from mlbatch.spec import PipelineSpec
+from mlbatch.run.paths import RunPaths
+from mlbatch.spec.models import PipelineSpec
 from mlbatch.triggers.deadline import TIMEOUT, DeadlineTrigger
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from mlbatch.sensors.objects import ObjectInfo, find
-from mlbatch.spec import PipelineSpec
+from mlbatch.spec.models import PipelineSpec
 
 
 def input_files(pattern: str, spec: PipelineSpec) -> list[ObjectInfo]:
@@ -40,8 +40,8 @@ def incomplete_reasons(spec: PipelineSpec, pattern: str, now: datetime | None = 
             reasons.append(f"newest input file {newest.uri} is {age:.1f} min old > max_age_minutes "
                            f"{checks.max_age_minutes:g}")
     if checks.min_rows is not None:
-        from mlbatch.row_counts import count_rows
-        from mlbatch.storage import Storage
+        from mlbatch.run.row_counts import count_rows
+        from mlbatch.storage.layer import Storage
 
         rows, counted = count_rows(pattern, spec.input.format,
                                     Storage(spec.wait.aws_conn_id, spec.wait.gcp_conn_id))

@@ -12,14 +12,14 @@ from typing import Any
 import jsonschema
 
 from mlbatch.slack_commands.commands import CommandError
-from mlbatch.trigger_conf import unknown_keys
+from mlbatch.spec.trigger_conf import unknown_keys
 
 _NULL_WORDS = {"null", "none", ""}
 
 
 def run_conf(pipeline: str, params: dict[str, dict], given: dict[str, str]) -> dict[str, Any]:
     """Typed conf for `given`, or `CommandError` naming the first bad parameter and what is allowed."""
-    unknown = unknown_keys(params, given)  # the rule every trigger path applies (mlbatch.trigger_conf)
+    unknown = unknown_keys(params, given)  # the rule every trigger path applies (mlbatch.spec.trigger_conf)
     if unknown:
         known = ", ".join(f"`{k}`" for k in params) or "none"
         raise CommandError(f"`{pipeline}` has no parameter `{unknown[0]}`. Parameters: {known}.")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from mlbatch.broken_spec import BROKEN_TAG
+from mlbatch.spec.broken import BROKEN_TAG
 from mlbatch.slack_commands.airflow_api import AirflowApiError, AirflowClient, AirflowUnavailable
 from mlbatch.slack_commands.audit import audit, retry_note, trigger_note
 from mlbatch.slack_commands.commands import Command, CommandError, RunRef, help_text, parse_command

@@ -8,7 +8,7 @@ A partition folder holds:
   _SUCCESS                     the commit record (JSON): attempt, files, the dead-letter files of the same
                                run, row counts, model version, run id. Written last: the commit point.
 
-Commit steps, all under the partition's lease (mlbatch.partition_lease: one writer at a time, pointer
+Commit steps, all under the partition's lease (mlbatch.run.lease: one writer at a time, pointer
 writes fenced); a crash between any two leaves the previous complete partition or the new one visible:
   0. `lease`       take the output partition's lease (wait while another run holds it)
   1. `stage`       copy the staged files into fresh `_attempts/<attempt>/` of output and dead letters
@@ -29,8 +29,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mlbatch.partition_lease import PartitionLease
-from mlbatch.storage import Storage, join
+from mlbatch.run.lease import PartitionLease
+from mlbatch.storage.layer import Storage, join
 
 ATTEMPTS = "_attempts"
 RECORD = "_SUCCESS"

@@ -182,7 +182,7 @@ class Predict(_Model):
         default={}, description="Cloud labels/tags of remote jobs and models (plus pipeline and run).")
     auto_reason: str | None = Field(
         default=None, description="Set by the loader, not in spec files: why `backend: auto` chose the "
-                                  "backend (mlbatch.backend_choice.resolve_backend).")
+                                  "backend (mlbatch.spec.backend_choice.resolve_backend).")
 
 
 PredictionKind = Literal["value", "label", "probabilities", "positive_probability", "columns"]

@@ -26,7 +26,7 @@ def main() -> int:
     repo = Path.cwd().resolve()
     home = args.home.resolve()
 
-    from mlbatch.demo.__main__ import demo_env
+    from mlbatch.local.demo.__main__ import demo_env
 
     env = {**demo_env(home, repo),
            "MLBATCH_PIPELINES_DIR": str(repo / "include" / "examples" / "failing"),
@@ -36,12 +36,12 @@ def main() -> int:
 
     os.environ.update(env)
     (home / "logs").mkdir(parents=True, exist_ok=True)
-    from mlbatch.local_env import ensure_airflow_db
+    from mlbatch.local.env import ensure_airflow_db
 
     print(f"== {ensure_airflow_db(env)}", flush=True)
     partition = home / "alert-data" / "natality" / f"ds={DATE}"
     if not (partition / "_SUCCESS").exists():
-        from mlbatch.demo.natality import write_partition
+        from mlbatch.local.demo.natality import write_partition
 
         write_partition(partition, 2_000, files=1)
 

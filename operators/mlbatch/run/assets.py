@@ -12,7 +12,7 @@ from typing import Any
 
 from airflow.sdk import Asset
 
-from mlbatch.spec import PipelineSpec
+from mlbatch.spec.models import PipelineSpec
 
 ASSET_PREFIX = "mlbatch"
 

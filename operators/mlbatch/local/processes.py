@@ -1,11 +1,11 @@
 """Processes on this machine, read from /proc: who is alive, in which group and session, with which marker.
 
-The local stack's supervisor (`mlbatch.supervisor`) and `mlbatch run` (`mlbatch.local_run`) use these
+The local stack's supervisor (`mlbatch.local.supervisor`) and `mlbatch run` (`mlbatch.local.run`) use these
 to leave no process behind. "Everything that belongs to this stack / this run" is found two ways,
 because each alone misses some:
 - the session: the supervisor (or `mlbatch run`'s Airflow process) leads its own session, and what it
   starts stays in it (process groups are per process, the session is kept) -- except what calls
-  setsid itself, such as our job processes (`mlbatch.job_process`);
+  setsid itself, such as our job processes (`mlbatch.run.job_process`);
 - a marker in the environment (`NAME=VALUE`), inherited by every descendant, job processes included
   -- except where `setproctitle` overwrote the environment area /proc shows (Airflow's task, worker
   and log-server processes do).

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from mlbatch.errors import SpecError
-from mlbatch.local_env import DEFAULT_HOME, local_env, pipelines_dir
-from mlbatch.spec_loader import load_spec
+from mlbatch.local.env import DEFAULT_HOME, local_env, pipelines_dir
+from mlbatch.spec.loader import load_spec
 
 SAMPLE_ROWS = 10_000
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from mlbatch.local_env import ensure_airflow_db, local_env
+from mlbatch.local.env import ensure_airflow_db, local_env
 
 PIPELINE = "natality_daily"
 MODEL = "natality_weight"
@@ -32,7 +32,7 @@ STRUCTURED = re.compile(r"\[(\w+)\s*\] (.*?)(?: \[[\w.]+\](?: loc=\S+)?)?\s*$")
 
 
 def demo_env(home: Path, repo: Path) -> dict[str, str]:
-    """The embedded defaults under `home` (mlbatch.local_env), replacing any the caller had set."""
+    """The embedded defaults under `home` (mlbatch.local.env), replacing any the caller had set."""
     env = local_env(home, pipelines=repo / "include" / "pipelines", keep_user_settings=False)
     return {**env, "MLBATCH_ENV": "dev"}
 
@@ -60,7 +60,7 @@ def prepare(home: Path, env: dict[str, str], rows: int) -> None:
     t = step("Airflow metadata database (SQLite)")
     done(t, ensure_airflow_db(env) + " ")
 
-    from mlbatch.demo.natality import train_and_register, write_partition
+    from mlbatch.local.demo.natality import train_and_register, write_partition
 
     t = step(f"Input partition ds={DATE} ({rows:,} natality-like rows)")
     partition = home / "data" / "natality" / f"ds={DATE}"

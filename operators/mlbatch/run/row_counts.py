@@ -8,7 +8,7 @@ blocks (`storage.nonblank_lines`).
 
 from __future__ import annotations
 
-from mlbatch.storage import Storage, nonblank_lines
+from mlbatch.storage.layer import Storage, nonblank_lines
 
 
 def count_rows(pattern: str, fmt: str, storage: Storage | None = None) -> tuple[int, int]:

@@ -12,14 +12,14 @@ from collections import Counter
 from typing import Any
 
 from mlbatch.errors import NoValidRowsError, TooManyRejectedError
-from mlbatch.storage import nonblank_lines
+from mlbatch.storage.layer import nonblank_lines
 
 TOP = 5
 
 
 def top_rejections(folder: str, storage: Any, top: int = TOP) -> list[tuple[str, int, str]]:
     """(rule, rows, an example reason) for the most common rules in the dead-letter files (any URI,
-    read through mlbatch.storage)."""
+    read through mlbatch.storage.layer)."""
     counts: Counter[str] = Counter()
     examples: dict[str, str] = {}
     for uri in storage.files(folder):

@@ -76,7 +76,7 @@ def train_and_register(model_name: str, alias: str = "champion", rows: int = 200
     frame = make_frame(rows, seed=seed, bad_fraction=0.0)
     x, y = frame[FEATURES], frame[LABEL]
     model = HistGradientBoostingRegressor(max_iter=60, max_depth=6, random_state=seed).fit(x, y)
-    from mlbatch.mlflow_experiments import ensure_experiment
+    from mlbatch.run.mlflow_experiments import ensure_experiment
 
     with mlflow.start_run(experiment_id=ensure_experiment("natality_training"), run_name=f"train {model_name}"):
         mlflow.log_params({"rows": rows, "max_iter": 60, "max_depth": 6})

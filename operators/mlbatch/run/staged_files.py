@@ -17,9 +17,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from mlbatch.run_paths import RunPaths, run_key
-from mlbatch.spec import PipelineSpec
-from mlbatch.storage import Storage, join, parent
+from mlbatch.run.paths import RunPaths, run_key
+from mlbatch.spec.models import PipelineSpec
+from mlbatch.storage.layer import Storage, join, parent
 
 DAY = 86400.0
 

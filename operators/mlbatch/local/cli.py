@@ -1,11 +1,11 @@
 """`mlbatch`: scaffold, check and run pipeline specs without knowing Airflow.
 
 - `mlbatch new NAME --model MODEL@ALIAS --input URI`: write a spec from the model's signature and a
-  sample of the input (mlbatch.scaffold).
+  sample of the input (mlbatch.local.scaffold).
 - `mlbatch validate FILE...`: check specs without Airflow running (for a user's own CI). Exit code 0 if
   every file is valid, 1 otherwise; each problem is printed as `file:line: field = value: expected ...`.
 - `mlbatch run NAME [--date D] [--set key=value ...]`: run a pipeline on this machine with the embedded
-  defaults of `make demo` (mlbatch.local_run).
+  defaults of `make demo` (mlbatch.local.run).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from mlbatch.errors import SpecError
-from mlbatch.local_env import DEFAULT_HOME
-from mlbatch.spec_loader import ENV_VARIABLES, active_environment, load_spec
+from mlbatch.local.env import DEFAULT_HOME
+from mlbatch.spec.loader import ENV_VARIABLES, active_environment, load_spec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--wait", action="store_true", help="wait for missing input instead of failing at once")
     args = parser.parse_args(argv)
     if args.command == "new":
-        from mlbatch.scaffold import ScaffoldError, new_pipeline
+        from mlbatch.local.scaffold import ScaffoldError, new_pipeline
 
         try:
             new_pipeline(args.name, args.model, args.input, backend=args.backend, id_column=args.id_column,
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     if args.command == "run":
-        from mlbatch.local_run import RunError, run as run_pipeline
+        from mlbatch.local.run import RunError, run as run_pipeline
 
         try:
             return run_pipeline(args.name, args.date, args.assignments, args.environment, args.home, args.wait)

@@ -20,7 +20,7 @@ import functools
 import os
 from typing import Any
 
-from mlbatch.storage import Storage, scheme
+from mlbatch.storage.layer import Storage, scheme
 
 Version = Any
 

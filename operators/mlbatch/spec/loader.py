@@ -2,7 +2,7 @@
 
 Steps, in order: parse YAML (keeping line numbers for error messages), merge the block of the active
 environment from `environments:` over the base, resolve `${...}` interpolation, validate with pydantic, resolve `predict.backend: auto`
-(mlbatch.backend_choice.resolve_backend).
+(mlbatch.spec.backend_choice.resolve_backend).
 The active environment is `MLBATCH_ENV` (or the Airflow variable `mlbatch_env` given as the environment
 variable `AIRFLOW_VAR_MLBATCH_ENV`), default `dev`. Reading an Airflow Variable from the metadata
 database is deliberately not done: this runs at DAG-parse time, where a database round trip per file
@@ -25,9 +25,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from mlbatch.backend_choice import resolve_backend
+from mlbatch.spec.backend_choice import resolve_backend
 from mlbatch.errors import SpecError, SpecProblem
-from mlbatch.spec import PipelineSpec
+from mlbatch.spec.models import PipelineSpec
 
 ENV_VARIABLES = ("MLBATCH_ENV", "AIRFLOW_VAR_MLBATCH_ENV")
 DEFAULT_ENVIRONMENT = "dev"
@@ -98,7 +98,7 @@ def _validated(data: dict, path: Path, lines: dict[str, int]) -> PipelineSpec:
         return resolve_backend(PipelineSpec.model_validate(data))
     except ValidationError as exc:
         raise SpecError(path, _problems(exc), lines) from None
-    except ValueError as exc:  # the rule's refusal (mlbatch.backend_choice.choose_backend)
+    except ValueError as exc:  # the rule's refusal (mlbatch.spec.backend_choice.choose_backend)
         raise SpecError(path, [SpecProblem("predict.backend", "auto", str(exc))], lines) from None
 
 

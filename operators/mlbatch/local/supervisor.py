@@ -1,8 +1,8 @@
 """A small process supervisor: the local stack's processes (`make up`) restarted when they die.
 
-    python -m mlbatch.supervisor PLAN.json
+    python -m mlbatch.local.supervisor PLAN.json
 
-`mlbatch.local_stack` writes the plan and starts this detached (its own session, output to
+`mlbatch.local.stack` writes the plan and starts this detached (its own session, output to
 `<home>/logs/supervisor.log`); `make down` sends it SIGTERM. The plan names, in start order, the
 processes to keep running and the one-off steps to run between them (`airflow db migrate` after MLflow,
 before Airflow):
@@ -25,7 +25,7 @@ What it guarantees:
   restarted only when its old group is gone (so the new scheduler can bind the log server's port).
   The stack's processes are those of the supervisor's session (and of an earlier supervisor's, for
   adopted processes) plus those whose environment carries `marker` (job processes start their own
-  session; see `mlbatch.processes`). One whose parent is not of the stack (re-parented to this
+  session; see `mlbatch.local.processes`). One whose parent is not of the stack (re-parented to this
   supervisor or to init) is an orphan and is stopped (SIGTERM, SIGKILL after `grace`).
 - **Warm-up.** A step may name a `warm_up` URL: after each start the supervisor requests it until it
   answers (the api-server builds its execution API on the first request, a CPU-heavy step that
@@ -59,7 +59,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlbatch import processes as procs
+from mlbatch.local import processes as procs
 
 RESTART_DEFAULTS = {"first_delay": 1.0, "max_delay": 60.0, "fast_seconds": 30.0, "give_up_after": 5}
 SWEEP_SECONDS = 2.0
@@ -129,8 +129,8 @@ class Supervisor:
             try:
                 os.setsid()
             except OSError:
-                print("mlbatch.supervisor must lead its own session: start it with setsid / "
-                      "start_new_session (mlbatch.local_stack does)", file=sys.stderr)
+                print("mlbatch.local.supervisor must lead its own session: start it with setsid / "
+                      "start_new_session (mlbatch.local.stack does)", file=sys.stderr)
                 return 2
         self.sessions[os.getpid()] = procs.start_ticks(os.getpid())
         os.environ[self.marker.split("=", 1)[0]] = self.marker.split("=", 1)[1]  # inherited by all
@@ -471,7 +471,7 @@ def _cmdline(pid: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m mlbatch.supervisor PLAN.json", file=sys.stderr)
+        print("usage: python -m mlbatch.local.supervisor PLAN.json", file=sys.stderr)
         return 2
     return Supervisor(Path(args[0])).run()
 

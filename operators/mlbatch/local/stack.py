@@ -1,9 +1,9 @@
 """`make up` / `make down`: the production topology as plain processes on this machine, supervised.
 
-    python -m mlbatch.local_stack up [--db URL] [--port 8080] [--mlflow-port 5000] [--log-port 8793]
-    python -m mlbatch.local_stack down
+    python -m mlbatch.local.stack up [--db URL] [--port 8080] [--mlflow-port 5000] [--log-port 8793]
+    python -m mlbatch.local.stack down
 
-`up` starts a small supervisor of our own (`mlbatch.supervisor`), detached, which starts an MLflow
+`up` starts a small supervisor of our own (`mlbatch.local.supervisor`), detached, which starts an MLflow
 tracking server, migrates the Airflow database, starts Airflow's api-server, scheduler, dag-processor
 and triggerer (LocalExecutor) and the alert flusher, each in its own process group, and restarts any of
 them that dies (with backoff; it gives up on one that keeps dying fast, with a `GIVING UP` line in
@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from mlbatch import processes as procs
+from mlbatch.local import processes as procs
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 AIRFLOW_PROCESSES = ("api-server", "scheduler", "dag-processor", "triggerer")
 ALERT_FLUSHER = "alert-flusher"
 SERVICE_USER = "mlbatch_slack"
@@ -52,7 +52,7 @@ class LocalStack:
     extra_env: dict[str, str] = field(default_factory=dict)
     log_port: int = 8793  # the scheduler's log server (LocalExecutor task logs)
     trigger_log_port: int = 8794  # the triggerer's log server
-    restart: dict[str, float] = field(default_factory=dict)  # supervisor backoff (mlbatch.supervisor)
+    restart: dict[str, float] = field(default_factory=dict)  # supervisor backoff (mlbatch.local.supervisor)
     grace: float = 20  # seconds a process group gets between SIGTERM and SIGKILL
 
     @property
@@ -74,7 +74,7 @@ class LocalStack:
 
     @property
     def marker(self) -> str:
-        """`NAME=VALUE` in the environment of every process of this stack (see `mlbatch.processes`)."""
+        """`NAME=VALUE` in the environment of every process of this stack (see `mlbatch.local.processes`)."""
         return f"{MARKER_ENV}={self.home}"
 
     def secrets(self) -> dict[str, str]:
@@ -188,7 +188,7 @@ class LocalStack:
         (self.home / "stop.json").unlink(missing_ok=True)
         name, value = self.marker.split("=", 1)
         with (logs / "supervisor.log").open("a") as out:
-            process = subprocess.Popen([sys.executable, "-m", "mlbatch.supervisor", str(plan)],
+            process = subprocess.Popen([sys.executable, "-m", "mlbatch.local.supervisor", str(plan)],
                                        env={**self.env(), name: value}, cwd=self.home, stdin=subprocess.DEVNULL,
                                        stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.supervisor_file.write_text(json.dumps({"pid": process.pid, "start": procs.start_ticks(process.pid)}))
@@ -224,7 +224,7 @@ class LocalStack:
 
     def stack_processes(self) -> dict[int, procs.Proc]:
         """Every live process of this stack: the supervisor, its processes and all their descendants
-        (the supervisors' sessions, the marker in the environment; see `mlbatch.processes`)."""
+        (the supervisors' sessions, the marker in the environment; see `mlbatch.local.processes`)."""
         sessions = {}
         for path in (self.supervisor_file, self.pid_file):
             try:
@@ -341,7 +341,7 @@ def alert_flusher_loops() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mlbatch.local_stack", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mlbatch.local.stack", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--home", type=Path, default=REPO / ".mlbatch-up")
     parser.add_argument("--db", default=os.environ.get("MLBATCH_DB_URL") or None,

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mlbatch.spec import PipelineSpec
+    from mlbatch.spec.models import PipelineSpec
 
 MANAGED_BY_SCHEME = {"s3": "sagemaker", "gs": "vertex"}
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from mlbatch.spec import PipelineSpec
+from mlbatch.spec.models import PipelineSpec
 
 
 def prepared_format(spec: PipelineSpec) -> str:

@@ -2,16 +2,16 @@
 
 It loads and checks the spec, checks the `--set` overrides against the spec's `trigger_params` (an
 unknown key is an error: an override that Airflow would silently drop is worse than none), makes sure
-the embedded Airflow database exists (`mlbatch.local_env`), checks that a local input is there, and
+the embedded Airflow database exists (`mlbatch.local.env`), checks that a local input is there, and
 runs `airflow dags test` with the overrides as the run's conf. Its output goes to a log file; the
-terminal gets one line per task and a progress bar for long steps (`mlbatch.run_display`).
+terminal gets one line per task and a progress bar for long steps (`mlbatch.local.display`).
 
 Stopping `mlbatch run` (SIGTERM, Ctrl-C, SIGHUP) stops the run: `airflow dags test` runs in its own
 session and gets SIGTERM (its task's `on_kill` stops the job), SIGKILL after `STOP_GRACE_SECONDS` (or
 at a second Ctrl-C); then every process left of the run -- found by the run's marker in the
 environment (`MLBATCH_RUN_ID`, inherited by the job processes, which start their own session) or by the
 session -- is stopped the same way. If `mlbatch run` itself is killed, the kernel sends SIGTERM to
-`airflow dags test` (PR_SET_PDEATHSIG) and its job processes die with it (`mlbatch.job_process`).
+`airflow dags test` (PR_SET_PDEATHSIG) and its job processes die with it (`mlbatch.run.job_process`).
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from typing import Any
 
 import yaml
 
-from mlbatch import processes as procs
+from mlbatch.local import processes as procs
 from mlbatch.errors import SpecError
-from mlbatch.local_env import DEFAULT_HOME, PIPELINES_DIR_ENV, ensure_airflow_db, local_env, pipelines_dir
-from mlbatch.spec import PipelineSpec
-from mlbatch.spec_loader import active_environment, load_spec, with_overrides
-from mlbatch.trigger_conf import unknown_keys
+from mlbatch.local.env import DEFAULT_HOME, PIPELINES_DIR_ENV, ensure_airflow_db, local_env, pipelines_dir
+from mlbatch.spec.models import PipelineSpec
+from mlbatch.spec.loader import active_environment, load_spec, with_overrides
+from mlbatch.spec.trigger_conf import unknown_keys
 
 
 RUN_MARKER = "MLBATCH_RUN_ID"  # in the environment of every process of one `mlbatch run`
@@ -157,7 +157,7 @@ def run(name: str, date: str | None, assignments: list[str], environment: str | 
         wait: bool = False) -> int:
     from rich.console import Console
 
-    from mlbatch.run_display import RunWatcher
+    from mlbatch.local.display import RunWatcher
 
     console = Console(highlight=False, soft_wrap=True)
     path = spec_path(name, dict(os.environ))

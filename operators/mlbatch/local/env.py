@@ -23,7 +23,7 @@ _MIGRATED_STAMP = ".mlbatch-db-migrated"  # holds the Airflow version the databa
 
 def bundle_root() -> Path:
     """The checkout holding `dags/` (the `mlbatch` package is installed from it in editable mode)."""
-    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+    for root in (Path(__file__).resolve().parents[3], Path.cwd()):
         if (root / "dags" / "mlbatch_pipelines.py").is_file():
             return root
     raise FileNotFoundError("cannot find the DAG bundle (dags/mlbatch_pipelines.py) next to the mlbatch "

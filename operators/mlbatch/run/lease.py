@@ -1,5 +1,5 @@
 """One writer per partition: a lease object (`<partition>/_lease`) taken and renewed with the store's own
-compare-and-swap (mlbatch.conditional_writes), with an expiry so a crashed writer blocks nobody for long.
+compare-and-swap (mlbatch.storage.conditional), with an expiry so a crashed writer blocks nobody for long.
 
 While a run holds the lease it is the only one that stages, commits or collects in the partition. The
 lease alone cannot stop a writer that stalled past its expiry (a frozen VM, a SIGSTOP) from waking up and
@@ -17,9 +17,9 @@ import time
 import uuid
 from collections.abc import Callable
 
-from mlbatch.conditional_writes import PreconditionFailed, delete_if, read_versioned, write_if
+from mlbatch.storage.conditional import PreconditionFailed, delete_if, read_versioned, write_if
 from mlbatch.errors import PartitionBusyError, PartitionLeaseLostError
-from mlbatch.storage import Storage, join
+from mlbatch.storage.layer import Storage, join
 
 LEASE = "_lease"
 LEASE_SECONDS = 900.0   # renewed before every commit step; a crashed holder blocks the partition this long

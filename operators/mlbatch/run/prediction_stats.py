@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from mlbatch.storage import Storage
+from mlbatch.storage.layer import Storage
 
 HISTOGRAM_BINS = 40
 FINE_BINS = 4096
@@ -73,7 +73,7 @@ def _jsonl_batches(fh, column: str, rows: int = 1 << 16) -> Iterator:
 
     import pyarrow as pa
 
-    from mlbatch.storage import nonblank_lines
+    from mlbatch.storage.layer import nonblank_lines
 
     values: list = []
     for line in nonblank_lines(fh):

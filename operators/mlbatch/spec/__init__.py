@@ -1,0 +1,2 @@
+"""The pipeline spec: what a YAML file may say (models, loader, broken-spec placeholder, signature
+check, trigger conf rule). Imported by everything; imports only `mlbatch.errors`."""
