@@ -17,8 +17,6 @@ from airflow.sdk import DAG, Param, get_parsing_context
 from pydantic import ValidationError
 
 from mlbatch.alerts.notifier import pipeline_callbacks, success_callback
-from mlbatch.run.assets import output_asset, upstream_schedule
-from mlbatch.spec.broken import broken_dag_id, broken_spec_dag
 from mlbatch.errors import SpecError, SpecProblem
 from mlbatch.operators.predict import PredictOperator
 from mlbatch.operators.prep import BeamPrepOperator
@@ -26,21 +24,18 @@ from mlbatch.operators.publish import PublishOperator
 from mlbatch.operators.record import RecordRunOperator
 from mlbatch.operators.resolve_model import ResolveModelOperator
 from mlbatch.operators.wait_for_data import WaitForInputOperator
-from mlbatch.spec.models import PipelineSpec, TriggerParam
+from mlbatch.run.assets import output_asset, upstream_schedule
+from mlbatch.run.steps import STEP_IDS
+from mlbatch.spec.broken import broken_dag_id, broken_spec_dag
 from mlbatch.spec.loader import load_spec
+from mlbatch.spec.models import PipelineSpec, TriggerParam
 
 log = logging.getLogger(__name__)
 
 SPEC_ERRORS = (SpecError, ValidationError)  # what a spec can be wrong with; everything else is a bug
 
-STEPS = (
-    ("wait_for_data", WaitForInputOperator),
-    ("resolve_model", ResolveModelOperator),
-    ("prep", BeamPrepOperator),
-    ("predict", PredictOperator),
-    ("publish", PublishOperator),
-    ("record", RecordRunOperator),
-)
+STEPS = tuple(zip(STEP_IDS, (WaitForInputOperator, ResolveModelOperator, BeamPrepOperator, PredictOperator,
+                              PublishOperator, RecordRunOperator), strict=True))
 
 
 def build_dag(spec: PipelineSpec, spec_path: Path | None = None,

@@ -17,6 +17,8 @@ from typing import Any
 
 from airflow.sdk import BaseNotifier
 
+from mlbatch.run.steps import PUBLISH, RECORD, RESOLVE_MODEL
+
 log = logging.getLogger(__name__)
 
 REMOTE_LOG_BUDGET_S = 2.5
@@ -183,13 +185,13 @@ def redact_payload(node: Any, redact: Any) -> Any:
 
 def _success_facts(ti: Any):
     facts: dict[str, str] = {}
-    published = _safe("publish's result", lambda: ti.xcom_pull(task_ids="publish")) or {}
+    published = _safe("publish's result", lambda: ti.xcom_pull(task_ids=PUBLISH)) or {}
     if isinstance(published, dict) and "rows_in" in published:
         facts["Rows"] = (f"{published.get('rows_in', 0):,} in = {published.get('rows_scored', 0):,} scored"
                          f" + {published.get('rows_rejected', 0):,} rejected")
     if isinstance(published, dict) and published.get("output_uri"):
         facts["Output"] = str(published["output_uri"])
-    model = _safe("the pinned model", lambda: ti.xcom_pull(task_ids="resolve_model")) or {}
+    model = _safe("the pinned model", lambda: ti.xcom_pull(task_ids=RESOLVE_MODEL)) or {}
     if isinstance(model, dict) and model.get("uri"):
         facts["Model"] = f"{model['uri']}" + (f" (alias {model['alias']})" if model.get("alias") else "")
     return facts, _mlflow_links(ti)
@@ -200,12 +202,12 @@ def _mlflow_links(ti: Any) -> list:
     from mlbatch.alerts.message import Link
 
     links = []
-    model = _safe("the pinned model", lambda: ti.xcom_pull(task_ids="resolve_model")) or {}
+    model = _safe("the pinned model", lambda: ti.xcom_pull(task_ids=RESOLVE_MODEL)) or {}
     if isinstance(model, dict) and str(model.get("tracking_uri", "")).startswith("http"):
         base = model["tracking_uri"].rstrip("/")
         links.append(Link(f"MLflow model v{model.get('version')}",
                           f"{base}/#/models/{model.get('name')}/versions/{model.get('version')}"))
-    record = _safe("the MLflow run", lambda: ti.xcom_pull(task_ids="record")) or {}
+    record = _safe("the MLflow run", lambda: ti.xcom_pull(task_ids=RECORD)) or {}
     if isinstance(record, dict) and str(record.get("tracking_uri", "")).startswith("http"):
         base = record["tracking_uri"].rstrip("/")
         links.append(Link("MLflow run", f"{base}/#/experiments/{record.get('experiment_id')}/runs/"

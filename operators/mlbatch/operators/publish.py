@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlbatch.run.assets import event_extra, output_asset
 from mlbatch.errors import CountMismatchError, TooManyRejectedError
 from mlbatch.operators.base import PipelineStepOperator
+from mlbatch.run.assets import event_extra, output_asset
 from mlbatch.run.commit import Partition, commit, new_attempt
+from mlbatch.run.paths import RunPaths, run_key
 from mlbatch.run.prediction_stats import prediction_stats
 from mlbatch.run.row_counts import count_rows
-from mlbatch.run.paths import RunPaths, run_key
-from mlbatch.spec.models import PipelineSpec
 from mlbatch.run.staged_files import clean_up_after_commit, sweep_abandoned_runs
+from mlbatch.run.steps import PREDICT, PREP, RESOLVE_MODEL
+from mlbatch.spec.models import PipelineSpec
 from mlbatch.storage.layer import Storage, join, write_table
 
 
@@ -33,9 +34,9 @@ class PublishOperator(PipelineStepOperator):
     def run(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> dict:
         storage = Storage.for_spec(spec)
         ti = context["ti"]
-        model = ti.xcom_pull(task_ids="resolve_model")
-        prep = ti.xcom_pull(task_ids="prep") or {}
-        predicted = ti.xcom_pull(task_ids="predict") or {}
+        model = ti.xcom_pull(task_ids=RESOLVE_MODEL)
+        prep = ti.xcom_pull(task_ids=PREP) or {}
+        predicted = ti.xcom_pull(task_ids=PREDICT) or {}
         # Where the jobs left their files: the run's work folder, or a cloud job's own output prefix.
         output_staging = predicted.get("output_uri") or paths.output_staging
         rejected_staging = prep.get("rejected_uri") or paths.rejected_staging
@@ -132,5 +133,5 @@ def airflow_run_state(dag_id: str, run_id: str) -> str | None:
 
 def produced_by(context: Any, model: dict) -> int:
     """The model version predict reports for its rows (read from the remote job), else the pinned one."""
-    predicted = context["ti"].xcom_pull(task_ids="predict") or {}
+    predicted = context["ti"].xcom_pull(task_ids=PREDICT) or {}
     return int(predicted.get("model_version") or model["version"])

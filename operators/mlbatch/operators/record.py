@@ -14,13 +14,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mlbatch.operators.base import RESOURCES_KEY, PipelineStepOperator
 from mlbatch.operators.links import MlflowRunLink
 from mlbatch.run.mlflow_experiments import ensure_experiment
-from mlbatch.operators.base import RESOURCES_KEY, PipelineStepOperator
 from mlbatch.run.paths import RunPaths
+from mlbatch.run.steps import PREDICT, PUBLISH, RECORD, RESOLVE_MODEL, STEP_IDS
 from mlbatch.spec.models import PipelineSpec
 
-MEASURED_STEPS = ("wait_for_data", "resolve_model", "prep", "predict", "publish")
+MEASURED_STEPS = STEP_IDS[:STEP_IDS.index(RECORD)]  # every step before this one
 
 
 class RecordRunOperator(PipelineStepOperator):
@@ -37,9 +38,9 @@ class RecordRunOperator(PipelineStepOperator):
         # MLFLOW_TRACKING_URI it exports) stays as it was for whatever else runs in this process.
         client = MlflowClient(tracking_uri=spec.model.tracking_uri)
         ti = context["ti"]
-        model = ti.xcom_pull(task_ids="resolve_model")
-        published = ti.xcom_pull(task_ids="publish")
-        predicted = ti.xcom_pull(task_ids="predict") or {}
+        model = ti.xcom_pull(task_ids=RESOLVE_MODEL)
+        published = ti.xcom_pull(task_ids=PUBLISH)
+        predicted = ti.xcom_pull(task_ids=PREDICT) or {}
         experiment = f"mlbatch/{spec.name}"
         experiment_id = ensure_experiment(experiment, client)
         run_id = context["run_id"]

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from mlbatch.local.env import ensure_airflow_db, local_env
+from mlbatch.run.steps import PREDICT, PREP, PUBLISH, RESOLVE_MODEL
 
 PIPELINE = "natality_daily"
 MODEL = "natality_weight"
@@ -116,7 +117,7 @@ def summary(backends: list[str]) -> None:
         m, p = run.data.metrics, run.data.params
         steps = ", ".join(
             f"{s} {m.get(f'{s}.wall_s', 0):.1f}s/{m.get(f'{s}.peak_rss_mb', 0):.0f}MB"
-            for s in ("resolve_model", "prep", "predict", "publish")
+            for s in (RESOLVE_MODEL, PREP, PREDICT, PUBLISH)
         )
         print(f"   backend {backend}: model v{p['model_version']}  rows in {m['rows_in']:,.0f} = "
               f"scored {m['rows_scored']:,.0f} + rejected {m['rows_rejected']:,.0f}")
