@@ -209,6 +209,7 @@ def test_missing_alias_fails_at_once_on_the_shipped_dag(airflow_db, registered_m
     text = json.dumps(message["blocks"])
     assert "ModelNotFoundError" in text
     assert "has no alias 'challenger'" in text
+    assert "not retried: a retry cannot fix it" in message["text"] and "try 1 of 2" not in text  # says so
     [attached] = fake_slack.files.values()  # the full task log, in the alert's thread
     assert "ModelNotFoundError: model 'natality_weight' has no alias 'challenger'" in attached["content"]
     assert "not retried: ModelNotFoundError: a retry cannot fix it" in attached["content"]

@@ -52,6 +52,7 @@ class Alert:
     mention: str | None = None
     facts: dict[str, str] = field(default_factory=dict)  # extra label -> value (success: rows, model, ...)
     repeat_of_thread: bool = False
+    not_retried: str | None = None  # why the task failed at once although retries were left (docs/errors.md)
 
     @property
     def title(self) -> str:
@@ -61,6 +62,8 @@ class Alert:
         if self.kind == "retry":
             return f"🔁 {where} failed try {self.try_number} of {self.max_tries}; retrying"
         again = "failed again" if self.repeat_of_thread else "failed"
+        if self.not_retried:
+            return f"🔴 {where} {again} (try {self.try_number}, not retried: a retry cannot fix it)"
         return f"🔴 {where} {again} (try {self.try_number} of {self.max_tries})"
 
     def fallback_text(self) -> str:
@@ -102,7 +105,8 @@ def blocks(alert: Alert) -> list[dict]:
 def _fields(alert: Alert) -> list[tuple[str, str]]:
     rows = [("Pipeline", alert.pipeline), ("Task", alert.task_id), ("Run", alert.run_id)]
     if alert.kind != "success":
-        rows.append(("Try", f"{alert.try_number} of {alert.max_tries}"))
+        rows.append(("Try", f"{alert.try_number}, not retried: {alert.not_retried}" if alert.not_retried
+                     else f"{alert.try_number} of {alert.max_tries}"))
     if alert.logical_date:
         rows.append(("Logical date", alert.logical_date))
     if alert.duration_s is not None:

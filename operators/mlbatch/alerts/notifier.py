@@ -111,6 +111,7 @@ class PipelineAlertNotifier(BaseNotifier):
 
     def _alert(self, context: Any):
         from mlbatch.alerts.message import Alert, Link
+        from mlbatch.errors import retry_verdict
         from mlbatch.redaction import redact_text
         from mlbatch.alerts.task_log import read_try_log
 
@@ -133,6 +134,9 @@ class PipelineAlertNotifier(BaseNotifier):
         if error is not None:
             alert.error_type = type(error).__name__ if isinstance(error, BaseException) else "Error"
             alert.error_message = redact_text(str(error))
+            verdict = retry_verdict(error) if isinstance(error, BaseException) else None
+            if verdict is not None and not verdict.retry and alert.try_number < alert.max_tries:
+                alert.not_retried = verdict.reason  # the fail-fast policy ended it; say so, not "try 1 of 2"
         task_log = read_try_log(ti)
         redacted = redact_text("\n".join(task_log.lines)).splitlines()
         full_log = "\n".join(redacted)
