@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlbatch.run.commit import ATTEMPTS, STEPS, Partition, commit, committed, committed_files, new_attempt
+from mlbatch.run.commit import (ATTEMPTS, FILE_LIST, RECORD, STEPS, Partition, commit, committed, committed_files,
+                                new_attempt)
 from mlbatch.errors import PartitionBusyError, PartitionLeaseLostError
 from mlbatch.run.lease import LEASE
 from mlbatch.storage.layer import Storage, join
@@ -71,18 +72,38 @@ def publish(storage, root, run, rows, rejected, before_step=lambda step: None, *
                   **lease_options)
 
 
+def attempt_of(uri: str) -> str:
+    return uri.split(f"/{ATTEMPTS}/")[1].split("/")[0]
+
+
+def assert_pointers_agree(storage: Storage, partition: str) -> dict:
+    """After a completed commit the two pointers of a partition name the same run: `_manifest` lists
+    exactly the files of the `_SUCCESS` record, of the attempt that record names (a reader of either
+    sees one run). Returns the record."""
+    record = committed(storage, partition)
+    assert record is not None, f"no {RECORD} in {partition}"
+    manifest = storage.read_bytes(join(partition, FILE_LIST)).decode().split()
+    assert sorted(manifest) == sorted(record["files"]), (
+        f"{FILE_LIST} and {RECORD} of {partition} disagree: {manifest} vs {record['files']}")
+    assert {attempt_of(uri) for uri in manifest} <= {record["attempt"]}, (manifest, record["attempt"])
+    return record
+
+
 def assert_one_complete_run(storage: Storage, root: str) -> str:
     """Every file that the output's record, its dead-letter record and both manifests name exists, all
-    of one attempt; the partition holds no lease afterwards. Returns the committed run."""
+    of one attempt; each partition's `_manifest` and `_SUCCESS` agree; the partition holds no lease
+    afterwards. Returns the committed run."""
     output, dead = join(root, "out", "ds=2026-11-20"), join(root, "out", "_rejected", "ds=2026-11-20")
     run, _, _ = read_as_documented(storage, output)
+    assert_pointers_agree(storage, output)
+    assert_pointers_agree(storage, dead)
     record, dead_record = committed(storage, output), committed(storage, dead)
     named = [*record["files"], *record["dead_letter"]["files"], *dead_record["files"],
              *storage.read_bytes(join(output, "_manifest")).decode().split(),
              *storage.read_bytes(join(dead, "_manifest")).decode().split()]
     missing = [uri for uri in named if not storage.exists(uri)]
     assert not missing, f"committed pointers name missing files: {missing}"
-    assert {u.split(f"/{ATTEMPTS}/")[1].split("/")[0] for u in named} == {record["attempt"]}
+    assert {attempt_of(u) for u in named} == {record["attempt"]}
     assert dead_record["attempt"] == record["attempt"]
     assert not storage.exists(join(output, LEASE))
     return run
@@ -175,6 +196,7 @@ def test_a_crash_before_any_step_leaves_one_complete_run_and_a_rerun_converges(s
     publish(storage, store_root, "runA", rows=3, rejected=1)
     output = join(store_root, "out", "ds=2026-11-20")
     assert read_as_documented(storage, output)[0] == "runA"
+    assert assert_pointers_agree(storage, output)["run_id"] == "runA"
 
     def crash(step):
         if step == crash_before:
@@ -189,9 +211,10 @@ def test_a_crash_before_any_step_leaves_one_complete_run_and_a_rerun_converges(s
     record = publish(storage, store_root, "runB", rows=5, rejected=2)  # the retry of publish
     run, ids, bad = read_as_documented(storage, output)
     assert run == "runB" and len(ids) == 10 and len(bad) == 2
-    attempts = {u.split(f"/{ATTEMPTS}/")[1].split("/")[0] for u in storage.walk(join(output, ATTEMPTS))}
+    assert assert_pointers_agree(storage, output)["attempt"] == record["attempt"]
+    attempts = {attempt_of(u) for u in storage.walk(join(output, ATTEMPTS))}
     assert attempts == {record["attempt"]}, "superseded and crashed attempts are collected"
-    dead_record = committed(storage, join(store_root, "out", "_rejected", "ds=2026-11-20"))
+    dead_record = assert_pointers_agree(storage, join(store_root, "out", "_rejected", "ds=2026-11-20"))
     assert dead_record["attempt"] == record["attempt"] and dead_record["files"] == record["dead_letter"]["files"]
 
 
@@ -201,5 +224,5 @@ def test_stray_top_level_files_are_collected_and_an_empty_output_commits(store_r
     storage.write_bytes(join(output, "part-old-layout.parquet"), b"not parquet")
     publish(storage, store_root, "runC", rows=0, rejected=3)
     assert storage.files(output) == []
-    record = committed(storage, output)
+    record = assert_pointers_agree(storage, output)  # both empty of data files, still one attempt
     assert record["rows_rejected"] == 3 and len(record["dead_letter"]["files"]) == 1
