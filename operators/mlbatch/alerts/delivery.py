@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BUDGET_S = 4.0
 REQUEST_TIMEOUT_S = 3.0
-LOCAL = "local"
 LATE_S = 60.0  # an alert sent later than this after it was raised is marked as delayed
 BACKOFF_FIRST_S = 5.0  # after a failure, the flusher's next try; doubles per failure ...
 BACKOFF_MAX_S = 30.0  # ... up to this: an alert goes out within ~30 s of Slack coming back (Retry-After aside)

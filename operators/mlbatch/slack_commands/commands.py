@@ -23,7 +23,6 @@ TASK = re.compile(r"^[A-Za-z0-9_.-]+$")
 RUN_ID = re.compile(r"^[A-Za-z0-9_.~:+-]+$")  # Airflow's default [scheduler] allowed_run_id_pattern
 
 READ_ONLY_ACTIONS = ("status", "list", "logs")
-WRITE_ACTIONS = ("run", "retry")
 ACTIONS = ("run", "status", "list", "logs", "retry", "help")
 
 USAGE = {
@@ -60,10 +59,6 @@ class Command:
     task_id: str | None = None  # logs, retry
     map_index: int = -1  # the Retry button names one mapped task instance
     params: dict[str, str] = field(default_factory=dict)  # run
-
-    @property
-    def read_only(self) -> bool:
-        return self.action not in WRITE_ACTIONS
 
 
 def parse_command(text: str, command_name: str = "/mlops") -> Command:
