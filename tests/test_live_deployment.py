@@ -3,7 +3,8 @@ dag-processor, triggerer, MLflow server) on its own PostgreSQL database, driven 
 drive it -- REST API v2, signed Slack commands, the UI in headless Chromium -- plus a kill -9 of a
 running task. `DagBag`/`dag.test` cannot show what a live dag-processor, triggerer and supervisor do.
 
-The tests share one stack and run in file order (each builds on the state the previous one left).
+The tests share one stack and run in file order (each builds on the state the previous one left):
+`pytestmark` keeps that order in a shuffled run (`pytest --random-order` moves the module as a whole).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import pytest
 import yaml
 
 from slack_support import ALICE, BOB, SIGNING_SECRET, FakeSlack, free_port, signed, slash_command_form
+
+pytestmark = pytest.mark.random_order(disabled=True)  # one stack, tests in file order (see above)
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = Path(os.environ.get("MLBATCH_TEST_OUTPUT") or REPO / ".test-output") / "live_deployment"

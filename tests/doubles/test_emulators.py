@@ -1,4 +1,6 @@
-"""The emulators the cloud tests rely on answer over HTTP."""
+"""Tests of the test doubles, not of the product: the emulators the cloud tests rely on (moto's server
+for S3 and SageMaker, the GCS emulator; tests/emulators.py starts them) answer over HTTP. A failure here
+means the test environment is broken, not mlbatch."""
 
 
 def test_moto_server_speaks_s3_and_sagemaker(moto_server):
