@@ -35,9 +35,12 @@ DATE = "2026-11-20"
 
 
 def failure_time(full_log: str, near: float) -> float:
+    """When the task runner logged the failure: the log line carries only a UTC time of day, so take the
+    instant with that time of day nearest to `near` (the post), which also holds across midnight."""
     line = next(l for l in full_log.splitlines() if "Task failed with exception" in l)
     day = datetime.fromtimestamp(near, timezone.utc).strftime("%Y-%m-%d")
-    return datetime.strptime(f"{day} {line[:12]}", "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc).timestamp()
+    at = datetime.strptime(f"{day} {line[:12]}", "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc).timestamp()
+    return min((at - 86400, at, at + 86400), key=lambda t: abs(near - t))
 
 
 def one_run(dag, fake, rate_limited: bool) -> float:

@@ -5,7 +5,9 @@ It records every call, checks the token, enforces Slack's message limits the way
 (`msg_blocks_too_long`, `invalid_blocks`), implements the external file-upload flow
 (files.getUploadURLExternal -> POST to the upload URL -> files.completeUploadExternal) and an incoming
 webhook, and can be told to answer 429 with Retry-After, 500, an error, or to be slow -- for the next
-calls (`fail_next`) or for as long as an outage lasts (`set_outage`, on a clock the test may simulate).
+calls (`fail_next`) or for as long as an outage lasts (`set_outage`, on a clock the test may simulate) --
+or to hang (`hold`: every request waits unanswered until `release`), so that a test can show a caller
+gave up on Slack by an event (it returned while its request was still held) instead of by a stopwatch.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ class FakeSlack:
         self.files: dict[str, dict] = {}  # file id -> {"content", "filename", "channel_id", "thread_ts", ...}
         self.webhook_posts: list[dict] = []
         self.delay_s = 0.0
+        self.held = 0  # requests that arrived while held and are waiting for release()
+        self._answer = threading.Event()
+        self._answer.set()
         self._troubles: list[Trouble] = []
         self._outage: Callable[[], bool] | None = None
         self._outage_answers: list[Trouble] = []
@@ -65,6 +70,7 @@ class FakeSlack:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.release()
         self._server.shutdown()
         self._server.server_close()
 
@@ -93,6 +99,13 @@ class FakeSlack:
         with self._lock:
             self._outage, self._outage_answers = active, list(answers or [Trouble(500)])
 
+    def hold(self) -> None:
+        """From now on every request waits, unanswered, until `release()` (or the end of the `with`)."""
+        self._answer.clear()
+
+    def release(self) -> None:
+        self._answer.set()
+
     def api_calls(self, method: str) -> list[Call]:
         return [c for c in self.calls if c.method == method]
 
@@ -117,6 +130,10 @@ class FakeSlack:
         length = int(req.headers.get("Content-Length") or 0)
         raw = req.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in req.headers.items()}
+        if not self._answer.is_set():
+            with self._lock:
+                self.held += 1
+            self._answer.wait()
         if self.delay_s:
             time.sleep(self.delay_s)
         if url.path.startswith("/upload/"):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -89,17 +88,9 @@ def test_failed_task_posts_exactly_one_alert_with_its_log(airflow_db, fake_slack
     [(file_id, attached)] = fake_slack.files.items()  # the full log, in the alert's thread
     assert attached["thread_ts"] == message["ts"] and attached["channel_id"] == "C0MLALERTS"
     assert "natality_weight_never_registered" in attached["content"]
-
-    latency = post.at - failure_time(attached["content"], post.at)
-    print(f"failure -> alert post: {latency:.3f} s")
-    assert 0 < latency < 3.0
-
-
-def failure_time(full_log: str, near: float) -> float:
-    """When the task runner logged the failure (the log line's UTC time of day, on the post's day)."""
-    line = next(l for l in full_log.splitlines() if "Task failed with exception" in l)
-    day = datetime.fromtimestamp(near, timezone.utc).strftime("%Y-%m-%d")
-    return datetime.strptime(f"{day} {line[:12]}", "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc).timestamp()
+    # Posted by the failure itself, before dag.test() returned: the log it carries already holds the
+    # task runner's failure line. How soon after it is bench/alert_latency.py's figure, not a test's.
+    assert "Task failed with exception" in attached["content"]
 
 
 LEAKY_DAG = '''
@@ -160,14 +151,12 @@ def test_secrets_in_the_log_never_reach_slack(airflow_db, fake_slack, monkeypatc
 def test_slack_hanging_neither_fails_nor_stalls_the_task(airflow_db, fake_slack, failing_pipeline, monkeypatch):
     from mlbatch.alerts.outbox import Outbox
 
-    fake_slack.delay_s = 30  # every Slack request hangs for 30 s
+    fake_slack.hold()  # Slack takes every request and answers none until the test ends
     monkeypatch.setenv("MLBATCH_ALERT_BUDGET_SECONDS", "2")
-    started = time.monotonic()
-    dagrun = run(failing_pipeline)
-    took = time.monotonic() - started
+    dagrun = run(failing_pipeline)  # returns while Slack still holds the alert: the task did not wait for it
+    assert fake_slack.held >= 1, "the alert never reached Slack"
     assert dagrun.state == "failed"
     assert failed_ti(dagrun, "resolve_model").state == "failed"  # failed by its own error, nothing else
-    assert took < 20, f"dag.test took {took:.1f} s while Slack hung: the alert stalled the task"
     [pending] = Outbox().entries("pending")
     assert pending.last_error and ("budget" in pending.last_error or "timed out" in pending.last_error)
     assert "natality_weight_never_registered" in json.dumps(pending.payload)
