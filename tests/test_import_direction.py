@@ -102,3 +102,47 @@ def test_no_cycles_between_parts_apart_from_the_known_edges():
 def test_slack_commands_and_alerts_do_not_import_each_other():
     edges = imports()
     assert ("slack_commands", "alerts") not in edges and ("alerts", "slack_commands") not in edges
+
+
+# What only an operator may do with a task: defer it, read and write its XComs, name its deadline.
+OPERATOR_ONLY = {"defer", "xcom_push", "xcom_pull", "execution_timeout", "remote_job_started", "remote_job",
+                 "dataflow_job_kind", "job_kind"}
+TASK_NAMES = {"operator", "context", "ti", "task_instance"}  # what a backend would receive to do so
+
+
+def test_backends_never_reach_back_into_the_operator_at_run_time():
+    """The import test cannot see a backend that is handed the operator and calls `operator.defer`: a
+    dependency upward at run time. The `Backend` protocol takes a request and a handle; no backend module
+    names an operator, a task context or a task instance (parameter, variable or attribute), nor calls
+    what only an operator does (defer, XCom, its timeout), nor reads an operator attribute by name."""
+    found = []
+    for path in sorted((PACKAGE / "backends").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            where = f"{path.relative_to(PACKAGE)}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.arg) and node.arg in TASK_NAMES:
+                found.append(f"{where}: parameter {node.arg}")
+            elif isinstance(node, ast.Name) and node.id in TASK_NAMES:
+                found.append(f"{where}: name {node.id}")
+            elif isinstance(node, ast.Attribute) and node.attr in OPERATOR_ONLY | TASK_NAMES:
+                found.append(f"{where}: .{node.attr}")
+            elif isinstance(node, ast.Constant) and node.value in OPERATOR_ONLY:
+                found.append(f"{where}: {node.value!r}")  # getattr(x, "defer") and the like
+    assert not found, found
+
+
+def test_the_backend_protocol_takes_requests_and_handles_only():
+    """Every method of `Backend` (and of each backend class) takes a request, a handle, an event, a
+    state or a line count: nothing that carries the task."""
+    allowed = {"self", "request", "handle", "event", "state", "lines"}
+    found = []
+    for path in sorted((PACKAGE / "backends").rglob("*.py")):
+        for cls in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not (isinstance(cls, ast.ClassDef) and (cls.name == "Backend" or any(
+                    isinstance(b, ast.Name) and b.id.endswith("Backend") for b in cls.bases))):
+                continue
+            for fn in cls.body:
+                if isinstance(fn, ast.FunctionDef) and not fn.name.startswith("_"):
+                    extra = {a.arg for a in fn.args.args + fn.args.kwonlyargs} - allowed
+                    if extra:
+                        found.append(f"{path.name}: {cls.name}.{fn.name}({', '.join(sorted(extra))})")
+    assert not found, found

@@ -1,9 +1,10 @@
 """Google Dataflow: the prep job (`python -m mlbatch_beam.prep`) and the direct-model job
 (`python -m mlbatch_beam.score`) on DataflowRunner, one Dataflow job per (pipeline, run, task,
 attempt), launched and looked up through `mlbatch.hooks.dataflow` (the google provider's DataflowHook,
-BeamHook for the launch) and waited for with the google provider's DataflowJobStatusTrigger. The
-operator says which job it runs (`dataflow_job_kind`, "prep" or "predict"); the kind is kept in XCom
-`remote_job` so `complete` knows it after deferral.
+BeamHook for the launch) and waited for with the google provider's DataflowJobStatusTrigger.
+`DataflowBackend` implements `mlbatch.backends.base.Backend`; the request says which job it runs
+(`JobRequest.kind`, "prep" or "predict"), and the handle keeps the kind so that `result` knows it
+after deferral. (On the local runner the direct-model job is `mlbatch.backends.local.DirectModelBackend`.)
 
 What this module adds around the providers, and why:
 - **Idempotent names** (`job_names`): BeamRunPythonPipelineOperator appends a random suffix to the job
@@ -21,7 +22,7 @@ What this module adds around the providers, and why:
   version unless it already is on GCS. Publish deletes the run's staging prefix after the commit
   (`storage.keep_staged_days`).
 - **Cancel while deferred**: the provider's trigger is subclassed with an `on_kill` that cancels the
-  job; the task's `on_kill` and a deferral timeout cancel it through RemoteJobMixin.
+  job; the task's `on_kill` and a deferral timeout cancel it through the operator (RemoteJobMixin).
 - **Status check on completion**: `complete` refuses any event that is not "success" *and* re-reads
   the job: only JOB_STATE_DONE counts.
 
@@ -36,6 +37,7 @@ Credentials, as with the provider's operator; API calls (list, get, cancel) use 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from airflow.providers.google.cloud.triggers.dataflow import DataflowJobStatusTrigger
@@ -43,20 +45,19 @@ from airflow.providers.google.cloud.triggers.dataflow import DataflowJobStatusTr
 from mlbatch.backends import cloud_logging
 from mlbatch.backends.dataflow_options import (
     DATAFLOW_RUNNER, dataflow_pipeline_args, model_sharing_args, prediction_output_args)
-from mlbatch.backends.completion import require_success_event
+from mlbatch.backends.base import Backend, Handle, JobRequest, JobState, Submission
 from mlbatch.backends.job_names import files_fingerprint, find_attempt, job_name, result_identity, short_hash
 from mlbatch.errors import BackendConfigError, RemoteJobError
-from mlbatch.hooks.dataflow import SUCCEEDED, DataflowJobsHook
+from mlbatch.hooks.dataflow import FAILED, SUCCEEDED, DataflowJobsHook
 from mlbatch.run.paths import RunPaths, run_key
 from mlbatch.spec.models import PipelineSpec
 from mlbatch.storage.layer import Storage, join, scheme
 
 BACKEND = "dataflow"
-PREP_TASK_ID = "prep"  # the DAG's prep step (dag_factory); predict reads its prepared_uri from XCom
 MODULES = {"prep": "mlbatch_beam.prep", "predict": "mlbatch_beam.score"}
 POLL_SECONDS = 30
 MAX_NAME = 63  # Dataflow allows 1024; kept as short as the other backends' names
-CONSOLE = "https://console.cloud.google.com/dataflow/jobs/{region}/{job_id}?project={project}"
+log = logging.getLogger(__name__)
 
 
 class DataflowJobTrigger(DataflowJobStatusTrigger):
@@ -70,7 +71,7 @@ class DataflowJobTrigger(DataflowJobStatusTrigger):
         return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
     async def on_kill(self) -> None:
-        await asyncio.to_thread(cancel, {"job_id": self.job_id, "project": self.project_id,
+        await asyncio.to_thread(DataflowBackend().cancel, {"job_id": self.job_id, "project": self.project_id,
                                          "region": self.location, "gcp_conn_id": self.gcp_conn_id})
 
 
@@ -163,15 +164,11 @@ def _variables(spec: PipelineSpec, name: str, job_args: list[str], *, model_work
 
 
 def console_url(job_id: str, project: str, region: str) -> str:
-    return CONSOLE.format(region=region, job_id=job_id, project=project)
+    """The provider's Dataflow job console link (DataflowJobLink), formatted here so that the handle
+    carries it (alerts, the step's "Remote job console" link)."""
+    from airflow.providers.google.cloud.links.dataflow import DataflowJobLink
 
-
-def job_kind(operator) -> str:
-    """Which job the operator runs: "prep" or "predict" (the default)."""
-    kind = getattr(operator, "dataflow_job_kind", "predict")
-    if kind not in MODULES:
-        raise ValueError(f"{operator.task_id}: unknown Dataflow job kind {kind!r}")
-    return kind
+    return DataflowJobLink()._format_link(region=region, job_id=job_id, project_id=project)
 
 
 def _glob_root(pattern: str) -> str:
@@ -197,13 +194,14 @@ def staged_input(spec: PipelineSpec, paths: RunPaths, staging: str) -> str:
     return join(staging, "input", pattern[len(_glob_root(pattern).rstrip("/")):])
 
 
-def job_identity(kind: str, context: Any, spec: PipelineSpec, paths: RunPaths, model: dict) -> str:
+def job_identity(request: JobRequest) -> str:
     """What determines the job's result (see job_names): for prep the input files (names, sizes and
     modification times or etags, any store) and the schema; for predict the model version, the
     prepared files (their contents, or the prep job that wrote them on GCS) and the predict settings."""
+    spec, paths = request.spec, request.paths
     settings = spec.predict.model_dump(exclude={"labels"}, mode="json")
     storage = gcs_storage(spec)
-    if kind == "prep":
+    if request.kind == "prep":
         listing = []
         for uri in storage.files(paths.input_pattern):
             fs, path = storage.fs(uri)
@@ -213,111 +211,122 @@ def job_identity(kind: str, context: Any, spec: PipelineSpec, paths: RunPaths, m
             listing.append((uri, info.get("size"), str(stamp)))
         return result_identity({}, short_hash(listing), [settings, spec.input.model_dump(mode="json"),
                                                          spec.prep.model_dump(mode="json")])
-    prep = context["ti"].xcom_pull(task_ids=PREP_TASK_ID)
-    if prepared_on_gcs(context):
-        fingerprint = short_hash(prep.get("job_id"), prep.get("prepared_uri"))
+    if prepared_on_gcs(request.prep):
+        fingerprint = short_hash(request.prep.get("job_id"), request.prep.get("prepared_uri"))
     else:
         fingerprint = files_fingerprint(storage, storage.files(paths.prepared))
-    return result_identity(model, fingerprint, [settings, spec.output.model_dump(mode="json")])
+    return result_identity(request.model, fingerprint, [settings, spec.output.model_dump(mode="json")])
 
 
-def prepared_on_gcs(context: Any) -> str | None:
-    """The gs:// prefix of this run's prepared files, when the prep step ran on Dataflow."""
-    prep = context["ti"].xcom_pull(task_ids=PREP_TASK_ID)
+def prepared_on_gcs(prep: dict | None) -> str | None:
+    """The gs:// prefix of this run's prepared files, when the prep step (its result: `prep`) ran on
+    Dataflow."""
     uri = prep.get("prepared_uri") if isinstance(prep, dict) else None
     return uri if isinstance(uri, str) and uri.startswith("gs://") else None
 
 
-def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: dict) -> dict:
-    _require(spec)
-    kind = job_kind(operator)
-    cfg = spec.predict.dataflow
-    hook = DataflowJobsHook(cfg.gcp_conn_id)
-    run_id = context["run_id"]
-    identity = job_identity(kind, context, spec, paths, model)
-    attempt = find_attempt(lambda n: job_name(spec.name, run_id, operator.task_id, n, identity=identity,
-                                              max_len=MAX_NAME),
-                           lambda name: hook.job_verdict(cfg.project, cfg.region, name))
-    staging = join(cfg.temp_location, "mlbatch", spec.name, run_key(run_id), attempt.name)
-    result_file = paths.result_file(operator.task_id)
-    job = attempt.job
-    if attempt.verdict == "absent":
+class DataflowBackend(Backend):
+    """Dataflow jobs, prep or predict (see the module docstring). Handle: kind, job_id, job_name,
+    project, region, gcp_conn_id, attempt, console_url, and the job's output prefixes (`output_uri`
+    for predict; `prepared_uri` and `rejected_uri` for prep)."""
+
+    name = BACKEND
+    job_label = "Dataflow job"
+
+    def submit(self, request: JobRequest) -> Submission:
+        spec, paths, kind = request.spec, request.paths, request.kind
+        _require(spec)
+        if kind not in MODULES:
+            raise ValueError(f"{request.task_id}: unknown Dataflow job kind {kind!r}")
+        cfg = spec.predict.dataflow
+        hook = DataflowJobsHook(cfg.gcp_conn_id)
+        identity = job_identity(request)
+        attempt = find_attempt(lambda n: job_name(spec.name, request.run_id, request.task_id, n,
+                                                  identity=identity, max_len=MAX_NAME),
+                               lambda name: hook.job_verdict(cfg.project, cfg.region, name))
+        staging = join(cfg.temp_location, "mlbatch", spec.name, run_key(request.run_id), attempt.name)
+        job = attempt.job
+        if attempt.verdict == "absent":
+            job = self._launch(request, hook, attempt.name, staging)
+        handle = {"backend": BACKEND, "kind": kind, "job_id": job["id"], "job_name": attempt.name,
+                  "project": cfg.project, "region": cfg.region, "gcp_conn_id": cfg.gcp_conn_id,
+                  "attempt": attempt.number, "console_url": console_url(job["id"], cfg.project, cfg.region)}
         if kind == "prep":
-            variables = prep_launch_variables(spec, attempt.name,
-                                              input_pattern=staged_input(spec, paths, staging),
+            handle.update(prepared_uri=join(staging, "prepared"), rejected_uri=join(staging, "rejected"))
+        else:
+            handle["output_uri"] = join(staging, "output")
+        if attempt.verdict == "succeeded":
+            log.info("Dataflow job %s already succeeded: re-using its output", job["id"])
+            return Submission(handle, "succeeded")
+        if attempt.verdict == "active":
+            log.info("Re-attaching to running Dataflow job %s (%s)", job["id"], job.get("currentState"))
+            return Submission(handle, "running")
+        return Submission(handle, "submitted")
+
+    def _launch(self, request: JobRequest, hook: DataflowJobsHook, name: str, staging: str) -> dict:
+        """Launch the job's Beam program on DataflowRunner; the job as far as it is known."""
+        spec, paths = request.spec, request.paths
+        cfg = spec.predict.dataflow
+        result_file = paths.result_file(request.task_id)
+        if request.kind == "prep":
+            variables = prep_launch_variables(spec, name, input_pattern=staged_input(spec, paths, staging),
                                               prepared_uri=join(staging, "prepared"),
                                               rejected_uri=join(staging, "rejected"), result_file=result_file)
         else:
-            input_uri = prepared_on_gcs(context)
+            input_uri = prepared_on_gcs(request.prep)
             if input_uri is None:  # prep ran on this machine: upload its output
                 input_uri = join(staging, "input")
                 if not gcs_storage(spec).copy_tree(paths.prepared, input_uri):
                     raise FileNotFoundError(f"{spec.name}: no prepared files under {paths.prepared}")
             else:
-                operator.log.info("Reading the prepared input of the Dataflow prep job: %s", input_uri)
-            variables = launch_variables(spec, attempt.name, input_uri=input_uri,
-                                         model_uri=staged_model_uri(spec, model),
+                log.info("Reading the prepared input of the Dataflow prep job: %s", input_uri)
+            variables = launch_variables(spec, name, input_uri=input_uri,
+                                         model_uri=staged_model_uri(spec, request.model),
                                          output_uri=join(staging, "output"), result_file=result_file)
-        job_id = hook.launch(MODULES[kind], variables)
-        operator.log.info("Launched Dataflow job %s: %s", attempt.name,
-                          job_id or "(id not seen in the launcher log)")
-        if job_id is None:  # the launcher ended without logging an id: ask the service by name
-            verdict, job = hook.job_verdict(cfg.project, cfg.region, attempt.name)
-            if job is None:
-                raise RemoteJobError(f"{spec.name}: the Dataflow launcher for {attempt.name} ended without "
-                                     "submitting a job; see the task log")
-        else:
-            job = {"id": job_id, "name": attempt.name}
-    remote = {"backend": BACKEND, "kind": kind, "job_id": job["id"], "job_name": attempt.name,
-              "project": cfg.project, "region": cfg.region, "gcp_conn_id": cfg.gcp_conn_id,
-              "attempt": attempt.number, "console_url": console_url(job["id"], cfg.project, cfg.region)}
-    if kind == "prep":
-        remote.update(prepared_uri=join(staging, "prepared"), rejected_uri=join(staging, "rejected"))
-    else:
-        remote["output_uri"] = join(staging, "output")
-    operator.remote_job_started(context, remote)
-    if attempt.verdict == "succeeded":
-        operator.log.info("Dataflow job %s already succeeded: re-using its output", job["id"])
-        return complete(operator, context, spec, paths, model, {"status": "success"})
-    if attempt.verdict == "active":
-        operator.log.info("Re-attaching to running Dataflow job %s (%s)", job["id"], job.get("currentState"))
-    operator.defer(trigger=trigger(remote), method_name="execute_complete",
-                   timeout=operator.execution_timeout)
+        job_id = hook.launch(MODULES[request.kind], variables)
+        log.info("Launched Dataflow job %s: %s", name, job_id or "(id not seen in the launcher log)")
+        if job_id is not None:
+            return {"id": job_id, "name": name}
+        _, job = hook.job_verdict(cfg.project, cfg.region, name)  # no id logged: ask the service by name
+        if job is None:
+            raise RemoteJobError(f"{spec.name}: the Dataflow launcher for {name} ended without "
+                                 "submitting a job; see the task log")
+        return job
+
+    def trigger(self, handle: Handle) -> DataflowJobTrigger:
+        return DataflowJobTrigger(job_id=handle["job_id"], expected_statuses={"JOB_STATE_DONE"},
+                                  project_id=handle["project"], location=handle["region"],
+                                  gcp_conn_id=handle["gcp_conn_id"], poll_sleep=POLL_SECONDS)
+
+    def describe(self, handle: Handle) -> JobState:
+        job = hook_for(handle).get_job(job_id=handle["job_id"], project_id=handle["project"],
+                                       location=handle["region"])
+        state = job.get("currentState", "JOB_STATE_UNKNOWN")
+        phase = "succeeded" if state in SUCCEEDED else "failed" if state in FAILED else "running"
+        return JobState(phase, state, job)
+
+    def result(self, request: JobRequest, handle: Handle, state: JobState) -> dict:
+        """The output stays where the job wrote it: publish reads and commits it from there."""
+        if handle.get("kind", "predict") == "prep":
+            return _prep_result(request.spec, handle)
+        files = gcs_storage(request.spec).files(handle["output_uri"])
+        if not files:
+            raise RemoteJobError(f"{request.spec.name}: Dataflow job {handle['job_id']} succeeded but wrote "
+                                 f"nothing under {handle['output_uri']}")
+        return {"backend": BACKEND, "model_version": request.model["version"], "job_id": handle["job_id"],
+                "output_uri": handle["output_uri"], "output_files": len(files)}
+
+    def cancel(self, handle: Handle) -> None:
+        """Ask Dataflow to cancel the job; the hook skips jobs that already ended."""
+        hook_for(handle).cancel_job(job_id=handle["job_id"], project_id=handle["project"],
+                                    location=handle["region"])
+
+    def log_tail(self, handle: Handle, lines: int) -> list[str]:
+        return cloud_logging.tail(handle["project"], log_filter(handle), lines,
+                                  handle.get("gcp_conn_id", "google_cloud_default"))
 
 
-def trigger(remote: dict) -> DataflowJobTrigger:
-    return DataflowJobTrigger(job_id=remote["job_id"], expected_statuses={"JOB_STATE_DONE"},
-                              project_id=remote["project"], location=remote["region"],
-                              gcp_conn_id=remote["gcp_conn_id"], poll_sleep=POLL_SECONDS)
-
-
-def get_job(remote: dict) -> dict:
-    return hook_for(remote).get_job(job_id=remote["job_id"], project_id=remote["project"],
-                                    location=remote["region"])
-
-
-def complete(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: dict,
-             event: dict | None) -> dict:
-    """Check the event *and* the job's own state, then download its output to output_staging."""
-    remote = operator.remote_job(context)
-    require_success_event(spec.name, f"Dataflow job {remote['job_id']}", event, remote["console_url"])
-    job = get_job(remote)
-    state = job.get("currentState", "JOB_STATE_UNKNOWN")
-    if state not in SUCCEEDED:
-        raise RemoteJobError(f"{spec.name}: the trigger reported success but Dataflow job {remote['job_id']} "
-                             f"is {state}; see {remote['console_url']}")
-    if remote.get("kind", "predict") == "prep":
-        return _complete_prep(spec, remote)
-    files = gcs_storage(spec).files(remote["output_uri"])
-    if not files:
-        raise RemoteJobError(f"{spec.name}: Dataflow job {remote['job_id']} succeeded but wrote nothing "
-                             f"under {remote['output_uri']}")
-    # The output stays where the job wrote it: publish reads and commits it from there.
-    return {"backend": BACKEND, "model_version": model["version"], "job_id": remote["job_id"],
-            "output_uri": remote["output_uri"], "output_files": len(files)}
-
-
-def _complete_prep(spec: PipelineSpec, remote: dict) -> dict:
+def _prep_result(spec: PipelineSpec, remote: dict) -> dict:
     """The prepared files stay on GCS for the predict job (`prepared_uri` in this step's XCom), the
     dead letters for publish (`rejected_uri`), which counts and commits them from there."""
     from mlbatch.run.row_counts import count_rows
@@ -330,17 +339,6 @@ def _complete_prep(spec: PipelineSpec, remote: dict) -> dict:
             "rejected_files": rejected_files, "rejected_uri": remote["rejected_uri"]}
 
 
-def cancel(remote: dict) -> None:
-    """Ask Dataflow to cancel the job; the hook skips jobs that already ended."""
-    hook_for(remote).cancel_job(job_id=remote["job_id"], project_id=remote["project"],
-                                location=remote["region"])
-
-
 def log_filter(remote: dict) -> str:
     """Dataflow workers and the service log as `dataflow_step` resources labelled with the job id."""
     return f'resource.type="dataflow_step" AND resource.labels.job_id="{remote["job_id"]}"'
-
-
-def log_tail(remote_job: dict, lines: int) -> list[str]:
-    return cloud_logging.tail(remote_job["project"], log_filter(remote_job), lines,
-                              remote_job.get("gcp_conn_id", "google_cloud_default"))

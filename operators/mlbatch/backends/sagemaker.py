@@ -17,7 +17,8 @@ What this module adds around the provider, and why:
   whose `on_kill` stops the job when a user marks the deferred task failed/success or clears it.
 - **Status check on completion**: `complete` refuses any event that is not "success" *and* re-reads the
   job status (a provider bug once reported a failed deferred transform job as a success).
-This module owns the lifecycle (names, attempts, requests, deferral); the hook owns the API calls.
+`SageMakerBackend` implements `mlbatch.backends.base.Backend` (names, attempts, requests, the job's
+state and result); the hook owns the API calls; the operator records the handle and defers.
 Imports of boto/providers happen inside functions or in this module, which only task processes and the
 triggerer import (never the DAG processor).
 """
@@ -25,6 +26,7 @@ triggerer import (never the DAG processor).
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import tarfile
 import tempfile
@@ -34,17 +36,17 @@ from urllib.parse import quote
 
 from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
 
-from mlbatch.backends.completion import require_success_event
+from mlbatch.backends.base import WAIT_AGAIN, Backend, Handle, JobRequest, JobState, Submission
 from mlbatch.backends.job_names import files_fingerprint, find_attempt, fit, job_name, result_identity, short_hash
 from mlbatch.errors import BackendConfigError, RemoteJobError
-from mlbatch.hooks.sagemaker import TransformJobHook
+from mlbatch.hooks.sagemaker import FAILED, SUCCEEDED, TransformJobHook
 from mlbatch.run.paths import RunPaths, run_key
 from mlbatch.spec.models import PipelineSpec
 from mlbatch.storage.layer import Storage, join
 
 BACKEND = "sagemaker"
-CONSOLE = "https://console.{domain}/sagemaker/home?region={region}#/transform-jobs/{name}"
 POLL_SECONDS = 30
+log = logging.getLogger(__name__)
 
 
 class SageMakerTransformTrigger(SageMakerTrigger):
@@ -217,9 +219,13 @@ def sync_model(hook: TransformJobHook, spec: PipelineSpec, model: dict) -> str:
 
 
 def console_url(name: str, region: str, partition: str = "aws") -> str:
-    domain = {"aws": "aws.amazon.com", "aws-cn": "amazonaws.cn",
-              "aws-us-gov": "amazonaws-us-gov.com"}.get(partition, "aws.amazon.com")
-    return CONSOLE.format(domain=domain, region=region, name=quote(name, safe=""))
+    """The provider's transform-job console link (SageMakerTransformJobLink), formatted here so that the
+    handle carries it (alerts, the step's "Remote job console" link)."""
+    from airflow.providers.amazon.aws.links.sagemaker import SageMakerTransformJobLink
+
+    return SageMakerTransformJobLink().format_link(
+        aws_domain=SageMakerTransformJobLink.get_aws_domain(partition) or "aws.amazon.com",
+        region_name=region, job_name=quote(name, safe=""))
 
 
 def job_identity(spec: PipelineSpec, paths: RunPaths, model: dict) -> str:
@@ -229,83 +235,83 @@ def job_identity(spec: PipelineSpec, paths: RunPaths, model: dict) -> str:
     return result_identity(model, prepared, spec.predict.model_dump(exclude={"labels"}, mode="json"))
 
 
-def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: dict) -> dict:
-    """Submit the transform job, or re-attach to this run's job; defers while it runs."""
-    _require(spec)
-    cfg = spec.predict.sagemaker
-    hook = TransformJobHook(cfg.aws_conn_id, cfg.region)
-    run_id = context["run_id"]
-    identity = job_identity(spec, paths, model)
-    attempt = find_attempt(lambda n: job_name(spec.name, run_id, operator.task_id, n, identity=identity),
-                           hook.job_verdict)
-    region = cfg.region or hook.conn_region_name
-    output_uri = join(staging_uri(spec, run_id), attempt.name, "output")
-    remote = {"backend": BACKEND, "job_name": attempt.name, "region": region,
-              "aws_conn_id": cfg.aws_conn_id, "attempt": attempt.number, "output_uri": output_uri,
-              "console_url": console_url(attempt.name, region, hook.conn_partition)}
-    operator.remote_job_started(context, remote)
-    if attempt.verdict == "succeeded":
-        operator.log.info("Transform job %s already completed: re-using its output", attempt.name)
-        return complete(operator, context, spec, paths, model, {"status": "success",
-                                                                "job_name": attempt.name})
-    if attempt.verdict == "active":
-        operator.log.info("Re-attaching to running transform job %s (%s)", attempt.name,
-                          remote["console_url"])
-    else:
+class SageMakerBackend(Backend):
+    """Batch Transform jobs (see the module docstring). Handle: job_name, region, aws_conn_id, attempt,
+    output_uri, console_url."""
+
+    name = BACKEND
+    job_label = "SageMaker transform job"
+
+    def submit(self, request: JobRequest) -> Submission:
+        """Submit the transform job, or find this run's job (a retry re-attaches); never waits."""
+        spec, paths, model = request.spec, request.paths, request.model
+        _require(spec)
+        cfg = spec.predict.sagemaker
+        hook = TransformJobHook(cfg.aws_conn_id, cfg.region)
+        identity = job_identity(spec, paths, model)
+        attempt = find_attempt(lambda n: job_name(spec.name, request.run_id, request.task_id, n,
+                                                  identity=identity), hook.job_verdict)
+        region = cfg.region or hook.conn_region_name
+        output_uri = join(staging_uri(spec, request.run_id), attempt.name, "output")
+        handle = {"backend": BACKEND, "job_name": attempt.name, "region": region,
+                  "aws_conn_id": cfg.aws_conn_id, "attempt": attempt.number, "output_uri": output_uri,
+                  "console_url": console_url(attempt.name, region, hook.conn_partition)}
+        if attempt.verdict == "succeeded":
+            log.info("Transform job %s already completed: re-using its output", attempt.name)
+            return Submission(handle, "succeeded")
+        if attempt.verdict == "active":
+            log.info("Re-attaching to running transform job %s (%s)", attempt.name, handle["console_url"])
+            return Submission(handle, "running")
         model_ref = sync_model(hook, spec, model)
-        input_uri = join(staging_uri(spec, run_id), attempt.name, "input")
+        input_uri = join(staging_uri(spec, request.run_id), attempt.name, "input")
         write_request_files(spec, s3_storage(spec), paths.prepared, input_uri)
         config = transform_config(spec, attempt.name, {**model, "sagemaker_model": model_ref},
-                                  input_uri + "/", output_uri, run_id)
+                                  input_uri + "/", output_uri, request.run_id)
         hook.submit_transform_job(config)
-        operator.log.info("Created SageMaker transform job %s (%s)", attempt.name, remote["console_url"])
-    operator.defer(trigger=trigger(remote), method_name="execute_complete",
-                   timeout=operator.execution_timeout)
+        log.info("Created SageMaker transform job %s (%s)", attempt.name, handle["console_url"])
+        return Submission(handle, "submitted")
 
+    def trigger(self, handle: Handle) -> SageMakerTransformTrigger:
+        return SageMakerTransformTrigger(job_name=handle["job_name"], job_type="Transform",
+                                         waiter_delay=POLL_SECONDS, waiter_max_attempts=100_000,
+                                         aws_conn_id=handle["aws_conn_id"], region_name=handle["region"])
 
-def trigger(remote: dict) -> SageMakerTransformTrigger:
-    return SageMakerTransformTrigger(job_name=remote["job_name"], job_type="Transform",
-                                     waiter_delay=POLL_SECONDS, waiter_max_attempts=100_000,
-                                     aws_conn_id=remote["aws_conn_id"], region_name=remote["region"])
+    def describe(self, handle: Handle) -> JobState:
+        job = hook_for(handle).describe_transform_job(handle["job_name"])
+        status = job["TransformJobStatus"]
+        phase = "succeeded" if status in SUCCEEDED else "failed" if status in FAILED else "running"
+        return JobState(phase, f"{status}: {job.get('FailureReason', '')}", job)
 
+    def complete(self, request: JobRequest, handle: Handle, event: dict | None) -> dict | None:
+        """As the default, except that a trigger that gave up (timeout, crash) while the job runs on
+        means waiting again, never failing or abandoning a healthy job."""
+        if not (isinstance(event, dict) and event.get("status") == "success"):
+            verdict, _ = hook_for(handle).job_verdict(handle["job_name"])
+            if verdict == "active":
+                log.warning("Trigger of %s reported %s while the job runs on: waiting again",
+                            handle["job_name"], event)
+                return WAIT_AGAIN
+        return super().complete(request, handle, event)
 
-def complete(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: dict,
-             event: dict | None) -> dict:
-    """Check the event *and* the job's own status, then bring its output next to the run's staging."""
-    remote = operator.remote_job(context)
-    hook = hook_for(remote)
-    if not (isinstance(event, dict) and event.get("status") == "success"):
-        verdict, _ = hook.job_verdict(remote["job_name"])
-        if verdict == "active":  # the trigger failed, not the job: keep waiting for it
-            operator.log.warning("Trigger of %s reported %s while the job runs on: waiting again",
-                                 remote["job_name"], event)
-            operator.defer(trigger=trigger(remote), method_name="execute_complete",
-                           timeout=operator.execution_timeout)
-    require_success_event(spec.name, f"SageMaker transform job {remote['job_name']}", event,
-                          remote["console_url"])
-    job = hook.describe_transform_job(remote["job_name"])
-    if job["TransformJobStatus"] != "Completed":
-        raise RemoteJobError(f"{spec.name}: the trigger reported success but transform job "
-                             f"{remote['job_name']} is {job['TransformJobStatus']}: "
-                             f"{job.get('FailureReason', '')}; see {remote['console_url']}")
-    files = s3_storage(spec).files(remote["output_uri"])
-    if not files:
-        raise RemoteJobError(f"{spec.name}: transform job {remote['job_name']} completed but wrote nothing "
-                             f"under {remote['output_uri']}")
-    # The results stay where the job wrote them: publish reads them from there.
-    return {"backend": BACKEND, "model_version": hook.job_model_version(job, model["name"]),
-            "job_name": remote["job_name"], "raw_predictions_uri": remote["output_uri"],
-            "output_files": len(files)}
+    def result(self, request: JobRequest, handle: Handle, state: JobState) -> dict:
+        """The output stays where the job wrote it: publish reads it from there. The model version is
+        the one of the job's own SageMaker Model, not the one assumed."""
+        files = s3_storage(request.spec).files(handle["output_uri"])
+        if not files:
+            raise RemoteJobError(f"{request.spec.name}: transform job {handle['job_name']} completed but wrote "
+                                 f"nothing under {handle['output_uri']}")
+        version = hook_for(handle).job_model_version(state.job, request.model["name"])
+        return {"backend": BACKEND, "model_version": version, "job_name": handle["job_name"],
+                "raw_predictions_uri": handle["output_uri"], "output_files": len(files)}
+
+    def cancel(self, handle: Handle) -> None:
+        hook_for(handle).stop_job(handle["job_name"])
+
+    def log_tail(self, handle: Handle, lines: int) -> list[str]:
+        return hook_for(handle).log_tail(handle["job_name"], lines)
 
 
 def s3_storage(spec: PipelineSpec) -> Storage:
     """The storage layer with the SageMaker connection for s3:// staging."""
     return Storage(aws_conn_id=spec.predict.sagemaker.aws_conn_id, gcp_conn_id=spec.storage.gcp_conn_id)
 
-
-def cancel(remote: dict) -> None:
-    hook_for(remote).stop_job(remote["job_name"])
-
-
-def log_tail(remote_job: dict, lines: int) -> list[str]:
-    return hook_for(remote_job).log_tail(remote_job["job_name"], lines)

@@ -8,7 +8,7 @@ feature and the predictions could not be joined back to their ids. So the reques
 real `google.cloud.aiplatform_v1.types.BatchPredictionJob` (unknown fields fail) and sent through the
 hook's job service client; waiting uses the provider's
 CreateBatchPredictionJobTrigger (subclassed to cancel the job on kill), the console link is the
-provider's Vertex link format.
+provider's `VertexAIBatchPredictionJobLink`. `VertexBackend` implements `mlbatch.backends.base.Backend`.
 
 Idempotency: Vertex generates job ids, so the deterministic name is the job's display name, looked up
 with a `display_name="..."` list filter before submitting.
@@ -17,24 +17,24 @@ with a `display_name="..."` list filter before submitting.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import Any
 
 from airflow.providers.google.cloud.triggers.vertex_ai import CreateBatchPredictionJobTrigger
 
 from mlbatch.backends import cloud_logging
-from mlbatch.backends.completion import require_success_event
+from mlbatch.backends.base import Backend, Handle, JobRequest, JobState, Submission
 from mlbatch.backends.job_names import files_fingerprint, find_attempt, fit, job_name, result_identity, short_hash
 from mlbatch.errors import BackendConfigError, RemoteJobError
-from mlbatch.hooks.vertex import SUCCEEDED, VertexBatchHook, job_id_of
+from mlbatch.hooks.vertex import FAILED, SUCCEEDED, VertexBatchHook, job_id_of
 from mlbatch.run.paths import RunPaths, run_key
 from mlbatch.spec.models import PipelineSpec
 from mlbatch.storage.layer import Storage, join
 
 BACKEND = "vertex"
 POLL_SECONDS = 30
-CONSOLE = ("https://console.cloud.google.com/vertex-ai/locations/{region}/batch-predictions/{job_id}"
-           "?project={project}")
+log = logging.getLogger(__name__)
 
 
 class VertexBatchPredictionTrigger(CreateBatchPredictionJobTrigger):
@@ -46,8 +46,8 @@ class VertexBatchPredictionTrigger(CreateBatchPredictionJobTrigger):
         self.trigger_class_path = f"{type(self).__module__}.{type(self).__qualname__}"
 
     async def on_kill(self) -> None:
-        await asyncio.to_thread(cancel, {"job_id": self.job_id, "project": self.project_id,
-                                         "region": self.location, "gcp_conn_id": self.conn_id})
+        await asyncio.to_thread(VertexBackend().cancel, {"job_id": self.job_id, "project": self.project_id,
+                                                         "region": self.location, "gcp_conn_id": self.conn_id})
 
 
 def _require(spec: PipelineSpec) -> None:
@@ -173,66 +173,81 @@ def sync_model(hook: VertexBatchHook, spec: PipelineSpec, model: dict) -> str:
 
 
 def console_url(job_resource: str, project: str, region: str) -> str:
-    return CONSOLE.format(region=region, job_id=job_resource.rsplit("/", 1)[-1], project=project)
+    """The provider's batch-prediction console link (VertexAIBatchPredictionJobLink), formatted here so
+    that the handle carries it (alerts, the step's "Remote job console" link)."""
+    from airflow.providers.google.cloud.links.vertex_ai import VertexAIBatchPredictionJobLink
+
+    return VertexAIBatchPredictionJobLink()._format_link(
+        region=region, batch_prediction_job_id=job_id_of(job_resource), project_id=project)
 
 
-def start(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: dict) -> dict:
-    _require(spec)
-    cfg = spec.predict.vertex
-    hook = VertexBatchHook(cfg.gcp_conn_id)
-    run_id = context["run_id"]
-    prepared = gcs_storage(spec)  # the storage the prepared files are copied with
-    identity = result_identity(model, files_fingerprint(prepared, prepared.files(paths.prepared)),
-                               spec.predict.model_dump(exclude={"labels"}, mode="json"))
-    attempt = find_attempt(lambda n: job_name(spec.name, run_id, operator.task_id, n, identity=identity,
-                                              max_len=128),
-                           lambda name: hook.job_verdict(cfg.project, cfg.region, name))
-    staging = join(cfg.gcs_staging_uri, spec.name, run_key(run_id), attempt.name)
-    job = attempt.job
-    if attempt.verdict == "absent":
-        model_resource = sync_model(hook, spec, model)
-        inputs = prepared.copy_tree(paths.prepared, join(staging, "input"))
-        if not inputs:
-            raise FileNotFoundError(f"{spec.name}: no prepared files under {paths.prepared}")
-        request = job_request(spec, attempt.name, model_resource, inputs, join(staging, "output"), run_id)
-        job = hook.create_job(cfg.project, cfg.region, request)
-        operator.log.info("Created Vertex batch prediction job %s (%s)", job.name, attempt.name)
-    remote = {"backend": BACKEND, "job_id": job.name, "job_name": attempt.name, "project": cfg.project,
-              "region": cfg.region, "gcp_conn_id": cfg.gcp_conn_id, "attempt": attempt.number,
-              "console_url": console_url(job.name, cfg.project, cfg.region)}
-    operator.remote_job_started(context, remote)
-    if attempt.verdict == "succeeded":
-        operator.log.info("Vertex job %s already succeeded: re-using its output", job.name)
-        return complete(operator, context, spec, paths, model, {"status": "success"})
-    if attempt.verdict == "active":
-        operator.log.info("Re-attaching to running Vertex job %s", job.name)
-    operator.defer(trigger=trigger(remote), method_name="execute_complete",
-                   timeout=operator.execution_timeout)
+class VertexBackend(Backend):
+    """Batch prediction jobs (see the module docstring). Handle: job_id (the job's resource name),
+    job_name (its display name), project, region, gcp_conn_id, attempt, console_url."""
 
+    name = BACKEND
+    job_label = "Vertex batch prediction job"
 
-def trigger(remote: dict) -> VertexBatchPredictionTrigger:
-    return VertexBatchPredictionTrigger(conn_id=remote["gcp_conn_id"], project_id=remote["project"],
-                                        location=remote["region"], job_id=remote["job_id"],
-                                        poll_interval=POLL_SECONDS)
+    def submit(self, request: JobRequest) -> Submission:
+        spec, paths, model = request.spec, request.paths, request.model
+        _require(spec)
+        cfg = spec.predict.vertex
+        hook = VertexBatchHook(cfg.gcp_conn_id)
+        prepared = gcs_storage(spec)  # the storage the prepared files are copied with
+        identity = result_identity(model, files_fingerprint(prepared, prepared.files(paths.prepared)),
+                                   spec.predict.model_dump(exclude={"labels"}, mode="json"))
+        attempt = find_attempt(lambda n: job_name(spec.name, request.run_id, request.task_id, n,
+                                                  identity=identity, max_len=128),
+                               lambda name: hook.job_verdict(cfg.project, cfg.region, name))
+        staging = join(cfg.gcs_staging_uri, spec.name, run_key(request.run_id), attempt.name)
+        job = attempt.job
+        if attempt.verdict == "absent":
+            model_resource = sync_model(hook, spec, model)
+            inputs = prepared.copy_tree(paths.prepared, join(staging, "input"))
+            if not inputs:
+                raise FileNotFoundError(f"{spec.name}: no prepared files under {paths.prepared}")
+            job = hook.create_job(cfg.project, cfg.region, job_request(
+                spec, attempt.name, model_resource, inputs, join(staging, "output"), request.run_id))
+            log.info("Created Vertex batch prediction job %s (%s)", job.name, attempt.name)
+        handle = {"backend": BACKEND, "job_id": job.name, "job_name": attempt.name, "project": cfg.project,
+                  "region": cfg.region, "gcp_conn_id": cfg.gcp_conn_id, "attempt": attempt.number,
+                  "console_url": console_url(job.name, cfg.project, cfg.region)}
+        if attempt.verdict == "succeeded":
+            log.info("Vertex job %s already succeeded: re-using its output", job.name)
+            return Submission(handle, "succeeded")
+        if attempt.verdict == "active":
+            log.info("Re-attaching to running Vertex job %s", job.name)
+            return Submission(handle, "running")
+        return Submission(handle, "submitted")
 
+    def trigger(self, handle: Handle) -> VertexBatchPredictionTrigger:
+        return VertexBatchPredictionTrigger(conn_id=handle["gcp_conn_id"], project_id=handle["project"],
+                                            location=handle["region"], job_id=handle["job_id"],
+                                            poll_interval=POLL_SECONDS)
 
-def complete(operator, context: Any, spec: PipelineSpec, paths: RunPaths, model: dict,
-             event: dict | None) -> dict:
-    """Check the event *and* the job's own state, then download its prediction files."""
-    remote = operator.remote_job(context)
-    require_success_event(spec.name, f"Vertex batch prediction job {remote['job_id']}", event,
-                          remote["console_url"])
-    job = hook_for(remote).job(remote["project"], remote["region"], remote["job_id"])
-    if job.state.name not in SUCCEEDED:
-        raise RemoteJobError(f"{spec.name}: the trigger reported success but Vertex job {job.name} is "
-                             f"{job.state.name} ({job.error.message}); see {remote['console_url']}")
-    output = job.output_info.gcs_output_directory
-    files = gcs_storage(spec).files(output)
-    if not files:
-        raise RemoteJobError(f"{spec.name}: Vertex job {job.name} succeeded but wrote nothing under {output}")
-    # The results stay where the job wrote them: publish reads them from there.
-    return {"backend": BACKEND, "model_version": model["version"], "job_id": job.name,
-            "raw_predictions_uri": output, "output_files": len(files)}
+    def describe(self, handle: Handle) -> JobState:
+        job = hook_for(handle).job(handle["project"], handle["region"], handle["job_id"])
+        state = job.state.name
+        phase = "succeeded" if state in SUCCEEDED else "failed" if state in FAILED else "running"
+        return JobState(phase, f"{state} ({job.error.message})", job)
+
+    def result(self, request: JobRequest, handle: Handle, state: JobState) -> dict:
+        """The results stay where the job wrote them: publish reads them from there."""
+        job = state.job
+        output = job.output_info.gcs_output_directory
+        files = gcs_storage(request.spec).files(output)
+        if not files:
+            raise RemoteJobError(f"{request.spec.name}: Vertex job {job.name} succeeded but wrote nothing "
+                                 f"under {output}")
+        return {"backend": BACKEND, "model_version": request.model["version"], "job_id": job.name,
+                "raw_predictions_uri": output, "output_files": len(files)}
+
+    def cancel(self, handle: Handle) -> None:
+        hook_for(handle).cancel_job(handle["project"], handle["region"], handle["job_id"])
+
+    def log_tail(self, handle: Handle, lines: int) -> list[str]:
+        return cloud_logging.tail(handle["project"], log_filter(handle), lines,
+                                  handle.get("gcp_conn_id", "google_cloud_default"))
 
 
 def gcs_storage(spec: PipelineSpec) -> Storage:
@@ -244,15 +259,6 @@ def hook_for(remote: dict) -> VertexBatchHook:
     return VertexBatchHook(remote.get("gcp_conn_id", "google_cloud_default"))
 
 
-def cancel(remote: dict) -> None:
-    hook_for(remote).cancel_job(remote["project"], remote["region"], remote["job_id"])
-
-
 def log_filter(remote: dict) -> str:
     """Vertex batch prediction workers log as `ml_job` resources labelled with the numeric job id."""
     return (f'resource.type="ml_job" AND resource.labels.job_id="{job_id_of(remote["job_id"])}"')
-
-
-def log_tail(remote_job: dict, lines: int) -> list[str]:
-    return cloud_logging.tail(remote_job["project"], log_filter(remote_job), lines,
-                              remote_job.get("gcp_conn_id", "google_cloud_default"))

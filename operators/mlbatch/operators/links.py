@@ -5,6 +5,14 @@ with the operator that ran and stores the URL in XCom for the API server). So th
 try's operator object knows -- no XCom lookup, which would log "XCom not found" as an ERROR on every try
 without a remote job -- and return "" when there is nothing to link to (the UI hides empty links).
 Registered with Airflow by plugins/mlbatch_links.py. Light imports only: the DAG processor loads it.
+
+The console URL itself is the providers' (`DataflowJobLink`, `SageMakerTransformJobLink`,
+`VertexAIBatchPredictionJobLink`, formatted by each backend into its handle). Those link classes are
+not declared on the operators: importing them at DAG-parse time pulls in `airflow.providers.google.cloud`
+and `airflow.providers.amazon.aws` (tests/test_dag_integrity.py), their `get_link` reads an XCom that a
+try without a remote job lacks (an "XCom not found" ERROR in its log), and one step runs on whichever
+backend its run chose, so it would show three links of which two are always empty. One
+backend-neutral "Remote job console" link reads this try's handle instead.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ class RemoteJobConsoleLink(BaseOperatorLink):
     name = "Remote job console"
 
     def get_link(self, operator, *, ti_key) -> str:
-        remote = getattr(operator, "_remote", None)  # set when this try started or re-attached a job
+        remote = getattr(operator, "_remote", None)  # this try's handle, set when it started or re-attached a job
         return str(remote.get("console_url") or "") if isinstance(remote, dict) else ""
 
 

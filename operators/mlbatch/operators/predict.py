@@ -1,4 +1,5 @@
-"""predict: score the prepared input with the pinned model on the spec's backend.
+"""predict: score the prepared input with the pinned model on the spec's backend
+(mlbatch.backends.base.Backend; the lifecycle is mlbatch.operators.remote_job's):
 
 - `local`: the batch-prediction contract (JSON Lines in, Vertex/SageMaker-shaped JSON Lines out)
   computed on this machine, so the cloud backends' publish path is exercised locally.
@@ -15,85 +16,46 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlbatch.backends.dataflow_options import local_job, model_sharing_args, prediction_output_args
 from mlbatch.errors import NoValidRowsError, PreparedInputMissingError
-from mlbatch.run.job_process import JobProcess, stop_leftover_job
-from mlbatch.operators.links import RemoteJobConsoleLink
 from mlbatch.operators.base import PipelineStepOperator
-from mlbatch.operators.remote_job import RemoteJobMixin
-from mlbatch.operators.prep import beam_runner_args
-from mlbatch.spec.prep_contract import prep_runs_in_predict, schema_json
-from mlbatch.run.rejections import check_prep
+from mlbatch.operators.links import RemoteJobConsoleLink
+from mlbatch.operators.remote_job import BackendJobMixin
 from mlbatch.run.paths import RunPaths
+from mlbatch.run.rejections import check_prep
 from mlbatch.spec.models import PipelineSpec
+from mlbatch.spec.prep_contract import prep_runs_in_predict
 from mlbatch.storage.layer import Storage
 
+PREP_TASK_ID = "prep"  # the DAG's prep step (dag_factory): its result says where the prepared input is
 
-class PredictOperator(RemoteJobMixin, PipelineStepOperator):
+
+class PredictOperator(BackendJobMixin, PipelineStepOperator):
     ui_color = "#f3e8fd"
     uses_work_folder = True  # noted there, so a later publish can sweep it if this run is killed
     operator_extra_links = (RemoteJobConsoleLink(),)
     template_fields = (*PipelineStepOperator.template_fields, "model_version")
+    job_kind = "predict"
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        self._job: JobProcess | None = None
+        self._job = None  # the job process of a local backend, whose peak memory the step reports
         self.model_version = "{{ (ti.xcom_pull(task_ids='resolve_model') or {}).get('uri', '') }}"  # the pinned one
 
     def run(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> dict:
-        model = context["ti"].xcom_pull(task_ids="resolve_model")
         fused = prep_runs_in_predict(spec)
+        prep = None if fused else context["ti"].xcom_pull(task_ids=PREP_TASK_ID)
         if not fused:
-            require_prepared_rows(spec, paths, context["ti"].xcom_pull(task_ids="prep"))
-        backend = spec.predict.backend
+            require_prepared_rows(spec, paths, prep)
         if spec.predict.auto_reason:
-            self.log.info("predict.backend auto -> %s: %s", backend, spec.predict.auto_reason)
-        if backend == "local":
-            out, module, args = paths.raw_predictions, "mlbatch_beam.local_predict", [
-                "--input", f"{paths.prepared}/*",
-                "--flavor", spec.predict.local.flavor,
-                "--chunk-rows", str(spec.predict.compute.batch_rows),
-            ]
-        elif fused:
-            out, module, args = paths.output_staging, "mlbatch_beam.validate_and_score", [
-                "--input", paths.input_pattern,
-                "--input-format", spec.input.format,
-                "--schema-json", schema_json(spec),
-                "--dead-letter-dir", paths.rejected_staging,
-                "--output-format", spec.output.format,
-                *prediction_output_args(spec),
-                "--batch-rows", str(spec.predict.compute.batch_rows),
-                *model_sharing_args(spec),
-                *beam_runner_args(spec),
-            ]
-        else:  # a cloud service: submit or re-attach, then defer (see mlbatch.operators.remote_job)
-            return self.run_remote(backend, context, spec, paths, model)
-        stop_leftover_job(paths.result_file("predict"))  # an earlier try's job must not write on
-        storage = Storage.for_spec(spec)
-        for folder in (out, paths.rejected_staging) if fused else (out,):  # a retry starts clean
-            storage.rm(folder)
-        common = [
-            "--model-uri", model["artifact_uri"],
-            "--id-column", spec.input.id_column,
-            "--feature-columns", ",".join(f.name for f in spec.input.features),
-            "--output-dir", out,
-        ]
-        env, storage_args = storage.job_env([paths.input_pattern, paths.work, model["artifact_uri"]])
-        leading = []
-        if fused:
-            module, leading = local_job(spec, module)
-        self._job = JobProcess(module, leading + common + args + storage_args, paths.result_file("predict"),
-                               env=env)
-        result = self._job.run()
-        self.log.info("predict (%s, model v%s): %s", backend, model["version"], result)
+            self.log.info("predict.backend auto -> %s: %s", spec.predict.backend, spec.predict.auto_reason)
+        request = self.job_request(context, spec, paths, prep=prep)
+        try:  # a cloud service: submit or re-attach, then defer; a local job runs to its end here
+            result = self.run_backend(context, request)
+        finally:
+            self._job = getattr(self._backend, "job", None)
         if fused:  # prep's verdict on the rejected rows, before anything is published
-            check_prep(spec, result, paths.rejected_staging, storage, predicted=True)
-        return {**result, "backend": backend, "model_version": model["version"]}
-
-    def on_kill(self) -> None:
-        if self._job:
-            self._job.kill()
-        super().on_kill()  # stops the remote job, if one was started
+            check_prep(spec, result, paths.rejected_staging, Storage.for_spec(spec), predicted=True)
+        return result
 
 
 def require_prepared_rows(spec: PipelineSpec, paths: RunPaths, prep: dict | None) -> None:

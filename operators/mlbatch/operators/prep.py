@@ -4,7 +4,8 @@ format (Parquet for the direct-model job and SageMaker, JSON Lines for Vertex).
 
 It runs on the local FnApiRunner (a child process), except with `predict.backend: dataflow` and
 `predict.dataflow.runner: dataflow`: then it is a Google Dataflow job like predict's (submitted or
-re-attached, deferred, cancelled on kill; see mlbatch.backends.dataflow), which leaves the prepared
+re-attached, deferred, cancelled on kill; see mlbatch.backends.dataflow and
+mlbatch.operators.remote_job), which leaves the prepared
 Parquet files on GCS for the predict job and brings the dead letters back to `rejected_staging`.
 
 With `predict.backend: dataflow` on the local runner it runs nothing: predict's direct-model job
@@ -18,7 +19,7 @@ from mlbatch.backends.dataflow_options import local_job, local_runner_args
 from mlbatch.run.job_process import JobProcess, stop_leftover_job
 from mlbatch.operators.links import RemoteJobConsoleLink
 from mlbatch.operators.base import PipelineStepOperator, effective_spec
-from mlbatch.operators.remote_job import RemoteJobMixin
+from mlbatch.operators.remote_job import BackendJobMixin
 from mlbatch.spec.prep_contract import prep_runs_in_predict, prepared_format, schema_json
 from mlbatch.run.rejections import check_prep
 from mlbatch.run.paths import RunPaths
@@ -32,11 +33,11 @@ def runs_on_dataflow(spec: PipelineSpec) -> bool:
     return spec.predict.backend == "dataflow" and spec.predict.dataflow.runner == "dataflow"
 
 
-class BeamPrepOperator(RemoteJobMixin, PipelineStepOperator):
+class BeamPrepOperator(BackendJobMixin, PipelineStepOperator):
     ui_color = "#fce8e6"
     uses_work_folder = True  # noted there, so a later publish can sweep it if this run is killed
     operator_extra_links = (RemoteJobConsoleLink(),)
-    dataflow_job_kind = "prep"  # which job mlbatch.backends.dataflow runs for this step
+    job_kind = "prep"  # which job the backend (Dataflow) runs for this step
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -53,8 +54,7 @@ class BeamPrepOperator(RemoteJobMixin, PipelineStepOperator):
             storage.rm(folder)
         storage.make_dirs(paths.work)
         if runs_on_dataflow(spec):  # submit or re-attach, then defer (see mlbatch.operators.remote_job)
-            model = context["ti"].xcom_pull(task_ids="resolve_model")
-            result = self.run_remote("dataflow", context, spec, paths, model)  # returns if already done
+            result = self.run_backend(context, self.job_request(context, spec, paths))  # returns if already done
             check_prep(spec, result, paths.rejected_staging, storage)
             return result
         args = [
