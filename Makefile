@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-alert test bench bench-whole-run venv lock validate clean-demo up down
+.PHONY: demo demo-alert test bench bench-whole-run bench-slack venv lock validate clean-demo up down
 
 demo: $(STAMP)
 	$(BIN)/python -m mlbatch.local.demo
@@ -19,13 +19,20 @@ test: $(STAMP)
 
 # Time every way of scoring the same data with the same model (bench/results.md, bench/results.png),
 # then the whole natality_daily DAG run against the raw limit of the same work (bench/whole_run.py).
-# Data and models are generated once into .bench/ and reused.
+# Data and models are generated once into .bench/ and reused. Then the Slack acknowledgement benchmark.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/slack_ack.py
 
 # Only the whole-run section of bench/results.md (e.g. SIZES=1k,1m for a quicker look).
 bench-whole-run: $(STAMP)
 	$(BIN)/python bench/whole_run.py $(if $(SIZES),--sizes $(SIZES))
+
+# 100 concurrent signed /mlops commands against the live API server of `make up`'s stack (~3 min): its
+# section of bench/results.md and the line `slack-ack: p99 <P> ms at 100 concurrent, <N> over 3 s`.
+# DB=<SQLAlchemy URL> or DB=sqlite; default: PostgreSQL on 127.0.0.1:5432 when it answers, else SQLite.
+bench-slack: $(STAMP)
+	$(BIN)/python bench/slack_ack.py $(if $(DB),--db $(DB))
 
 venv: $(STAMP)
 

@@ -137,7 +137,8 @@ def test_an_alert_slack_refuses_does_not_hold_up_the_others(monkeypatch, tmp_pat
         assert [m["text"] for m in fake.messages] == ["alert 0", "alert 2"]
         refused = outbox.get(ids[1])
         assert refused.status == "pending" and "channel_not_found" in refused.last_error
-        assert refused.next_try > time.time() + 30  # not retried at every poll
+        [refusal] = [c for c in fake.api_calls("chat.postMessage") if c.response.get("error") == "channel_not_found"]
+        assert refused.next_try >= refusal.at + 30  # not retried at every poll (timed from Slack's answer)
         assert outbox.route("slack_api_default").failures == 0  # Slack itself is fine
 
 

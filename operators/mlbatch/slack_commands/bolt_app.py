@@ -1,8 +1,8 @@
 """One slack-bolt `AsyncApp` for both front doors (HTTP and Socket Mode).
 
-Bolt does the Slack plumbing: parsing requests, `ack()` within Slack's 3 seconds, lazy listeners for
-the slow part, `respond()` to the request's `response_url`, the Socket Mode envelopes. Ours is what
-Bolt does not know, as middleware:
+Bolt does the Slack plumbing: parsing requests, `ack()` within Slack's 3 seconds, `respond()` to the
+request's `response_url`, the Socket Mode envelopes. Listeners only acknowledge; the slow part runs in a
+task of ours started after the ack (`_spawn`). Ours is also what Bolt does not know, as middleware:
 
 - `_verified` (global, before authorisation; HTTP only — in Socket Mode the app-level token
   authenticates the connection): Slack's signature over the raw body, the 5-minute window, and the
@@ -10,6 +10,12 @@ Bolt does not know, as middleware:
 - `_authorised` (on the command listener): parse the command and check the policy
   (`Router.acknowledge`); help, malformed text and refusals are answered in the ack itself, so a
   refused user never sees "working on it" and nothing runs.
+
+Acknowledgements come first. The work after an ack (Airflow REST calls, often to the very API server
+this app runs in) waits until no request is being acknowledged and none has come in for `ACK_QUIET_S`
+(at most `MAX_DEFER_S`), and at most `work_concurrency` commands execute at once: a burst of commands
+is acknowledged before the CPU goes to the work, instead of every ack queueing behind every REST call
+on a small machine (bench/slack_ack.py: 100 at once on 2 cores).
 
 Replies go only to URLs under `response_url_prefix` (Slack's `https://hooks.slack.com/`): a signed
 request is from Slack, but this keeps a leaked signing secret from turning the bot into a proxy for
@@ -39,6 +45,8 @@ from mlbatch.slack_commands.signature import MemoryReplayGuard, RedisReplayGuard
 log = logging.getLogger(__name__)
 
 ANY = re.compile(".*")
+ACK_QUIET_S = 0.02  # the work after an ack starts once no request is in hand or came in for this long ...
+MAX_DEFER_S = 2.0  # ... or after this, whatever arrives
 
 
 class SlackCommandsApp:
@@ -50,6 +58,11 @@ class SlackCommandsApp:
         guard = RedisReplayGuard(settings.replay_redis_url) if settings.replay_redis_url else MemoryReplayGuard()
         self.verifier = RequestVerifier(settings.signing_secret, guard)
         self._running: set[asyncio.Task] = set()
+        self._acking = 0  # requests between arrival and acknowledgement
+        self._quiet: asyncio.Event | None = None  # set while no ack is in hand (made in the serving loop)
+        self._quiet_timer: asyncio.TimerHandle | None = None
+        self._slots: asyncio.Semaphore | None = None  # made in the serving event loop
+        self.router.usergroups.prefetch(self.router.policy.usergroup_ids)  # no Slack lookup on the first ack
         web_kwargs = {"base_url": settings.slack_api_url} if settings.slack_api_url else {}
         # Bolt passes listener and middleware arguments by parameter name: plain functions, no `self`
         async def verified(req, next):
@@ -63,11 +76,13 @@ class SlackCommandsApp:
         async def authorised(req, body, context, next):
             return await self._authorised(req, body, context, next)
 
-        async def execute_command(context, respond):
-            await self._work(context["mlbatch_request"], context["mlbatch_command"], respond)
+        async def command(ack, context, respond):
+            await ack(context["mlbatch_ack"])  # "⏳ Working on …", decided by `_authorised`
+            self._spawn(self._work(context["mlbatch_request"], context["mlbatch_command"], respond))
 
-        async def retry_button(req, body, action, respond):
-            await self._retry_button(req, body, action, respond)
+        async def retry_button(ack, req, body, action, respond):
+            await ack()
+            self._spawn(self._retry_button(_source(req), body, action, respond))
 
         self.app = AsyncApp(
             client=AsyncWebClient(**web_kwargs),
@@ -76,23 +91,31 @@ class SlackCommandsApp:
             before_authorize=verified,
             authorize=authorize,
             ignoring_self_events_enabled=False,
+            # Listeners only acknowledge (the work is our own task, `_spawn`): run them inline. Bolt's
+            # default would run each in a task and poll every 10 ms for its ack, and its lazy listeners
+            # deep-copy the request (~1 ms of CPU per command).
+            process_before_response=True,
         )
-        self.app.command(ANY, middleware=[authorised])(ack=_ack_with_context, lazy=[execute_command])
-        self.app.action(RETRY_ACTION_ID)(ack=_ack, lazy=[retry_button])
+        self.app.command(ANY, middleware=[authorised])(command)
+        self.app.action(RETRY_ACTION_ID)(retry_button)
         self.app.action(ANY)(_ack)  # the alert's URL buttons: Slack needs only the ack
         self.app.event(ANY)(_ack)  # events this app did not subscribe to: ack so Slack does not resend
 
     # -- middleware ----------------------------------------------------------------------------------
     async def _verified(self, req, next):
-        if req.mode == "socket_mode":
-            return await next()
-        headers = {name: values[0] for name, values in req.headers.items() if values}
+        self._ack_started()
         try:
-            await self.verifier.verify(req.raw_body.encode("utf-8"), headers)
-        except UnverifiedRequest as exc:
-            log.warning("Slack request refused (401): %s", exc)
-            return BoltResponse(status=401, body={"detail": "request not signed by Slack, stale or replayed"})
-        return await next()
+            if req.mode == "socket_mode":
+                return await next()
+            headers = {name: values[0] for name, values in req.headers.items() if values}
+            try:
+                await self.verifier.verify(req.raw_body.encode("utf-8"), headers)
+            except UnverifiedRequest as exc:
+                log.warning("Slack request refused (401): %s", exc)
+                return BoltResponse(status=401, body={"detail": "request not signed by Slack, stale or replayed"})
+            return await next()
+        finally:
+            self._ack_done()
 
     async def _authorised(self, req, body, context, next):
         request = SlackRequest.from_slash_command(body, source=_source(req))
@@ -103,14 +126,19 @@ class SlackCommandsApp:
         context["mlbatch_ack"] = reply.to_slack()
         return await next()
 
-    # -- lazy listeners (after the ack) --------------------------------------------------------------
-    async def _retry_button(self, req, body, action, respond):
+    # -- after the ack -------------------------------------------------------------------------------
+    def _spawn(self, work) -> None:
+        task = asyncio.ensure_future(work)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _retry_button(self, source: str, body, action, respond):
         """A press on an alert's Retry button: a `retry` of that task instance, authorised like the command."""
         user, team = body.get("user") or {}, body.get("team") or {}
         actor = Actor(user_id=user.get("id", ""), user_name=user.get("username") or user.get("name", ""),
                       team_id=team.get("id", ""))
         request = SlackRequest(actor=actor, text="retry (button)", response_url=body.get("response_url"),
-                               channel_id=(body.get("channel") or {}).get("id", ""), source=_source(req))
+                               channel_id=(body.get("channel") or {}).get("id", ""), source=source)
         try:
             target = decode_retry_value(action.get("value") or "")
         except ValueError as exc:
@@ -125,22 +153,52 @@ class SlackCommandsApp:
         await self._work(request, command, respond)
 
     async def _work(self, request: SlackRequest, command: Command, respond) -> None:
-        task = asyncio.current_task()
-        self._running.add(task)
         timeout = self.settings.work_timeout_seconds
+        await self._after_acks()
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.settings.work_concurrency)
         try:
-            try:
+            async with self._slots:
                 reply = await asyncio.wait_for(self.router.execute(request, command), timeout)
-            except asyncio.TimeoutError:
-                log.error("Slack command %s by %s took longer than %.0f s", command.action, request.actor, timeout)
-                reply = Reply(f"⚠️ `{command.action}` took longer than {timeout:.0f} s and was "
-                              "abandoned; check Airflow before trying again.")
-            except Exception:
-                log.exception("Slack command %s by %s failed", command.action, request.actor)
-                reply = Reply(f"⚠️ `{command.action}` failed with an internal error (logged on the server).")
-            await self._post(request, reply, respond)
-        finally:
-            self._running.discard(task)
+        except asyncio.TimeoutError:
+            log.error("Slack command %s by %s took longer than %.0f s", command.action, request.actor, timeout)
+            reply = Reply(f"⚠️ `{command.action}` took longer than {timeout:.0f} s and was "
+                          "abandoned; check Airflow before trying again.")
+        except Exception:
+            log.exception("Slack command %s by %s failed", command.action, request.actor)
+            reply = Reply(f"⚠️ `{command.action}` failed with an internal error (logged on the server).")
+        await self._post(request, reply, respond)
+
+    # -- acks first ----------------------------------------------------------------------------------
+    def _ack_started(self) -> None:
+        self._acking += 1
+        if self._quiet is not None:
+            self._quiet.clear()
+        if self._quiet_timer is not None:
+            self._quiet_timer.cancel()
+            self._quiet_timer = None
+
+    def _ack_done(self) -> None:
+        self._acking -= 1
+        if self._acking == 0 and self._quiet is not None:
+            self._quiet_timer = asyncio.get_running_loop().call_later(ACK_QUIET_S, self._set_quiet)
+
+    def _set_quiet(self) -> None:
+        self._quiet_timer = None
+        if self._acking == 0 and self._quiet is not None:
+            self._quiet.set()
+
+    async def _after_acks(self) -> None:
+        """Let the acknowledgements of a burst go first: wait until no request is being acknowledged and
+        none has come in for `ACK_QUIET_S` (at most `MAX_DEFER_S`). One event, no polling."""
+        if self._quiet is None:
+            self._quiet = asyncio.Event()
+            if self._acking == 0:
+                self._quiet_timer = asyncio.get_running_loop().call_later(ACK_QUIET_S, self._set_quiet)
+        try:
+            await asyncio.wait_for(self._quiet.wait(), MAX_DEFER_S)
+        except asyncio.TimeoutError:
+            pass
 
     async def _post(self, request: SlackRequest, reply: Reply, respond) -> None:
         url, prefix = request.response_url, self.settings.response_url_prefix
@@ -169,10 +227,6 @@ class SlackCommandsApp:
 
 async def _ack(ack):
     await ack()
-
-
-async def _ack_with_context(ack, context):
-    await ack(context["mlbatch_ack"])  # "⏳ Working on …", decided by `_authorised`
 
 
 def _source(req) -> str:

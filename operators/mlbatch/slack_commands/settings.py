@@ -21,6 +21,7 @@ class Settings:
     response_url_prefix: str = "https://hooks.slack.com/"
     replay_redis_url: str | None = None
     work_timeout_seconds: float = 60.0
+    work_concurrency: int = 2  # commands executed at once after their ack (the rest wait their turn)
 
     @property
     def links_base(self) -> str:
@@ -43,4 +44,5 @@ class Settings:
             response_url_prefix=env.get("MLBATCH_SLACK_RESPONSE_URL_PREFIX", cls.response_url_prefix),
             replay_redis_url=env.get("MLBATCH_SLACK_REPLAY_REDIS_URL") or None,
             work_timeout_seconds=float(env.get("MLBATCH_SLACK_WORK_TIMEOUT_SECONDS", cls.work_timeout_seconds)),
+            work_concurrency=max(1, int(env.get("MLBATCH_SLACK_WORK_CONCURRENCY", cls.work_concurrency))),
         )

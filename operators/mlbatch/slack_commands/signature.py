@@ -27,11 +27,13 @@ class MemoryReplayGuard:
     def __init__(self, clock: Callable[[], float] = time.time):
         self._seen: dict[str, float] = {}
         self._clock = clock
+        self._kept = 0  # entries left by the last sweep: the next sweep waits until the dict doubles
 
     async def first_time(self, key: str, expires_at: float) -> bool:
         now = self._clock()
-        if len(self._seen) > 1000:
+        if len(self._seen) > max(1000, 2 * self._kept):  # amortised O(1): not a sweep per request under load
             self._seen = {k: t for k, t in self._seen.items() if t > now}
+            self._kept = len(self._seen)
         if self._seen.get(key, 0) > now:
             return False
         self._seen[key] = expires_at
