@@ -32,7 +32,7 @@ class RecordRunOperator(PipelineStepOperator):
         import time
 
         from mlflow import MlflowClient
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param
 
         # The spec's tracking server through a client of its own: MLflow's process-wide setting (and the
         # MLFLOW_TRACKING_URI it exports) stays as it was for whatever else runs in this process.
@@ -43,7 +43,6 @@ class RecordRunOperator(PipelineStepOperator):
         predicted = ti.xcom_pull(task_ids=PREDICT) or {}
         experiment = f"mlbatch/{spec.name}"
         experiment_id = ensure_experiment(experiment, client)
-        run_id = context["run_id"]
         version = int(predicted.get("model_version") or model["version"])  # what produced the rows
         params = {
             "model_uri": f"models:/{model['name']}/{version}",
@@ -56,50 +55,13 @@ class RecordRunOperator(PipelineStepOperator):
             "dead_letter_uri": published["dead_letter_uri"],
             "logical_date": context["ds"],
         }
-        attempt_key = _attempt_key(params, published)
-        earlier = client.search_runs(
-            [experiment_id], filter_string=f"tags.`airflow.run_id` = '{run_id}'", max_results=100,
-            order_by=["attributes.start_time ASC"])
-        same = [r for r in earlier if r.data.tags.get("mlbatch.attempt_key") == attempt_key]
-        tags = {
-            "airflow.dag_id": context["dag"].dag_id,
-            "airflow.run_id": run_id,
-            "pipeline": spec.name,
-            "backend": spec.predict.backend,
-            "model.name": model["name"],
-            "model.version": str(version),
-            "mlbatch.attempt_key": attempt_key,
-        }
-        if same:  # a retry of record: the same MLflow run
-            mlflow_run_id = same[0].info.run_id
-            client.update_run(mlflow_run_id, status="RUNNING")
-        else:
-            if earlier:  # a rerun that published anew: its own MLflow run, linked
-                tags["mlbatch.attempt"] = str(len(earlier) + 1)
-                tags["mlbatch.previous_run_id"] = earlier[-1].info.run_id
-            mlflow_run_id = client.create_run(experiment_id, run_name=f"{spec.name} {context['ds']}").info.run_id
+        mlflow_run_id = _mlflow_run(client, experiment_id, context, spec, model, version, params, published)
         try:
-            metrics = {k: published[k] for k in ("rows_in", "rows_scored", "rows_rejected")}
-            for key, value in published["stats"].items():
-                if isinstance(value, (int, float)):
-                    metrics[f"prediction_{key}"] = value
-            for step in MEASURED_STEPS:
-                for key, value in (ti.xcom_pull(task_ids=step, key=RESOURCES_KEY) or {}).items():
-                    metrics[f"{step}.{key}"] = value
-            if "model_loads" in predicted:
-                metrics["predict.model_loads"] = predicted["model_loads"]
             now = int(time.time() * 1000)
-            client.log_batch(mlflow_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-                             params=[Param(k, str(v)) for k, v in params.items()],
-                             tags=[RunTag(k, v) for k, v in tags.items()])
-            with tempfile.TemporaryDirectory() as tmp:
-                plot = _histogram_svg(published["stats"], spec, Path(tmp) / "prediction_histogram.svg")
-                if plot:
-                    client.log_artifact(mlflow_run_id, str(plot))
-                summary = Path(tmp) / "run_summary.json"
-                summary.write_text(json.dumps({"model": model, "publish": published, "predict": predicted},
-                                              indent=2, default=str))
-                client.log_artifact(mlflow_run_id, str(summary))
+            client.log_batch(mlflow_run_id, params=[Param(k, str(v)) for k, v in params.items()],
+                             metrics=[Metric(k, float(v), now, 0)
+                                      for k, v in _metrics(ti, published, predicted).items()])
+            _log_artifacts(client, mlflow_run_id, spec, model, published, predicted)
         except BaseException:
             client.set_terminated(mlflow_run_id, status="FAILED")
             raise
@@ -107,6 +69,62 @@ class RecordRunOperator(PipelineStepOperator):
         self.log.info("MLflow run %s in experiment %s", mlflow_run_id, experiment)
         return {"mlflow_run_id": mlflow_run_id, "experiment": experiment,
                 "experiment_id": experiment_id, "tracking_uri": client.tracking_uri}
+
+
+def _mlflow_run(client: Any, experiment_id: str, context: Any, spec: PipelineSpec, model: dict, version: int,
+                params: dict, published: dict) -> str:
+    """The MLflow run of this result: a retry of record reuses the run it started (same attempt key);
+    a rerun that published anew gets its own run, tagged with the one it follows."""
+    run_id = context["run_id"]
+    attempt_key = _attempt_key(params, published)
+    earlier = client.search_runs(
+        [experiment_id], filter_string=f"tags.`airflow.run_id` = '{run_id}'", max_results=100,
+        order_by=["attributes.start_time ASC"])
+    same = [r for r in earlier if r.data.tags.get("mlbatch.attempt_key") == attempt_key]
+    if same:
+        client.update_run(same[0].info.run_id, status="RUNNING")
+        return same[0].info.run_id
+    tags = {
+        "airflow.dag_id": context["dag"].dag_id,
+        "airflow.run_id": run_id,
+        "pipeline": spec.name,
+        "backend": spec.predict.backend,
+        "model.name": model["name"],
+        "model.version": str(version),
+        "mlbatch.attempt_key": attempt_key,
+    }
+    if earlier:
+        tags["mlbatch.attempt"] = str(len(earlier) + 1)
+        tags["mlbatch.previous_run_id"] = earlier[-1].info.run_id
+    created = client.create_run(experiment_id, run_name=f"{spec.name} {context['ds']}", tags=tags)
+    return created.info.run_id
+
+
+def _metrics(ti: Any, published: dict, predicted: dict) -> dict[str, float]:
+    """Row counts, the prediction statistics, and each step's wall/CPU/peak memory."""
+    metrics = {k: published[k] for k in ("rows_in", "rows_scored", "rows_rejected")}
+    for key, value in published["stats"].items():
+        if isinstance(value, (int, float)):
+            metrics[f"prediction_{key}"] = value
+    for step in MEASURED_STEPS:
+        for key, value in (ti.xcom_pull(task_ids=step, key=RESOURCES_KEY) or {}).items():
+            metrics[f"{step}.{key}"] = value
+    if "model_loads" in predicted:
+        metrics["predict.model_loads"] = predicted["model_loads"]
+    return metrics
+
+
+def _log_artifacts(client: Any, mlflow_run_id: str, spec: PipelineSpec, model: dict, published: dict,
+                   predicted: dict) -> None:
+    """The prediction histogram (SVG) and the whole run summary (JSON)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        plot = _histogram_svg(published["stats"], spec, Path(tmp) / "prediction_histogram.svg")
+        if plot:
+            client.log_artifact(mlflow_run_id, str(plot))
+        summary = Path(tmp) / "run_summary.json"
+        summary.write_text(json.dumps({"model": model, "publish": published, "predict": predicted},
+                                      indent=2, default=str))
+        client.log_artifact(mlflow_run_id, str(summary))
 
 
 def _attempt_key(params: dict, published: dict) -> str:
