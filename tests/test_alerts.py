@@ -64,7 +64,7 @@ def delivery(outbox, **kw):
 # --- the button contract ----------------------------------------------------------------------------
 
 def test_retry_button_value_round_trips_and_rejects_bad_values():
-    from mlbatch.alerts.actions import RetryTarget, decode_retry_value, encode_retry_value
+    from mlbatch.retry_button import RetryTarget, decode_retry_value, encode_retry_value
 
     target = RetryTarget("natality_daily", "manual__2026-11-20T00:00:00+00:00", "predict", 3)
     assert decode_retry_value(encode_retry_value(target)) == target

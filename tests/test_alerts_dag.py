@@ -62,7 +62,7 @@ def failed_ti(dagrun, task_id: str):
 
 
 def test_failed_task_posts_exactly_one_alert_with_its_log(airflow_db, fake_slack, failing_pipeline):
-    from mlbatch.alerts.actions import RETRY_ACTION_ID, decode_retry_value
+    from mlbatch.retry_button import RETRY_ACTION_ID, decode_retry_value
 
     dagrun = run(failing_pipeline)
     assert dagrun.state == "failed"

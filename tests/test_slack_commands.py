@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from mlbatch.alerts.actions import RetryTarget, encode_retry_value
+from mlbatch.retry_button import RetryTarget, encode_retry_value
 from slack_support import (  # noqa: F401  (fixtures)
     ALICE, BOB, CAROL, SIGNING_SECRET, airflow_server, fake_slack, retry_button_payload, signed,
     slash_command_form,

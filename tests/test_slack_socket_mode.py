@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from mlbatch.alerts.actions import RetryTarget, encode_retry_value
+from mlbatch.retry_button import RetryTarget, encode_retry_value
 from mlbatch.slack_commands.settings import Settings
 from slack_support import ALICE, BOB, airflow_server, fake_slack, retry_button_payload  # noqa: F401
 
