@@ -10,7 +10,7 @@ import pytest
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
-from mlbatch.local.scaffold import (
+from mlbatch.local.infer import (
     ScaffoldError, choose_id_column, describe_sample, feature_columns, input_files, parse_model, read_sample_files,
     templated,
 )

@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--wait", action="store_true", help="wait for missing input instead of failing at once")
     args = parser.parse_args(argv)
     if args.command == "new":
-        from mlbatch.local.scaffold import ScaffoldError, new_pipeline
+        from mlbatch.local.infer import ScaffoldError
+        from mlbatch.local.scaffold import new_pipeline
 
         try:
             new_pipeline(args.name, args.model, args.input, backend=args.backend, id_column=args.id_column,
