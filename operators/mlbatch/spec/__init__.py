@@ -1,2 +1,3 @@
-"""The pipeline spec: what a YAML file may say (models, loader, broken-spec placeholder, signature
-check, trigger conf rule). Imported by everything; imports only `mlbatch.errors`."""
+"""The pipeline spec: what a YAML file may say (models, with the predict and output blocks and their
+base; loader, broken-spec placeholder, signature check, trigger conf rule). Imported by everything;
+imports only `mlbatch.errors`."""

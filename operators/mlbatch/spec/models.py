@@ -1,8 +1,8 @@
-"""Pydantic models of one pipeline YAML file.
+"""Pydantic models of one pipeline YAML file: the whole spec and its smaller blocks.
 
-Every model forbids unknown keys, so a typo fails loudly instead of silently falling back to a default.
-`compute:` and `network:` mean the same for every backend; translating them into SageMaker, Vertex or
-Dataflow terms is the backend module's job, not the spec's (buzzflow's lesson in the seed documents).
+Every model forbids unknown keys (`SpecModel`), so a typo fails loudly instead of silently falling back
+to a default. The `predict:` block is in `mlbatch.spec.predict`, the `output:` block in
+`mlbatch.spec.output`.
 """
 
 from __future__ import annotations
@@ -10,20 +10,18 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-Backend = Literal["local", "dataflow", "sagemaker", "vertex", "auto"]
-DataFormat = Literal["parquet", "csv", "jsonl"]
+from mlbatch.spec.base import DataFormat, SpecModel
+from mlbatch.spec.output import Output
+from mlbatch.spec.predict import Predict
+
 FeatureType = Literal["int", "float", "bool", "string"]
 
 _NAME = r"^[a-z][a-z0-9_]{0,62}$"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Alerts(_Model):
+class Alerts(SpecModel):
     """Slack alerts (mlbatch.alerts): a failure alert per failed task; optional retry/success notices."""
 
     slack_channel: str | None = None
@@ -36,7 +34,7 @@ class Alerts(_Model):
     thread_window_minutes: float = Field(default=360, ge=0)
 
 
-class ModelRef(_Model):
+class ModelRef(SpecModel):
     """An MLflow registered model, pinned by alias (resolved once per run) or by version."""
 
     name: str
@@ -51,7 +49,7 @@ class ModelRef(_Model):
         return self
 
 
-class Feature(_Model):
+class Feature(SpecModel):
     name: str
     type: FeatureType
     nullable: bool = False
@@ -60,7 +58,7 @@ class Feature(_Model):
     allowed: list[Any] | None = None
 
 
-class Input(_Model):
+class Input(SpecModel):
     uri: str = Field(description="File pattern; may use Airflow templates such as {{ ds }}.")
     format: DataFormat
     id_column: str
@@ -79,187 +77,12 @@ class Input(_Model):
         return self
 
 
-class Prep(_Model):
+class Prep(SpecModel):
     batch_rows: int = Field(default=65_536, ge=1)
     max_rejected_fraction: float = Field(default=0.05, ge=0, le=1)
 
 
-class Compute(_Model):
-    """Where the work runs, in words every backend understands."""
-
-    machine_type: str | None = None
-    min_workers: int = Field(default=1, ge=1)
-    max_workers: int = Field(default=1, ge=1)
-    accelerator_type: str | None = None
-    accelerator_count: int = Field(default=0, ge=0)
-    batch_rows: int = Field(default=65_536, ge=1)
-    local_workers: int = Field(default=1, ge=1, description=(
-        "Local Beam runs: this many in-memory jobs over disjoint groups of the input files (one model copy each)."))
-    large_model: bool = Field(
-        default=False, description="Direct-model jobs: one model copy per machine, shared by its worker processes.")
-    model_copies: int | None = Field(
-        default=None, ge=1, description="Direct-model jobs: exactly this many model copies per machine.")
-    one_process_per_worker: bool = Field(
-        default=False, description="Dataflow: one SDK process per worker VM (experiments=no_use_multiple_sdk_containers).")
-
-    @model_validator(mode="after")
-    def _workers(self) -> Compute:
-        if self.max_workers < self.min_workers:
-            raise ValueError(f"max_workers ({self.max_workers}) < min_workers ({self.min_workers})")
-        if (self.accelerator_count > 0) != (self.accelerator_type is not None):
-            raise ValueError("accelerator_type and accelerator_count > 0 go together")
-        return self
-
-
-class Network(_Model):
-    """How the remote job reaches the network, in words every backend understands."""
-
-    network: str | None = None
-    subnetwork: str | None = None
-    security_group_ids: list[str] = []
-    service_account: str | None = None
-    public_ips: bool = True
-    kms_key: str | None = None
-
-
-class LocalBackend(_Model):
-    flavor: Literal["vertex", "sagemaker"] = "vertex"
-
-
-class DataflowBackend(_Model):
-    runner: Literal["local", "dataflow"] = Field(
-        default="local", description="local = Beam FnApiRunner on this machine; dataflow = Google Dataflow."
-    )
-    project: str | None = None
-    region: str | None = None
-    temp_location: str | None = None
-    staging_location: str | None = None
-    sdk_container_image: str | None = None
-    experiments: list[str] = Field(default=[], description="Extra Dataflow experiments, e.g. use_runner_v2.")
-    service_options: list[str] = Field(
-        default=[], description="Extra Dataflow service options (GPUs come from compute.accelerator_*).")
-    gcp_conn_id: str = Field(
-        default="google_cloud_default",
-        description="Airflow connection for the Dataflow API and GCS staging (runner 'dataflow').")
-
-
-class SageMakerBackend(_Model):
-    """SageMaker Batch Transform; `compute:`/`network:` are translated in mlbatch.backends.sagemaker."""
-
-    region: str | None = None
-    role_arn: str | None = Field(default=None, description="Execution role of the SageMaker Model.")
-    image_uri: str | None = Field(
-        default=None, description="Serving image, e.g. built by `mlflow sagemaker build-and-push-container`.")
-    s3_staging_uri: str | None = Field(
-        default=None, description="s3:// prefix for the model artifact and the job's input and output.")
-    aws_conn_id: str = "aws_default"
-    max_payload_mb: int = Field(default=6, ge=1, le=100)
-    max_concurrent_transforms: int | None = Field(default=None, ge=1)
-
-
-class VertexBackend(_Model):
-    """Vertex AI batch prediction; `compute:`/`network:` are translated in mlbatch.backends.vertex."""
-
-    project: str | None = None
-    region: str | None = None
-    serving_container_image_uri: str | None = None
-    gcs_staging_uri: str | None = Field(
-        default=None, description="gs:// prefix for the model artifact and the job's input and output.")
-    gcp_conn_id: str = "google_cloud_default"
-    predict_route: str = "/invocations"
-    health_route: str = "/ping"
-
-
-class Predict(_Model):
-    backend: Backend = "local"
-    compute: Compute = Compute()
-    network: Network = Network()
-    local: LocalBackend = LocalBackend()
-    dataflow: DataflowBackend = DataflowBackend()
-    sagemaker: SageMakerBackend = SageMakerBackend()
-    vertex: VertexBackend = VertexBackend()
-    labels: dict[str, str] = Field(
-        default={}, description="Cloud labels/tags of remote jobs and models (plus pipeline and run).")
-    auto_reason: str | None = Field(
-        default=None, description="Set by the loader, not in spec files: why `backend: auto` chose the "
-                                  "backend (mlbatch.spec.backend_choice.resolve_backend).")
-
-
-PredictionKind = Literal["value", "label", "probabilities", "positive_probability", "columns"]
-ClassName = str | int | bool
-
-
-class Predictions(_Model):
-    """Which columns the model's answer becomes (mlbatch_beam.outputs maps it the same way for every
-    backend). The model decides what it returns (e.g. sklearn logged with pyfunc_predict_fn=
-    "predict_proba" returns one probability per class); this says how to publish it."""
-
-    kind: PredictionKind = Field(
-        default="value", description="value/label: one column (`output.prediction_column`); probabilities: "
-                                     "one column per class; positive_probability: the positive class's "
-                                     "probability as `output.prediction_column`; columns: named model outputs.")
-    classes: list[ClassName] = Field(
-        default=[], description="The model's classes in the order of its probability columns "
-                                "(sklearn: `classes_`).")
-    positive_class: ClassName | None = Field(
-        default=None, description="positive_probability: one of `classes`; default the second of two.")
-    column_prefix: str = Field(default="probability_", description="probabilities: column = prefix + class.")
-    columns: list[str] = Field(default=[], description="columns: the model's output columns to publish.")
-    method: Literal["predict_proba"] | None = Field(
-        default=None, description="Call this method of an sklearn model instead of the function it was logged "
-                                  "with; direct-model backend (dataflow) only.")
-
-    @model_validator(mode="after")
-    def _fields_of_kind(self) -> Predictions:
-        kind = self.kind
-        if kind == "probabilities" and not self.classes:
-            raise ValueError("kind 'probabilities' needs 'classes' (the model's classes, in its column order)")
-        if kind == "columns" and not self.columns:
-            raise ValueError("kind 'columns' needs 'columns' (the model's output columns to publish)")
-        if self.columns and kind != "columns":
-            raise ValueError(f"'columns' belongs to kind 'columns', not {kind!r}")
-        if self.classes and kind not in ("probabilities", "positive_probability"):
-            raise ValueError(f"'classes' belongs to kinds 'probabilities' and 'positive_probability', not {kind!r}")
-        if self.positive_class is not None:
-            if kind != "positive_probability":
-                raise ValueError(f"'positive_class' belongs to kind 'positive_probability', not {kind!r}")
-            if str(self.positive_class) not in [str(c) for c in self.classes]:
-                raise ValueError(f"positive_class {self.positive_class!r} is not one of classes {self.classes}")
-        if len({str(c) for c in self.classes}) != len(self.classes):
-            raise ValueError(f"'classes' repeats a class: {self.classes}")
-        if self.method and kind not in ("probabilities", "positive_probability"):
-            raise ValueError(f"method {self.method!r} returns class probabilities: use kind 'probabilities' "
-                             "or 'positive_probability'")
-        return self
-
-
-class Output(_Model):
-    uri: str = Field(description="The output partition; a rerun of the same date replaces it.")
-    format: DataFormat = "parquet"
-    prediction_column: str = "prediction"
-    predictions: Predictions = Predictions()
-    dead_letter_uri: str | None = Field(default=None, description="Defaults to <uri>/../_rejected/<leaf>.")
-    work_uri: str | None = Field(default=None, description="Scratch space; defaults to <uri>/../_work.")
-
-    @property
-    def prediction_columns(self) -> list[str]:
-        """The published columns next to the id, in order."""
-        p = self.predictions
-        if p.kind == "probabilities":
-            return [f"{p.column_prefix}{c}" for c in p.classes]
-        return list(p.columns) if p.kind == "columns" else [self.prediction_column]
-
-    def prediction_output(self) -> str:
-        """JSON of mlbatch_beam.outputs.PredictionOutput, for the jobs and readers (no Beam import here)."""
-        import json
-
-        p = self.predictions
-        return json.dumps({"kind": p.kind, "column": self.prediction_column, "classes": p.classes,
-                           "positive_class": p.positive_class, "columns": p.columns,
-                           "prefix": p.column_prefix, "method": p.method})
-
-
-class StorageSettings(_Model):
+class StorageSettings(SpecModel):
     """How the bundle reaches object stores (input, work, staging, output): Airflow connections, and how
     long a run's work folder and staged job inputs/outputs stay after its partition is committed."""
 
@@ -270,7 +93,7 @@ class StorageSettings(_Model):
                                      "commit (0: delete them at once); later runs delete expired ones.")
 
 
-class TriggerParam(_Model):
+class TriggerParam(SpecModel):
     """One field of the manual-trigger form, bound to a spec field (dotted path) or to `ds`."""
 
     field: str
@@ -283,7 +106,7 @@ class TriggerParam(_Model):
 WaitKind = Literal["object", "bigquery_partition", "upstream_task", "upstream_asset"]
 
 
-class WaitChecks(_Model):
+class WaitChecks(SpecModel):
     """Completeness of the input files (`input.uri`), checked once the wait condition holds; until they
     pass, the step keeps waiting (deferred), and `on_timeout` applies at the deadline."""
 
@@ -296,7 +119,7 @@ class WaitChecks(_Model):
         return any(v is not None for v in (self.min_rows, self.min_bytes, self.max_age_minutes))
 
 
-class Wait(_Model):
+class Wait(SpecModel):
     """What `wait_for_data` waits for before the run proceeds; every kind defers (no worker slot)."""
 
     kind: WaitKind = "object"
@@ -335,7 +158,7 @@ class Wait(_Model):
         return self
 
 
-class Tasks(_Model):
+class Tasks(SpecModel):
     retries: int = Field(default=1, ge=0)
     retry_delay_minutes: float = Field(default=5, gt=0)
     execution_timeout_minutes: float = Field(default=120, gt=0)
@@ -350,7 +173,7 @@ class Tasks(_Model):
         return data
 
 
-class PipelineSpec(_Model):
+class PipelineSpec(SpecModel):
     name: str = Field(pattern=_NAME)
     description: str = ""
     owner: str = "mlops"

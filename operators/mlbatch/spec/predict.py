@@ -1,0 +1,116 @@
+"""`predict:` of a pipeline spec: which backend scores, where the work runs and how it reaches the network.
+
+`compute:` and `network:` mean the same for every backend; translating them into SageMaker, Vertex or
+Dataflow terms is the backend module's job, not the spec's (buzzflow's lesson in the seed documents).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from mlbatch.spec.base import SpecModel
+
+Backend = Literal["local", "dataflow", "sagemaker", "vertex", "auto"]
+
+
+class Compute(SpecModel):
+    """Where the work runs, in words every backend understands."""
+
+    machine_type: str | None = None
+    min_workers: int = Field(default=1, ge=1)
+    max_workers: int = Field(default=1, ge=1)
+    accelerator_type: str | None = None
+    accelerator_count: int = Field(default=0, ge=0)
+    batch_rows: int = Field(default=65_536, ge=1)
+    local_workers: int = Field(default=1, ge=1, description=(
+        "Local Beam runs: this many in-memory jobs over disjoint groups of the input files (one model copy each)."))
+    large_model: bool = Field(
+        default=False, description="Direct-model jobs: one model copy per machine, shared by its worker processes.")
+    model_copies: int | None = Field(
+        default=None, ge=1, description="Direct-model jobs: exactly this many model copies per machine.")
+    one_process_per_worker: bool = Field(
+        default=False, description="Dataflow: one SDK process per worker VM (experiments=no_use_multiple_sdk_containers).")
+
+    @model_validator(mode="after")
+    def _workers(self) -> Compute:
+        if self.max_workers < self.min_workers:
+            raise ValueError(f"max_workers ({self.max_workers}) < min_workers ({self.min_workers})")
+        if (self.accelerator_count > 0) != (self.accelerator_type is not None):
+            raise ValueError("accelerator_type and accelerator_count > 0 go together")
+        return self
+
+
+class Network(SpecModel):
+    """How the remote job reaches the network, in words every backend understands."""
+
+    network: str | None = None
+    subnetwork: str | None = None
+    security_group_ids: list[str] = []
+    service_account: str | None = None
+    public_ips: bool = True
+    kms_key: str | None = None
+
+
+class LocalBackend(SpecModel):
+    flavor: Literal["vertex", "sagemaker"] = "vertex"
+
+
+class DataflowBackend(SpecModel):
+    runner: Literal["local", "dataflow"] = Field(
+        default="local", description="local = Beam FnApiRunner on this machine; dataflow = Google Dataflow."
+    )
+    project: str | None = None
+    region: str | None = None
+    temp_location: str | None = None
+    staging_location: str | None = None
+    sdk_container_image: str | None = None
+    experiments: list[str] = Field(default=[], description="Extra Dataflow experiments, e.g. use_runner_v2.")
+    service_options: list[str] = Field(
+        default=[], description="Extra Dataflow service options (GPUs come from compute.accelerator_*).")
+    gcp_conn_id: str = Field(
+        default="google_cloud_default",
+        description="Airflow connection for the Dataflow API and GCS staging (runner 'dataflow').")
+
+
+class SageMakerBackend(SpecModel):
+    """SageMaker Batch Transform; `compute:`/`network:` are translated in mlbatch.backends.sagemaker."""
+
+    region: str | None = None
+    role_arn: str | None = Field(default=None, description="Execution role of the SageMaker Model.")
+    image_uri: str | None = Field(
+        default=None, description="Serving image, e.g. built by `mlflow sagemaker build-and-push-container`.")
+    s3_staging_uri: str | None = Field(
+        default=None, description="s3:// prefix for the model artifact and the job's input and output.")
+    aws_conn_id: str = "aws_default"
+    max_payload_mb: int = Field(default=6, ge=1, le=100)
+    max_concurrent_transforms: int | None = Field(default=None, ge=1)
+
+
+class VertexBackend(SpecModel):
+    """Vertex AI batch prediction; `compute:`/`network:` are translated in mlbatch.backends.vertex."""
+
+    project: str | None = None
+    region: str | None = None
+    serving_container_image_uri: str | None = None
+    gcs_staging_uri: str | None = Field(
+        default=None, description="gs:// prefix for the model artifact and the job's input and output.")
+    gcp_conn_id: str = "google_cloud_default"
+    predict_route: str = "/invocations"
+    health_route: str = "/ping"
+
+
+class Predict(SpecModel):
+    backend: Backend = "local"
+    compute: Compute = Compute()
+    network: Network = Network()
+    local: LocalBackend = LocalBackend()
+    dataflow: DataflowBackend = DataflowBackend()
+    sagemaker: SageMakerBackend = SageMakerBackend()
+    vertex: VertexBackend = VertexBackend()
+    labels: dict[str, str] = Field(
+        default={}, description="Cloud labels/tags of remote jobs and models (plus pipeline and run).")
+    auto_reason: str | None = Field(
+        default=None, description="Set by the loader, not in spec files: why `backend: auto` chose the "
+                                  "backend (mlbatch.spec.backend_choice.resolve_backend).")
