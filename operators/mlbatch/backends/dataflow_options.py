@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mlbatch.errors import BackendConfigError
 from mlbatch.spec.models import PipelineSpec
+from mlbatch.spec.predict import Network
 
 LOCAL_RUNNER = "FnApiRunner"
 DATAFLOW_RUNNER = "DataflowRunner"
@@ -137,41 +138,9 @@ def dataflow_pipeline_args(spec: PipelineSpec, *, job_name: str, setup_file: str
         checkout's setup.py), and is left out when `predict.dataflow.sdk_container_image` is set
         (the image has the package already, and installing it at every worker start costs minutes).
     """
-    where = f"{spec.name}: predict.dataflow"
-    dataflow, compute, network = spec.predict.dataflow, spec.predict.compute, spec.predict.network
-    missing = [name for name in ("project", "region", "temp_location") if not getattr(dataflow, name)]
-    if missing:
-        raise BackendConfigError(f"{where}: runner 'dataflow' needs {', '.join(missing)}")
-    if not dataflow.temp_location.startswith("gs://"):
-        raise BackendConfigError(f"{where}.temp_location = {dataflow.temp_location!r}: expected a gs:// path")
-    if not _JOB_NAME.match(job_name):
-        raise BackendConfigError(f"{spec.name}: Dataflow job name {job_name!r} must be lowercase letters, digits "
-                                 "and hyphens, starting with a letter and not ending with a hyphen")
-
-    args = [
-        f"--runner={DATAFLOW_RUNNER}",
-        f"--project={dataflow.project}",
-        f"--region={dataflow.region}",
-        f"--job_name={job_name}",
-        f"--temp_location={dataflow.temp_location}",
-        f"--staging_location={dataflow.staging_location or dataflow.temp_location.rstrip('/') + '/staging'}",
-        f"--num_workers={compute.min_workers}",
-        f"--max_num_workers={compute.max_workers}",
-        "--autoscaling_algorithm=" + ("THROUGHPUT_BASED" if compute.max_workers > compute.min_workers else "NONE"),
-    ]
-    if compute.machine_type:
-        args.append(f"--machine_type={compute.machine_type}")
-    if network.service_account:
-        args.append(f"--service_account_email={network.service_account}")
-    if network.network:
-        args.append(f"--network={network.network}")
-    if network.subnetwork:
-        args.append(f"--subnetwork={_subnetwork(network.subnetwork, dataflow.region)}")
-    if not network.public_ips:
-        args.append("--no_use_public_ips")
-    if network.kms_key:
-        args.append(f"--dataflow_kms_key={network.kms_key}")
-
+    _check_dataflow_settings(spec, job_name)
+    dataflow, compute = spec.predict.dataflow, spec.predict.compute
+    args = _job_and_sizing_args(spec, job_name) + _network_args(spec.predict.network, dataflow.region)
     if dataflow.sdk_container_image:
         args.append(f"--sdk_container_image={dataflow.sdk_container_image}")
     else:
@@ -188,4 +157,53 @@ def dataflow_pipeline_args(spec: PipelineSpec, *, job_name: str, setup_file: str
         experiments.append(ONE_SDK_PROCESS_EXPERIMENT)
     if experiments:
         args.append("--experiments=" + ",".join(experiments))
+    return args
+
+
+def _check_dataflow_settings(spec: PipelineSpec, job_name: str) -> None:
+    """Refuse, before anything is staged, a spec without what runner 'dataflow' needs or a bad job name."""
+    where = f"{spec.name}: predict.dataflow"
+    dataflow = spec.predict.dataflow
+    missing = [name for name in ("project", "region", "temp_location") if not getattr(dataflow, name)]
+    if missing:
+        raise BackendConfigError(f"{where}: runner 'dataflow' needs {', '.join(missing)}")
+    if not dataflow.temp_location.startswith("gs://"):
+        raise BackendConfigError(f"{where}.temp_location = {dataflow.temp_location!r}: expected a gs:// path")
+    if not _JOB_NAME.match(job_name):
+        raise BackendConfigError(f"{spec.name}: Dataflow job name {job_name!r} must be lowercase letters, digits "
+                                 "and hyphens, starting with a letter and not ending with a hyphen")
+
+
+def _job_and_sizing_args(spec: PipelineSpec, job_name: str) -> list[str]:
+    """Runner, project, region, job name, temp and staging locations, workers and machine type."""
+    dataflow, compute = spec.predict.dataflow, spec.predict.compute
+    args = [
+        f"--runner={DATAFLOW_RUNNER}",
+        f"--project={dataflow.project}",
+        f"--region={dataflow.region}",
+        f"--job_name={job_name}",
+        f"--temp_location={dataflow.temp_location}",
+        f"--staging_location={dataflow.staging_location or dataflow.temp_location.rstrip('/') + '/staging'}",
+        f"--num_workers={compute.min_workers}",
+        f"--max_num_workers={compute.max_workers}",
+        "--autoscaling_algorithm=" + ("THROUGHPUT_BASED" if compute.max_workers > compute.min_workers else "NONE"),
+    ]
+    if compute.machine_type:
+        args.append(f"--machine_type={compute.machine_type}")
+    return args
+
+
+def _network_args(network: Network, region: str) -> list[str]:
+    """`predict.network` in Dataflow's flags: service account, network, subnetwork, public IPs, KMS key."""
+    args = []
+    if network.service_account:
+        args.append(f"--service_account_email={network.service_account}")
+    if network.network:
+        args.append(f"--network={network.network}")
+    if network.subnetwork:
+        args.append(f"--subnetwork={_subnetwork(network.subnetwork, region)}")
+    if not network.public_ips:
+        args.append("--no_use_public_ips")
+    if network.kms_key:
+        args.append(f"--dataflow_kms_key={network.kms_key}")
     return args

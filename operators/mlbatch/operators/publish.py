@@ -33,20 +33,47 @@ class PublishOperator(PipelineStepOperator):
 
     def run(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> dict:
         storage = Storage.for_spec(spec)
+        model = context["ti"].xcom_pull(task_ids=RESOLVE_MODEL)
+        output_staging, rejected_staging = self._staged(context, storage, spec, paths)
+        counts = self._reconcile(storage, spec, paths, output_staging, rejected_staging)
+        version = produced_by(context, model)  # the version that produced the rows, as predict found it
+        stats = published_stats(storage, spec, output_staging)
+        record = commit(
+            storage, Partition(paths.output, output_staging), Partition(paths.dead_letter, rejected_staging),
+            new_attempt(run_key(context["run_id"])),
+            {**counts, "pipeline": spec.name, "run_id": context["run_id"],
+             "model": model["uri"] if version == model["version"] else f"models:/{model['name']}/{version}",
+             "model_version": version, "input": paths.input_pattern, "format": spec.output.format},
+        )
+        self.log.info("Committed attempt %s: %s (%d rows in %d files) and %s (%d rows)", record["attempt"],
+                      paths.output, counts["rows_scored"], len(record["files"]), paths.dead_letter,
+                      counts["rows_rejected"])
+        self._clean_up(context, storage, spec, paths, [output_staging, rejected_staging])
+        published = {**counts, "output_uri": paths.output, "dead_letter_uri": paths.dead_letter,
+                     "input_uri": paths.input_pattern, "stats": stats, "attempt": record["attempt"],
+                     "commit_record": join(paths.output, "_SUCCESS"), "files": len(record["files"])}
+        self._asset_event(context, spec, published)
+        return published
+
+    def _staged(self, context: Any, storage: Storage, spec: PipelineSpec, paths: RunPaths) -> tuple[str, str]:
+        """Where the jobs left their files (the run's work folder, or a cloud job's own output prefix):
+        (scored rows in the spec's output format, rejected rows)."""
         ti = context["ti"]
-        model = ti.xcom_pull(task_ids=RESOLVE_MODEL)
         prep = ti.xcom_pull(task_ids=PREP) or {}
         predicted = ti.xcom_pull(task_ids=PREDICT) or {}
-        # Where the jobs left their files: the run's work folder, or a cloud job's own output prefix.
         output_staging = predicted.get("output_uri") or paths.output_staging
         rejected_staging = prep.get("rejected_uri") or paths.rejected_staging
         if spec.predict.backend != "dataflow":
             output_staging = self._convert_batch_predictions(
                 storage, spec, predicted.get("raw_predictions_uri") or paths.raw_predictions, paths)
+        return output_staging, rejected_staging
 
-        out_fmt = spec.output.format
+    def _reconcile(self, storage: Storage, spec: PipelineSpec, paths: RunPaths, output_staging: str,
+                   rejected_staging: str) -> dict:
+        """Rows in, scored and rejected; raises unless in = scored + rejected and the rejected share is
+        within `prep.max_rejected_fraction`."""
         rows_in, files_in = count_rows(paths.input_pattern, spec.input.format, storage)
-        rows_scored, _ = count_rows(output_staging, out_fmt, storage)
+        rows_scored, _ = count_rows(output_staging, spec.output.format, storage)
         rows_rejected, _ = count_rows(rejected_staging, "jsonl", storage)
         counts = {"rows_in": rows_in, "rows_scored": rows_scored, "rows_rejected": rows_rejected}
         self.log.info("Reconciliation over %d input files: %s", files_in, counts)
@@ -63,28 +90,16 @@ class PublishOperator(PipelineStepOperator):
                 f"({rows_rejected / rows_in:.2%}) > prep.max_rejected_fraction "
                 f"{spec.prep.max_rejected_fraction:.2%}; see {rejected_staging}; nothing was published"
             )
+        return counts
 
-        version = produced_by(context, model)  # the version that produced the rows, as predict found it
-        stats = published_stats(storage, spec, output_staging)
-        record = commit(
-            storage, Partition(paths.output, output_staging), Partition(paths.dead_letter, rejected_staging),
-            new_attempt(run_key(context["run_id"])),
-            {**counts, "pipeline": spec.name, "run_id": context["run_id"],
-             "model": model["uri"] if version == model["version"] else f"models:/{model['name']}/{version}",
-             "model_version": version, "input": paths.input_pattern, "format": out_fmt},
-        )
-        self.log.info("Committed attempt %s: %s (%d rows in %d files) and %s (%d rows)", record["attempt"],
-                      paths.output, rows_scored, len(record["files"]), paths.dead_letter, rows_rejected)
-        cleaned = clean_up_after_commit(storage, spec, context["run_id"], paths, [output_staging, rejected_staging])
+    def _clean_up(self, context: Any, storage: Storage, spec: PipelineSpec, paths: RunPaths,
+                  staged: list[str]) -> None:
+        """After the commit: this run's staged files, and the work folders of runs that are over."""
+        cleaned = clean_up_after_commit(storage, spec, context["run_id"], paths, staged)
         self.log.info("Staged files: %s", cleaned)
         swept = sweep_abandoned_runs(storage, spec, paths, airflow_run_state)
         if swept:
             self.log.info("Removed the work folders of %d runs that are over: %s", len(swept), swept)
-        published = {**counts, "output_uri": paths.output, "dead_letter_uri": paths.dead_letter,
-                     "input_uri": paths.input_pattern, "stats": stats, "attempt": record["attempt"],
-                     "commit_record": join(paths.output, "_SUCCESS"), "files": len(record["files"])}
-        self._asset_event(context, spec, published)
-        return published
 
     def _asset_event(self, context: Any, spec: PipelineSpec, published: dict) -> None:
         """Say which partition (and which committed attempt) this run published in the asset event:
