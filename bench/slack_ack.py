@@ -345,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copytree(REPO / "include" / "pipelines", pipelines)
     (home / "policy.yaml").write_text(POLICY)
     slack = FakeSlack(usergroups={ONCALL_GROUP: [ONCALL]}).start()
-    stack = LocalStack(home / "stack", db_url, free_port(), free_port(), pipelines, extra_env={
+    stack = LocalStack(home / "stack", db_url, free_port(), free_port(), pipelines,
+                       log_port=free_port(), trigger_log_port=free_port(), extra_env={
         "MLBATCH_SLACK_POLICY": str(home / "policy.yaml"),
         "SLACK_SIGNING_SECRET": SIGNING_SECRET,
         "SLACK_BOT_TOKEN": "xoxb-test-bot-token",

@@ -99,7 +99,8 @@ def live(tmp_path_factory):
     (pipelines / f"{PIPELINE}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     (root / "policy.yaml").write_text(POLICY)
     slack = FakeSlack().start()
-    stack = LocalStack(root / "stack", f"{PG}/{database}", free_port(), free_port(), pipelines, extra_env={
+    stack = LocalStack(root / "stack", f"{PG}/{database}", free_port(), free_port(), pipelines,
+                       log_port=free_port(), trigger_log_port=free_port(), extra_env={
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
         "MLBATCH_DATA_ROOT": str(root / "data"),
