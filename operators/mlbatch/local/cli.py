@@ -20,6 +20,17 @@ from mlbatch.spec.loader import ENV_VARIABLES, active_environment, load_spec
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one `mlbatch` command; its exit status (2: refused before anything ran)."""
+    args = build_parser().parse_args(argv)
+    if args.command == "new":
+        return _new(args)
+    if args.command == "run":
+        return _run(args)
+    return _validate(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `mlbatch` command line: `validate`, `new` and `run`."""
     parser = argparse.ArgumentParser(prog="mlbatch", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     validate = sub.add_parser("validate", help="validate pipeline spec files")
@@ -44,27 +55,34 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--env", dest="environment", help="spec environment (default: MLBATCH_ENV or 'dev')")
     run.add_argument("--home", type=Path, default=DEFAULT_HOME, help="embedded defaults folder (.demo)")
     run.add_argument("--wait", action="store_true", help="wait for missing input instead of failing at once")
-    args = parser.parse_args(argv)
-    if args.command == "new":
-        from mlbatch.local.infer import ScaffoldError
-        from mlbatch.local.scaffold import new_pipeline
+    return parser
 
-        try:
-            new_pipeline(args.name, args.model, args.input, backend=args.backend, id_column=args.id_column,
-                         output=args.output, home=args.home)
-        except ScaffoldError as exc:
-            print(f"mlbatch new: {exc}", file=sys.stderr)
-            return 2
-        return 0
-    if args.command == "run":
-        from mlbatch.local.run import RunError, run as run_pipeline
 
-        try:
-            return run_pipeline(args.name, args.date, args.assignments, args.environment, args.home, args.wait)
-        except RunError as exc:
-            print(f"mlbatch run: {exc}", file=sys.stderr)
-            return 2
+def _new(args: argparse.Namespace) -> int:
+    from mlbatch.local.infer import ScaffoldError
+    from mlbatch.local.scaffold import new_pipeline
 
+    try:
+        new_pipeline(args.name, args.model, args.input, backend=args.backend, id_column=args.id_column,
+                     output=args.output, home=args.home)
+    except ScaffoldError as exc:
+        print(f"mlbatch new: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mlbatch.local.run import RunError, run as run_pipeline
+
+    try:
+        return run_pipeline(args.name, args.date, args.assignments, args.environment, args.home, args.wait)
+    except RunError as exc:
+        print(f"mlbatch run: {exc}", file=sys.stderr)
+        return 2
+
+
+def _validate(args: argparse.Namespace) -> int:
+    """Every file in every asked environment; 1 if any is invalid."""
     failed = 0
     for path in args.files:
         for env in args.envs or [active_environment()]:

@@ -155,11 +155,41 @@ def parquet_rows(spec: PipelineSpec, date: str) -> int | None:
 
 def run(name: str, date: str | None, assignments: list[str], environment: str | None, home: Path = DEFAULT_HOME,
         wait: bool = False) -> int:
+    """Run the pipeline `name` for `date` (default today) with `airflow dags test`; the exit status:
+    0 when every task succeeded or was skipped, 1 when not, 128 + the signal when stopped."""
     from rich.console import Console
 
     from mlbatch.local.display import RunWatcher
 
     console = Console(highlight=False, soft_wrap=True)
+    spec, env, conf, date = _checked_run(name, date, assignments, environment, home, wait)
+    started = time.perf_counter()
+    console.print(f"[bold]{spec.name}[/] {date}  env {env['MLBATCH_ENV']}, backend "
+                  f"{conf.get(_key_of(spec, 'predict.backend'), spec.predict.backend)}"
+                  + (f", overrides {json.dumps(conf)}" if conf else ""))
+    console.print(f"  {ensure_airflow_db(env)}")
+    logs = Path(env["AIRFLOW_HOME"]).parent / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_file = logs / f"{spec.name}-{date}.log"
+    command = [sys.executable, "-m", "airflow", "dags", "test", spec.name, date, "--conf", json.dumps(conf)]
+    totals = {"prep": parquet_rows(spec, _data_date(spec, date, conf))}
+    with log_file.open("w") as sink, RunWatcher(console, totals) as watcher:
+        code, stopper = _watched(command, env, sink, watcher)
+    if stopper.signum is not None:
+        name = signal.Signals(stopper.signum).name
+        console.print(f"[bold]STOPPED[/] by {name} after {time.perf_counter() - started:.0f} s: the Airflow run "
+                      f"and its job processes are stopped\n  full log     : {log_file}")
+        return 128 + stopper.signum
+    ok = code == 0 and bool(watcher.tasks) and all(t.state in ("success", "skipped") for t in watcher.tasks.values())
+    if code == 0 and not watcher.tasks:
+        console.print("  Airflow ran no task (is the date before the DAG's start_date?)")
+    summary(console, watcher.facts, env, ok, time.perf_counter() - started, log_file)
+    return 0 if ok else 1
+
+
+def _checked_run(name: str, date: str | None, assignments: list[str], environment: str | None, home: Path,
+                 wait: bool) -> tuple[PipelineSpec, dict[str, str], dict[str, Any], str]:
+    """(spec, the run's environment, its conf, its date), or a `RunError` saying what is wrong."""
     path = spec_path(name, dict(os.environ))
     env = local_env(home)
     env[PIPELINES_DIR_ENV] = str(path.parent)  # the DAG file builds the spec that was named, wherever it is
@@ -183,39 +213,24 @@ def run(name: str, date: str | None, assignments: list[str], environment: str | 
         missing = check_input(spec, date, conf)
         if missing:
             raise RunError(missing)
+    return spec, env, conf, date
 
-    started = time.perf_counter()
-    console.print(f"[bold]{spec.name}[/] {date}  env {env['MLBATCH_ENV']}, backend "
-                  f"{conf.get(_key_of(spec, 'predict.backend'), spec.predict.backend)}"
-                  + (f", overrides {json.dumps(conf)}" if conf else ""))
-    console.print(f"  {ensure_airflow_db(env)}")
-    logs = Path(env["AIRFLOW_HOME"]).parent / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    log_file = logs / f"{spec.name}-{date}.log"
-    command = [sys.executable, "-m", "airflow", "dags", "test", spec.name, date, "--conf", json.dumps(conf)]
-    totals = {"prep": parquet_rows(spec, _data_date(spec, date, conf))}
+
+def _watched(command: list[str], env: dict[str, str], sink, watcher) -> tuple[int, RunStopper]:
+    """Run `airflow dags test` in its own session, marked, its output to the log and the display; stop
+    it and its job processes on a stop signal. (exit status, the stopper that says whether it stopped)."""
     marker = f"{RUN_MARKER}={uuid.uuid4().hex}"
-    with log_file.open("w") as sink, RunWatcher(console, totals) as watcher:
-        proc = subprocess.Popen(command, env={**env, RUN_MARKER: marker.split("=", 1)[1]}, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                preexec_fn=procs.die_with_parent(signal.SIGTERM))
-        stopper = RunStopper(proc, marker)
-        with stopper.on_signals():
-            for line in proc.stdout:
-                sink.write(line)
-                watcher.feed(line)
-            code = proc.wait()
-            stopper.leftovers()
-    if stopper.signum is not None:
-        name = signal.Signals(stopper.signum).name
-        console.print(f"[bold]STOPPED[/] by {name} after {time.perf_counter() - started:.0f} s: the Airflow run "
-                      f"and its job processes are stopped\n  full log     : {log_file}")
-        return 128 + stopper.signum
-    ok = code == 0 and bool(watcher.tasks) and all(t.state in ("success", "skipped") for t in watcher.tasks.values())
-    if code == 0 and not watcher.tasks:
-        console.print("  Airflow ran no task (is the date before the DAG's start_date?)")
-    summary(console, watcher.facts, env, ok, time.perf_counter() - started, log_file)
-    return 0 if ok else 1
+    proc = subprocess.Popen(command, env={**env, RUN_MARKER: marker.split("=", 1)[1]}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=procs.die_with_parent(signal.SIGTERM))
+    stopper = RunStopper(proc, marker)
+    with stopper.on_signals():
+        for line in proc.stdout:
+            sink.write(line)
+            watcher.feed(line)
+        code = proc.wait()
+        stopper.leftovers()
+    return code, stopper
 
 
 class RunStopper:
