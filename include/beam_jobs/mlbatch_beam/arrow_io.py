@@ -8,6 +8,9 @@ Each batch carries where it came from in its schema metadata (``source`` =
 file path, ``piece`` = file + row group + batch number). Writers use the
 piece to name output files, so a retried bundle overwrites its own file
 instead of adding a duplicate.
+
+Why one module of this length: readers set and writers read the same origin metadata, the contract that
+makes retried bundles idempotent, so both halves are read together.
 """
 from __future__ import annotations
 

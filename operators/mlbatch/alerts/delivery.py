@@ -19,6 +19,10 @@ task, slack_sdk retry handlers retry a 429 after `Retry-After` and a 500/503 onc
 budget allows; the flusher makes no retries inside a call (its loop is the retry). An optional
 incoming-webhook connection is the fallback channel. Local mode (no Slack connection or no token) keeps
 alerts as `local` in the outbox and prints them.
+
+Why one module of this length: the task's send and the flusher share one sending path
+(`SlackDelivery.round`), and its failure sorting, backoff and retry handlers decide together whether an
+alert is posted once and in order.
 """
 
 from __future__ import annotations

@@ -32,6 +32,10 @@ like any Beam program; the BeamHook returns as soon as the launcher logs the job
 launcher process itself keeps polling until the job ends (`mlbatch_beam.score` calls
 `wait_until_finish`); it is not what the task waits on. Launch credentials are Application Default
 Credentials, as with the provider's operator; API calls (list, get, cancel) use `gcp_conn_id`.
+
+Why one module of this length: one module per backend (docs/adding-a-backend.md), so all of Dataflow's
+glue is in one place; its Beam flags are already apart in `mlbatch.backends.dataflow_options` and its
+API calls in `mlbatch.hooks.dataflow`.
 """
 
 from __future__ import annotations

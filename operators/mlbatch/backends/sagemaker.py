@@ -21,6 +21,9 @@ What this module adds around the provider, and why:
 state and result); the hook owns the API calls; the operator records the handle and defers.
 Imports of boto/providers happen inside functions or in this module, which only task processes and the
 triggerer import (never the DAG processor).
+
+Why one module of this length: one module per backend (docs/adding-a-backend.md), so all of SageMaker's
+glue is in one place; its API calls are already in `mlbatch.hooks.sagemaker`.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ The metadata database is SQLite there by default, or the SQLAlchemy URL given (`
 `MLBATCH_DB_URL`, e.g. `postgresql+psycopg2://postgres@127.0.0.1:5432/airflow`). The Fernet key, JWT
 secret and passwords are generated once and kept in `.mlbatch-up/secrets.json` (mode 600). The live
 integration tests start the same stack through `LocalStack`.
+
+Why one module of this length: `LocalStack` is one object (environment, secrets, plan, start, health
+wait, stop) that `make up`/`make down` and the live tests share.
 """
 
 from __future__ import annotations

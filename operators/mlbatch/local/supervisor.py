@@ -43,6 +43,10 @@ State for other programs: `<home>/pids.json` ({"supervisor": {...}, "processes":
 "start", "state", "restarts"}}, "sessions": {id: leader start}}, rewritten on every change), one
 log per process in `<home>/logs/`
 (appended to across restarts).
+
+Why one module of this length: it is one state machine (start, reap, restart, sweep, stop) run as its
+own detached program, whose methods share the `Supervisor`'s state; a tenth of it is this
+specification.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ the audit trail never says "working on" for a refused command. `execute()` does 
 ack: the Airflow REST calls (and the authorisation that needs a run's pipeline); its reply goes to the
 request's `response_url`. `execute()` never raises: every outcome, including Airflow being down,
 becomes a reply the user sees and an audit line.
+
+Why one module of this length: `Router` is the one place where each command is parsed, authorised and
+answered (ack, then execute); the helpers after it format its replies and carry its refusals.
 """
 
 from __future__ import annotations
