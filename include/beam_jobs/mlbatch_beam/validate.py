@@ -68,32 +68,46 @@ def _coerce(values: pa.Array, type_name: str) -> tuple[pa.Array, pa.Array]:
         return pa.nulls(len(values), target), values
     if pa.types.is_floating(vtype):
         values = pc.if_else(pc.is_nan(values), None, values)
-
     if type_name == "string":
-        if pa.types.is_string(vtype):
-            blank = pc.equal(pc.utf8_trim_whitespace(values), "")
-            values = pc.if_else(blank, None, values)
-            return values, values
-        try:
-            return values.cast(pa.string()), values
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            return pa.nulls(len(values), target), values
-
+        return _to_string(values, target)
     if pa.types.is_string(vtype):
-        text = pc.utf8_trim_whitespace(values)
-        empty = pc.is_in(pc.utf8_lower(text), pa.array(NULL_TEXT))
-        text = pc.if_else(empty, None, text)
-        if type_name == "int":
-            ok = pc.match_substring_regex(text, _INT_TEXT)
-            digits = pc.replace_substring_regex(text, r"\.0*$", "")
-            return pc.if_else(ok, digits, None).cast(target), text
-        if type_name == "float":
-            ok = pc.match_substring_regex(text, _FLOAT_TEXT)
-            return pc.if_else(ok, text, None).cast(target), text
-        lower = pc.utf8_lower(text)
-        ok = pc.is_in(lower, pa.array(TRUE_TEXT + FALSE_TEXT))
-        return pc.if_else(ok, pc.is_in(lower, pa.array(TRUE_TEXT)), None), text
+        return _from_text(values, type_name, target)
+    return _from_typed(values, type_name, target)
 
+
+def _to_string(values: pa.Array, target: pa.DataType) -> tuple[pa.Array, pa.Array]:
+    """A string feature: blank text is null; other types are cast (null where Arrow cannot)."""
+    if pa.types.is_string(values.type):
+        blank = pc.equal(pc.utf8_trim_whitespace(values), "")
+        values = pc.if_else(blank, None, values)
+        return values, values
+    try:
+        return values.cast(pa.string()), values
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return pa.nulls(len(values), target), values
+
+
+def _from_text(values: pa.Array, type_name: str, target: pa.DataType) -> tuple[pa.Array, pa.Array]:
+    """Text (CSV, JSON strings) into an int, float or bool feature: null words are null, the rest must
+    match the type's text pattern."""
+    text = pc.utf8_trim_whitespace(values)
+    empty = pc.is_in(pc.utf8_lower(text), pa.array(NULL_TEXT))
+    text = pc.if_else(empty, None, text)
+    if type_name == "int":
+        ok = pc.match_substring_regex(text, _INT_TEXT)
+        digits = pc.replace_substring_regex(text, r"\.0*$", "")
+        return pc.if_else(ok, digits, None).cast(target), text
+    if type_name == "float":
+        ok = pc.match_substring_regex(text, _FLOAT_TEXT)
+        return pc.if_else(ok, text, None).cast(target), text
+    lower = pc.utf8_lower(text)
+    ok = pc.is_in(lower, pa.array(TRUE_TEXT + FALSE_TEXT))
+    return pc.if_else(ok, pc.is_in(lower, pa.array(TRUE_TEXT)), None), text
+
+
+def _from_typed(values: pa.Array, type_name: str, target: pa.DataType) -> tuple[pa.Array, pa.Array]:
+    """A typed column (bool or number) into an int, float or bool feature, without loss."""
+    vtype = values.type
     numeric = pa.types.is_integer(vtype) or pa.types.is_floating(vtype)
     if pa.types.is_boolean(vtype):  # true is not 1: a bool in a numeric feature is a type error
         return (values.cast(target) if type_name == "bool" else pa.nulls(len(values), target)), values

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlbatch.alerts.outbox import Outbox, OutboxEntry
+from mlbatch.alerts.outbox import Outbox, OutboxEntry, RouteState
 
 log = logging.getLogger(__name__)
 
@@ -227,11 +227,7 @@ class SlackDelivery:
                 self._hold(entry, out.held[conn_id][0])
                 continue
             state = self.outbox.route(conn_id)
-            now = self.outbox.clock()
-            wait_until = max(state.retry_after_until or 0.0, (state.backoff_until or 0.0) if honour_backoff else 0.0)
-            if wait_until > now:
-                out.held[conn_id] = (state.reason or "Slack failed", wait_until)
-                self._hold(entry, state.reason or "Slack failed")
+            if self._backing_off(entry, conn_id, state, honour_backoff, out):
                 continue
             try:
                 route = routes(conn_id, entry.webhook_conn_id or self.webhook_conn_id)
@@ -239,27 +235,44 @@ class SlackDelivery:
                 failure = Failure("route", f"{type(exc).__name__}: {exc}", _lookup_reason(conn_id, exc))
                 self._route_failed(entry, conn_id, state.failures, failure, out)
                 continue
-            if route is None:
-                continue
-            try:
-                out.results[entry.id] = self._send(entry, route, deadline)
-            except Exception as exc:
-                failure = classify(exc)
-                log.warning("Slack alert %s not delivered (kept in %s): %s", entry.id, self.outbox.path,
-                            failure.error)
-                if failure.scope == "route":
-                    self._route_failed(entry, conn_id, state.failures, failure, out)
-                else:
-                    self.outbox.mark_failed(entry.id, failure.error, reason=failure.reason,
-                                            next_try=self.outbox.clock() + _alert_backoff(entry.attempts + 1))
-                    out.results[entry.id] = SendResult("pending", failure.error)
-                fallback = self._webhook_fallback(entry.id, route, deadline, failure.error)
-                if fallback is not None:
-                    out.results[entry.id] = fallback
-                continue
-            if state.failures or state.retry_after_until:
-                self.outbox.route_ok(conn_id)
+            if route is not None:
+                self._send_one(entry, conn_id, state, route, deadline, out)
         return out
+
+    def _backing_off(self, entry: OutboxEntry, conn_id: str, state: RouteState, honour_backoff: bool,
+                     out: Round) -> bool:
+        """Whether the route waits (Slack's Retry-After, or our backoff when honoured): then the alert
+        and the route's later alerts are held for this round."""
+        now = self.outbox.clock()
+        wait_until = max(state.retry_after_until or 0.0, (state.backoff_until or 0.0) if honour_backoff else 0.0)
+        if wait_until <= now:
+            return False
+        out.held[conn_id] = (state.reason or "Slack failed", wait_until)
+        self._hold(entry, state.reason or "Slack failed")
+        return True
+
+    def _send_one(self, entry: OutboxEntry, conn_id: str, state: RouteState, route: Route, deadline: Deadline,
+                  out: Round) -> None:
+        """Send one alert into `out.results`: a route failure backs the route off, Slack refusing the
+        alert delays it alone; either way the webhook fallback may still post it."""
+        try:
+            out.results[entry.id] = self._send(entry, route, deadline)
+        except Exception as exc:
+            failure = classify(exc)
+            log.warning("Slack alert %s not delivered (kept in %s): %s", entry.id, self.outbox.path,
+                        failure.error)
+            if failure.scope == "route":
+                self._route_failed(entry, conn_id, state.failures, failure, out)
+            else:
+                self.outbox.mark_failed(entry.id, failure.error, reason=failure.reason,
+                                        next_try=self.outbox.clock() + _alert_backoff(entry.attempts + 1))
+                out.results[entry.id] = SendResult("pending", failure.error)
+            fallback = self._webhook_fallback(entry.id, route, deadline, failure.error)
+            if fallback is not None:
+                out.results[entry.id] = fallback
+            return
+        if state.failures or state.retry_after_until:
+            self.outbox.route_ok(conn_id)
 
     def _route_failed(self, entry: OutboxEntry, conn_id: str, failures: int, failure: Failure, out: Round) -> None:
         self.outbox.mark_failed(entry.id, failure.error, reason=failure.reason)
