@@ -20,12 +20,28 @@ DATE = "2026-11-20"
 
 
 def main() -> int:
+    """Run the failing pipeline once and print the one alert it raised; 1 unless exactly one was raised."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, default=Path(".demo"))
     args = parser.parse_args()
-    repo = Path.cwd().resolve()
     home = args.home.resolve()
+    env = _prepared(home, Path.cwd().resolve())
 
+    from mlbatch.alerts.outbox import Outbox
+
+    outbox = Outbox(home / "alerts")
+    before = max((e.id for e in outbox.entries(limit=1_000_000)), default=0)
+    _run_failing_dag(env, home)
+    new = [e for e in outbox.entries(limit=1_000_000) if e.id > before]
+    if len(new) != 1:
+        print(f"FAILED: expected exactly one new alert in {outbox.path}, found {len(new)}")
+        return 1
+    _show(new[0], outbox)
+    return 0
+
+
+def _prepared(home: Path, repo: Path) -> dict[str, str]:
+    """The demo's environment (also set in this process), its Airflow database and its input partition."""
     from mlbatch.local.demo.__main__ import demo_env
 
     env = {**demo_env(home, repo),
@@ -44,11 +60,11 @@ def main() -> int:
         from mlbatch.local.demo.natality import write_partition
 
         write_partition(partition, 2_000, files=1)
+    return env
 
-    from mlbatch.alerts.outbox import Outbox
 
-    outbox = Outbox(home / "alerts")
-    before = max((e.id for e in outbox.entries(limit=1_000_000)), default=0)
+def _run_failing_dag(env: dict[str, str], home: Path) -> None:
+    """`airflow dags test` of the failing pipeline, its output to a log file."""
     log_file = home / "logs" / f"{PIPELINE}.log"
     print(f"== airflow dags test {PIPELINE} {DATE}  (fails on purpose: its model was never registered)",
           flush=True)
@@ -58,13 +74,11 @@ def main() -> int:
                               stdout=sink, stderr=subprocess.STDOUT).returncode
     print(f"   exit code {code} in {time.perf_counter() - started:.1f} s; full output: {log_file}")
 
-    new = [e for e in outbox.entries(limit=1_000_000) if e.id > before]
-    if len(new) != 1:
-        print(f"FAILED: expected exactly one new alert in {outbox.path}, found {len(new)}")
-        return 1
+
+def _show(entry, outbox) -> None:
+    """The alert as text, where it went, and its thread attachment."""
     from mlbatch.alerts.message import as_text
 
-    entry = new[0]
     where = "posted to Slack" if entry.status == "sent" else (
         "kept locally: no Slack token (set AIRFLOW_CONN_SLACK_API_DEFAULT to post it)"
         if entry.status == "local" else f"pending: {entry.last_error}")
@@ -74,7 +88,6 @@ def main() -> int:
         print(f"(+ in the alert's thread: {entry.attachment_name}, the full task log,"
               f" {len(entry.attachment.splitlines())} lines, secrets masked)")
     print(f"\nOutbox: {outbox.path}  (python -m mlbatch.alerts show --dir {outbox.path.parent})")
-    return 0
 
 
 if __name__ == "__main__":
