@@ -1,6 +1,6 @@
 """Processes on this machine, read from /proc: who is alive, in which group and session, with which marker.
 
-The local stack's supervisor (`mlbatch.local.supervisor`) and `mlbatch run` (`mlbatch.local.run`) use these
+The local stack's supervisor (`mlbatch.local.supervisor`) and `mlbatch run` (`mlbatch.local.run_process`) use these
 to leave no process behind. "Everything that belongs to this stack / this run" is found two ways,
 because each alone misses some:
 - the session: the supervisor (or `mlbatch run`'s Airflow process) leads its own session, and what it
