@@ -109,6 +109,58 @@ class WaitFailedError(RuntimeError):
     DAG run it waited for failed or was skipped. Retried: the upstream may be re-run meanwhile."""
 
 
+class ConnectionNotFoundError(PermanentError, LookupError):
+    """A spec needs an Airflow connection that does not exist (and the environment cannot stand in
+    for it): the message names the connection id, the spec field naming it and the URI it is for."""
+
+
+class StorageError(RuntimeError):
+    """A store refused a request or could not be reached (`mlbatch.storage.translate`). The message
+    names the URI, its bucket, the Airflow connection it went through, and what to do."""
+
+    what = "storage request failed"
+
+    def __init__(self, uri: str, conn_id: str | None, fix: str, cause: str = "", *, endpoint: str | None = None):
+        self.uri, self.conn_id, self.fix, self.endpoint = uri, conn_id, fix, endpoint
+        self.bucket = _bucket(uri)
+        where = [f"bucket {self.bucket!r}"] if self.bucket else []
+        where += [f"connection {conn_id!r}"] if conn_id else []
+        where += [f"endpoint {endpoint}"] if endpoint else []
+        text = f"{self.what}: {uri}" + (f" ({', '.join(where)})" if where else "") + f". {fix}"
+        super().__init__(text + (f" [{cause}]" if cause else ""))
+
+
+class BucketNotFoundError(StorageError, PermanentError):
+    """The bucket of a URI does not exist. Not retried: someone must create it or fix the spec."""
+
+    what = "bucket does not exist"
+
+
+class StorageAccessDeniedError(StorageError, PermanentError):
+    """The connection's identity may not do this request (HTTP 403). Not retried: grant access first."""
+
+    what = "access denied"
+
+
+class StorageCredentialsError(StorageError, PermanentError):
+    """The connection's credentials are missing, unknown or wrong (S3 InvalidAccessKeyId,
+    SignatureDoesNotMatch; no credentials found). Not retried: fix the connection first."""
+
+    what = "credentials rejected"
+
+
+class StorageUnreachableError(StorageError):
+    """The store's endpoint does not answer (connection refused, unknown host, timeout). Retried as
+    `tasks.retries` say: a network outage may pass; a wrong endpoint in the connection will not."""
+
+    what = "storage endpoint unreachable"
+
+
+def _bucket(uri: str) -> str:
+    head, sep, rest = uri.partition("://")
+    return rest.split("/", 1)[0] if sep and head in ("gs", "s3") else ""
+
+
 # --- which failures a retry can fix --------------------------------------------------------------
 
 # AWS error codes (ClientError.response["Error"]["Code"]) that say the request itself is wrong.

@@ -4,6 +4,8 @@
   sample of the input (mlbatch.local.scaffold).
 - `mlbatch validate FILE...`: check specs without Airflow running (for a user's own CI). Exit code 0 if
   every file is valid, 1 otherwise; each problem is printed as `file:line: field = value: expected ...`.
+  With `--connections`, also every Airflow connection the spec needs must exist (or the environment
+  stand in for it) and its endpoint answer (mlbatch.run.preflight).
 - `mlbatch run NAME [--date D] [--set key=value ...]`: run a pipeline on this machine with the embedded
   defaults of `make demo` (mlbatch.local.run).
 """
@@ -38,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument(
         "--env", action="append", dest="envs",
         help=f"environment(s) to validate (repeatable); default: {'/'.join(ENV_VARIABLES)} or 'dev'",
+    )
+    validate.add_argument(
+        "--connections", action="store_true",
+        help="also check that the Airflow connections the spec needs exist (AIRFLOW_CONN_* variables, secrets "
+             "backends, the metadata database) and that their endpoints answer",
     )
     new = sub.add_parser("new", help="write a pipeline spec from a registered model and a sample of the input")
     new.add_argument("name", help="pipeline name (lower case, digits, _): the DAG id and file name")
@@ -92,9 +99,22 @@ def _validate(args: argparse.Namespace) -> int:
                 failed += 1
                 print(exc, file=sys.stderr)
             else:
+                if args.connections and not _connections_ok(path, env, spec):
+                    failed += 1
+                    continue
                 print(f"ok  {path} [{env}] -> DAG {spec.dag_id}, backend {spec.predict.backend}"
                       + (f" (auto: {spec.predict.auto_reason})" if spec.predict.auto_reason else ""))
     return 1 if failed else 0
+
+
+def _connections_ok(path: Path, env: str, spec) -> bool:
+    """Print each connection problem of `spec` as `file [env]: ...`; True when there is none."""
+    from mlbatch.run.preflight import connection_problems
+
+    problems = connection_problems(spec)
+    for problem in problems:
+        print(f"{path} [{env}]: {type(problem).__name__}: {problem}", file=sys.stderr)
+    return not problems
 
 
 if __name__ == "__main__":

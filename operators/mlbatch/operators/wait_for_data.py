@@ -30,6 +30,7 @@ class WaitForInputOperator(PipelineStepOperator):
     ui_color = "#fff4d6"
 
     def run(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> dict:
+        self._preflight(context, spec, paths)
         deadline = _now() + timedelta(minutes=spec.wait.timeout_minutes)
         self.log.info("Waiting (kind %s) until %s at the latest", spec.wait.kind, deadline.isoformat())
         return self._proceed_or_defer(context, spec, paths, deadline, satisfied=False)
@@ -55,6 +56,17 @@ class WaitForInputOperator(PipelineStepOperator):
         except TaskDeferralTimeout:
             spec, paths = self._spec_and_paths(context)
             self._timed_out(context, spec, paths)
+
+    def _preflight(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> None:
+        """The first task checks what every later one needs: connections, endpoints, buckets
+        (mlbatch.run.preflight); a problem fails the run now, naming the connection or bucket."""
+        from mlbatch.run.preflight import require_reachable
+
+        require_reachable(spec, {
+            "wait.targets": self._targets(context, spec, paths) if spec.wait.kind == "object" else [],
+            "input.uri": [paths.input_pattern], "input.marker": [paths.marker] if paths.marker else [],
+            "output.uri": [paths.output], "output.dead_letter_uri": [paths.dead_letter],
+            "output.work_uri": [paths.work]})
 
     # -- the decision ---------------------------------------------------------------------------------
 
@@ -148,7 +160,7 @@ class WaitForInputOperator(PipelineStepOperator):
         if spec.wait.kind == "object":
             pending = self._pending(context, spec, paths)
             if pending is not None:
-                return f"{pending[0]} does not exist"
+                return f"{pending[0]} does not exist{_through(spec, pending[0])}"
             problems = self._incomplete(spec, paths)
             return "incomplete: " + "; ".join(problems) if problems else "it arrived just now; rerun the task"
         return f"{self._describe(context, spec, paths)} not seen"
@@ -209,6 +221,17 @@ _COMPLETENESS = "complete input (wait.checks)"
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _through(spec: PipelineSpec, uri: str) -> str:
+    """Which connection looked for a remote `uri`: what to check when it is there after all."""
+    kind = {"s3": "aws", "gs": "gcp"}.get(uri.partition("://")[0])
+    if kind is None:
+        return ""
+    from mlbatch.spec.connections import field_of
+
+    field, _ = field_of(spec, "wait", f"{kind}_conn_id")
+    return f" (looked for through connection {getattr(spec.wait, f'{kind}_conn_id')!r}, {field})"
 
 
 def _succeeded(event: Any) -> bool:

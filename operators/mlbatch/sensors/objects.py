@@ -68,13 +68,17 @@ def parse_target(uri: str) -> Target:
 def find(uri: str, *, aws_conn_id: str = "aws_default",
          gcp_conn_id: str = "google_cloud_default") -> list[ObjectInfo]:
     """Every file or object matching `uri` now, sorted by URI."""
+    from mlbatch.storage.translate import storage_errors
+
     target = parse_target(uri)
     if target.scheme == "file":
         found = _find_local(target)
     elif target.scheme == "s3":
-        found = _find_s3(target, aws_conn_id)
+        with storage_errors(uri, aws_conn_id, listing=True):  # a missing bucket, wrong key...: named
+            found = _find_s3(target, aws_conn_id)
     else:
-        found = _find_gcs(target, gcp_conn_id)
+        with storage_errors(uri, gcp_conn_id, listing=True):
+            found = _find_gcs(target, gcp_conn_id)
     return sorted(found, key=lambda o: o.uri)
 
 

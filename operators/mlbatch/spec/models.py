@@ -135,8 +135,8 @@ class Wait(SpecModel):
     assets: list[str] = Field(
         default=[], description="kind upstream_asset: pipeline names (their predictions) or asset URIs.")
     assets_mode: Literal["all", "any"] = "all"
-    aws_conn_id: str = "aws_default"
-    gcp_conn_id: str = "google_cloud_default"
+    aws_conn_id: str = Field(default="aws_default", description="Default: `storage.aws_conn_id`.")
+    gcp_conn_id: str = Field(default="google_cloud_default", description="Default: `storage.gcp_conn_id`.")
     timeout_minutes: float = Field(default=60, gt=0)
     poke_seconds: float = Field(default=30, gt=0)
     on_timeout: Literal["fail", "skip"] = "fail"
@@ -222,6 +222,15 @@ class PipelineSpec(SpecModel):
         if clash or len(set(self.output.prediction_columns)) != len(self.output.prediction_columns):
             raise ValueError(f"published columns {[self.input.id_column, *self.output.prediction_columns]} "
                              "must be unique")
+        return self
+
+    @model_validator(mode="after")
+    def _one_connection_rule(self) -> PipelineSpec:
+        """A step reaches a store through the `storage:` connections unless it names its own
+        (mlbatch.spec.connections)."""
+        from mlbatch.spec.connections import inherit_connections
+
+        inherit_connections(self)
         return self
 
     @model_validator(mode="after")

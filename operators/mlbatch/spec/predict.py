@@ -71,7 +71,8 @@ class DataflowBackend(SpecModel):
         default=[], description="Extra Dataflow service options (GPUs come from compute.accelerator_*).")
     gcp_conn_id: str = Field(
         default="google_cloud_default",
-        description="Airflow connection for the Dataflow API and GCS staging (runner 'dataflow').")
+        description="Airflow connection for the Dataflow API and GCS staging (runner 'dataflow'); "
+                    "default: `storage.gcp_conn_id`.")
 
 
 class SageMakerBackend(SpecModel):
@@ -83,7 +84,7 @@ class SageMakerBackend(SpecModel):
         default=None, description="Serving image, e.g. built by `mlflow sagemaker build-and-push-container`.")
     s3_staging_uri: str | None = Field(
         default=None, description="s3:// prefix for the model artifact and the job's input and output.")
-    aws_conn_id: str = "aws_default"
+    aws_conn_id: str = Field(default="aws_default", description="Default: `storage.aws_conn_id`.")
     max_payload_mb: int = Field(default=6, ge=1, le=100)
     max_concurrent_transforms: int | None = Field(default=None, ge=1)
 
@@ -96,7 +97,7 @@ class VertexBackend(SpecModel):
     serving_container_image_uri: str | None = None
     gcs_staging_uri: str | None = Field(
         default=None, description="gs:// prefix for the model artifact and the job's input and output.")
-    gcp_conn_id: str = "google_cloud_default"
+    gcp_conn_id: str = Field(default="google_cloud_default", description="Default: `storage.gcp_conn_id`.")
     predict_route: str = "/invocations"
     health_route: str = "/ping"
 

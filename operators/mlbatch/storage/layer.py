@@ -5,6 +5,10 @@ credentials come from Airflow connections (`google_cloud_default`, `aws_default`
 names in `storage:`), never from code. Beam jobs run as child processes without Airflow and use Beam's
 own filesystems; `job_env` hands them the same connection's credentials (see there).
 
+Every request goes through `errors()`: a missing bucket, refused access, wrong credentials or an
+unreachable endpoint is raised as one of our `StorageError`s naming the URI, bucket, connection and
+what to do (`mlbatch.storage.translate`).
+
 Names starting with `_` or `.` are bookkeeping (`_SUCCESS`, `_attempts/`), never data: `files()` skips
 them, as Hadoop, Spark and pyarrow datasets do.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +71,41 @@ class Storage:
     def for_spec(cls, spec: Any) -> Storage:
         return cls(aws_conn_id=spec.storage.aws_conn_id, gcp_conn_id=spec.storage.gcp_conn_id)
 
-    # --- filesystems ---------------------------------------------------------------------------
+    # --- filesystems and their errors ----------------------------------------------------------
+
+    def conn_id(self, uri: str) -> str | None:
+        """The Airflow connection `uri` is reached through (None for local paths)."""
+        kind = scheme(uri)
+        return None if kind == "file" else self.aws_conn_id if kind == "s3" else self.gcp_conn_id
+
+    def errors(self, uri: str, *, listing: bool = False):
+        """Context manager: storage errors while reaching `uri` become ours, naming it (see module doc)."""
+        if scheme(uri) == "file":
+            return nullcontext()
+        from mlbatch.storage.translate import storage_errors
+
+        return storage_errors(uri, self.conn_id(uri), listing=listing, bucket_missing=lambda: self.bucket_missing(uri))
+
+    def bucket_missing(self, uri: str) -> bool | None:
+        """Whether the bucket of a gs:// URI is missing (None: the store would not say). S3 names a
+        missing bucket in its own error (NoSuchBucket), so it is never asked."""
+        if scheme(uri) != "gs":
+            return None
+        try:
+            fs, path = self.fs(uri)
+            return not fs.exists(path.split("/", 1)[0])
+        except Exception:  # no right to look at the bucket: keep the original error
+            return None
+
+    def _not_found(self, exc: FileNotFoundError, uri: str) -> None:
+        """A missing file or folder is an answer; a missing bucket is raised as ours."""
+        if scheme(uri) == "file":
+            return
+        from mlbatch.storage.translate import translated
+
+        ours = translated(exc, uri, self.conn_id(uri), bucket_missing=lambda: self.bucket_missing(uri))
+        if ours is not None:
+            raise ours from exc
 
     def fs(self, uri: str):
         """(fsspec filesystem, path within it) for `uri`."""
@@ -92,53 +131,71 @@ class Storage:
 
     def files(self, pattern: str) -> list[str]:
         """Data files matching a glob, or under a folder (not recursive), sorted; bookkeeping and
-        empty folders are skipped. A missing folder matches nothing."""
-        fs, path = self.fs(pattern)
-        fs.invalidate_cache()  # other processes (Beam jobs, cloud services) write here: list afresh
-        if has_glob(pattern):
-            found = fs.glob(path, detail=True)
-        else:
+        empty folders are skipped. A missing folder matches nothing; a missing bucket is an error."""
+        with self.errors(pattern, listing=True):
+            fs, path = self.fs(pattern)
+            fs.invalidate_cache()  # other processes (Beam jobs, cloud services) write here: list afresh
             try:
-                found = {e["name"]: e for e in fs.ls(path, detail=True)}
-            except FileNotFoundError:
+                found = fs.glob(path, detail=True) if has_glob(pattern) else {
+                    e["name"]: e for e in fs.ls(path, detail=True)}
+            except FileNotFoundError as exc:
+                self._not_found(exc, pattern)
                 found = {}
+            if not found and has_glob(pattern) and scheme(pattern) != "file":
+                self._bucket_of_empty_glob(fs, path, pattern)
         return sorted(self.uri(pattern, p) for p, info in found.items()
                       if info.get("type") == "file" and not is_hidden(p))
 
+    def _bucket_of_empty_glob(self, fs, path: str, pattern: str) -> None:
+        """s3fs answers a glob in a missing bucket with no match: list the folder above the glob
+        (one request, only when nothing matched) so that a missing bucket is named."""
+        try:
+            fs.ls(path[:min(path.index(c) for c in _GLOB_CHARS if c in path)].rsplit("/", 1)[0])
+        except FileNotFoundError as exc:
+            self._not_found(exc, pattern)
+
     def walk(self, folder: str) -> list[str]:
         """Every file under `folder`, bookkeeping included (for copies and garbage collection)."""
-        fs, path = self.fs(folder)
-        fs.invalidate_cache()
-        try:
-            found = fs.find(path)
-        except FileNotFoundError:
-            return []
+        with self.errors(folder, listing=True):
+            fs, path = self.fs(folder)
+            fs.invalidate_cache()
+            try:
+                found = fs.find(path)
+            except FileNotFoundError as exc:
+                self._not_found(exc, folder)
+                return []
         return sorted(self.uri(folder, p) for p in found)
 
     def exists(self, uri: str) -> bool:
-        fs, path = self.fs(uri)
-        fs.invalidate_cache()
-        return fs.exists(path)
+        with self.errors(uri):
+            fs, path = self.fs(uri)
+            fs.invalidate_cache()
+            return fs.exists(path)
 
     def size(self, uri: str) -> int:
-        fs, path = self.fs(uri)
-        return int(fs.size(path))
+        with self.errors(uri):
+            fs, path = self.fs(uri)
+            return int(fs.size(path))
 
     def open(self, uri: str, mode: str = "rb"):
-        fs, path = self.fs(uri)
-        if "w" in mode and scheme(uri) == "file":
-            fs.makedirs(os.path.dirname(path), exist_ok=True)
-        return fs.open(path, mode)
+        """An open file. Errors of the opening are ours (`errors`); wrap reads and writes of the handle
+        in `errors(uri)` too where a store may refuse them later (a write is sent on close)."""
+        with self.errors(uri):
+            fs, path = self.fs(uri)
+            if "w" in mode and scheme(uri) == "file":
+                fs.makedirs(os.path.dirname(path), exist_ok=True)
+            return fs.open(path, mode)
 
     def read_bytes(self, uri: str) -> bytes:
-        with self.open(uri) as fh:
+        with self.errors(uri), self.open(uri) as fh:
             return fh.read()
 
     def read_json(self, uri: str) -> Any:
-        """The JSON document at `uri`, or None when there is none."""
+        """The JSON document at `uri`, or None when there is none (a missing bucket is an error)."""
         try:
             return json.loads(self.read_bytes(uri))
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
+            self._not_found(exc, uri)
             return None
 
     # --- writing -------------------------------------------------------------------------------
@@ -156,7 +213,7 @@ class Storage:
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
             return
-        with self.open(uri, "wb") as fh:
+        with self.errors(uri), self.open(uri, "wb") as fh:
             fh.write(data)
 
     def write_json(self, uri: str, document: Any) -> None:
@@ -165,6 +222,10 @@ class Storage:
     def copy(self, src: str, dst: str) -> None:
         """One file: server-side within one object store, a hard link on one local disk, else streamed
         (never whole in memory)."""
+        with self.errors(src if scheme(src) != "file" else dst):
+            self._copy(src, dst)
+
+    def _copy(self, src: str, dst: str) -> None:
         if scheme(src) == scheme(dst):
             fs, src_path = self.fs(src)
             _, dst_path = self.fs(dst)
@@ -192,11 +253,12 @@ class Storage:
 
     def rm(self, uri: str) -> None:
         """Delete a file or a whole folder/prefix; nothing there is fine."""
-        fs, path = self.fs(uri)
-        try:
-            fs.rm(path, recursive=True)
-        except FileNotFoundError:
-            pass
+        with self.errors(uri):
+            fs, path = self.fs(uri)
+            try:
+                fs.rm(path, recursive=True)
+            except FileNotFoundError as exc:
+                self._not_found(exc, uri)
         if scheme(uri) == "file":  # fsspec leaves empty local folders behind
             import shutil
 
@@ -260,7 +322,7 @@ def write_table(storage: Storage, table, uri: str, fmt: str) -> str:
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
-    with storage.open(uri, "wb") as out:
+    with storage.errors(uri), storage.open(uri, "wb") as out:
         if fmt == "parquet":
             pq.write_table(table, out)
         elif fmt == "csv":
