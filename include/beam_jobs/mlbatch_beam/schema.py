@@ -18,6 +18,26 @@ ARROW_TYPES = {
     "string": pa.string(),
 }
 
+# MLflow signature column type -> the Arrow type prep writes for it: the dtype MLflow's scoring server
+# enforces for a Parquet request (mlflow.models.utils._enforce_mlflow_datatype; the type contract is
+# mlbatch.spec.type_contract on the Airflow side)
+COLUMN_ARROW_TYPES = {
+    "double": pa.float64(),
+    "float": pa.float32(),
+    "long": pa.int64(),
+    "integer": pa.int32(),
+    "boolean": pa.bool_(),
+    "string": pa.string(),
+}
+
+# the values a column holds exactly, for an int feature: beyond them the conversion would change a value
+INT_RANGE = {
+    "integer": (-2**31, 2**31 - 1),
+    "float": (-2**24, 2**24),
+    "double": (-2**53, 2**53),
+}
+FLOAT32_MAX = 3.4028234663852886e38
+
 
 @dataclass
 class Feature:
@@ -29,12 +49,16 @@ class Feature:
     min: float | None = None
     max: float | None = None
     allowed: list[Any] | None = None
+    column_type: str | None = None  # the model signature's type for this column: what prep writes
 
     def __post_init__(self):
         if self.type not in ARROW_TYPES:
             raise ValueError(
                 f"feature {self.name!r}: type {self.type!r} is not one of {sorted(ARROW_TYPES)}"
             )
+        if self.column_type is not None and self.column_type not in COLUMN_ARROW_TYPES:
+            raise ValueError(f"feature {self.name!r}: column_type {self.column_type!r} is not one of "
+                             f"{sorted(COLUMN_ARROW_TYPES)}")
         for bound in (self.min, self.max):
             if bound is None:
                 continue
@@ -46,6 +70,20 @@ class Feature:
     @property
     def arrow_type(self) -> pa.DataType:
         return ARROW_TYPES[self.type]
+
+    @property
+    def written_type(self) -> pa.DataType:
+        """The type in the prepared files: the model column's own, else the feature's."""
+        return COLUMN_ARROW_TYPES[self.column_type] if self.column_type else self.arrow_type
+
+    def column_range(self) -> tuple[float, float] | None:
+        """The values the model's column holds without changing them (None: every value of the type):
+        an int in an int32, float32 or float64 column, a float in a float32 one (rounded, not overflowed)."""
+        if self.type == "int":
+            return INT_RANGE.get(self.column_type)
+        if self.type == "float" and self.column_type == "float":
+            return (-FLOAT32_MAX, FLOAT32_MAX)
+        return None
 
 
 @dataclass

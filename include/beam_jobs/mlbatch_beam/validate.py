@@ -233,7 +233,24 @@ def _check_feature(feature: Feature, raw: pa.Array, problems: _Problems) -> pa.A
         outside = _mask(pc.and_(pc.is_valid(typed), pc.invert(pc.is_in(typed, allowed))))
         problems.add(outside, lambda i: f"{name}: {typed[i].as_py()!r} not in allowed {feature.allowed!r}",
                      f"{name}: not in allowed")
-    return typed
+    return _as_column_type(feature, typed, problems)
+
+
+def _as_column_type(feature: Feature, typed: pa.Array, problems: _Problems) -> pa.Array:
+    """The values in the model column's own type (Feature.written_type); a value the column cannot hold
+    without changing it rejects its row."""
+    bounds = feature.column_range()
+    if bounds is not None:
+        name, column = feature.name, feature.column_type
+        outside = _mask(pc.or_(pc.less(typed, bounds[0]), pc.greater(typed, bounds[1])))
+        problems.add(outside, lambda i: f"{name}: {typed[i].as_py()!r} does not fit the model's {column} "
+                                        f"column (it holds {bounds[0]:g} to {bounds[1]:g} exactly)",
+                     f"{name}: does not fit the model's {column} column")
+        if outside.any():  # the row is rejected; its value must not fail the cast
+            typed = pc.if_else(pa.array(outside), pa.nulls(len(typed), typed.type), typed)
+    if typed.type == feature.written_type:
+        return typed
+    return typed.cast(feature.written_type, safe=feature.type != "float")  # float64 -> float32 rounds
 
 
 def _check_id(schema: FeatureSchema, raw: pa.Array, problems: _Problems) -> pa.Array:
@@ -294,5 +311,5 @@ def output_schema(schema: FeatureSchema, id_type: pa.DataType | None) -> pa.Sche
     if schema.id_type is not None:
         id_type = ARROW_TYPES[schema.id_type]
     fields = [pa.field(schema.id_column, id_type or pa.string())]
-    fields += [pa.field(f.name, f.arrow_type) for f in schema.features]
+    fields += [pa.field(f.name, f.written_type) for f in schema.features]
     return pa.schema(fields)

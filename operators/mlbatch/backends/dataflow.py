@@ -134,13 +134,14 @@ def launch_variables(spec: PipelineSpec, name: str, *, input_uri: str, model_uri
 
 
 def prep_launch_variables(spec: PipelineSpec, name: str, *, input_pattern: str, prepared_uri: str,
-                          rejected_uri: str, result_file: str) -> dict:
+                          rejected_uri: str, result_file: str, model: dict | None = None) -> dict:
     """BeamHook `variables` for `python -m mlbatch_beam.prep` (same flags as the local prep job, with
-    gs:// folders), then the DataflowRunner flags, without the model workers' GPUs."""
+    gs:// folders), then the DataflowRunner flags, without the model workers' GPUs. `model` (the pinned
+    one) gives the signature's column types prep writes."""
     from mlbatch.spec.prep_contract import prepared_format, schema_json
 
     prep_args = ["--input", input_pattern, "--input-format", spec.input.format,
-                 "--schema-json", schema_json(spec), "--output-dir", prepared_uri,
+                 "--schema-json", schema_json(spec, model), "--output-dir", prepared_uri,
                  "--output-format", prepared_format(spec), "--dead-letter-dir", rejected_uri,
                  "--batch-rows", str(spec.prep.batch_rows), "--result-file", result_file]
     return _variables(spec, name, prep_args, model_workers=False)
@@ -213,8 +214,10 @@ def job_identity(request: JobRequest) -> str:
             stamp = next((info[k] for k in ("mtime", "ETag", "etag", "updated", "LastModified") if info.get(k)),
                          None)
             listing.append((uri, info.get("size"), str(stamp)))
+        column_types = (request.model or {}).get("input_types")  # what prep writes: the model's types
         return result_identity({}, short_hash(listing), [settings, spec.input.model_dump(mode="json"),
-                                                         spec.prep.model_dump(mode="json")])
+                                                         spec.prep.model_dump(mode="json")]
+                               + ([column_types] if column_types else []))
     if prepared_on_gcs(request.prep):
         fingerprint = short_hash(request.prep.get("job_id"), request.prep.get("prepared_uri"))
     else:
@@ -275,7 +278,8 @@ class DataflowBackend(Backend):
         if request.kind == "prep":
             variables = prep_launch_variables(spec, name, input_pattern=staged_input(spec, paths, staging),
                                               prepared_uri=join(staging, "prepared"),
-                                              rejected_uri=join(staging, "rejected"), result_file=result_file)
+                                              rejected_uri=join(staging, "rejected"), result_file=result_file,
+                                              model=request.model)
         else:
             input_uri = prepared_on_gcs(request.prep)
             if input_uri is None:  # prep ran on this machine: upload its output

@@ -113,7 +113,7 @@ class DirectModelBackend(LocalJobBackend):
         return module, leading, [
             "--input", paths.input_pattern,
             "--input-format", spec.input.format,
-            "--schema-json", schema_json(spec),
+            "--schema-json", schema_json(spec, request.model),
             "--dead-letter-dir", paths.rejected_staging,
             "--output-format", spec.output.format,
             *prediction_output_args(spec),

@@ -19,7 +19,7 @@ from mlbatch.backends.dataflow_options import local_job, local_runner_args
 from mlbatch.run.job_process import JobProcess, stop_leftover_job
 from mlbatch.operators.links import RemoteJobConsoleLink
 from mlbatch.operators.base import PipelineStepOperator, effective_spec
-from mlbatch.operators.remote_job import BackendJobMixin
+from mlbatch.operators.remote_job import RESOLVE_MODEL_TASK_ID, BackendJobMixin
 from mlbatch.spec.prep_contract import prep_runs_in_predict, prepared_format, schema_json
 from mlbatch.run.rejections import check_prep
 from mlbatch.run.paths import RunPaths
@@ -60,7 +60,7 @@ class BeamPrepOperator(BackendJobMixin, PipelineStepOperator):
         args = [
             "--input", paths.input_pattern,
             "--input-format", spec.input.format,
-            "--schema-json", schema_json(spec),
+            "--schema-json", schema_json(spec, context["ti"].xcom_pull(task_ids=RESOLVE_MODEL_TASK_ID)),
             "--output-dir", paths.prepared,
             "--output-format", prepared_format(spec),
             "--dead-letter-dir", paths.rejected_staging,

@@ -39,7 +39,9 @@ class ResolveModelOperator(PipelineStepOperator):
             "source_run_id": version.run_id,
             "tracking_uri": ref.tracking_uri or mlflow.get_tracking_uri(),
         }
-        check_signature(spec, pinned)
+        input_types = check_signature(spec, pinned)
+        if input_types:  # prep writes each feature as this type (mlbatch.spec.type_contract)
+            pinned["input_types"] = input_types
         self.log.info("Pinned %s (alias %s) for run %s", pinned["uri"], ref.alias, context["run_id"])
         return pinned
 
@@ -73,10 +75,11 @@ def pinned_version(client: Any, ref: Any) -> Any:
         raise
 
 
-def check_signature(spec: PipelineSpec, pinned: dict) -> None:
+def check_signature(spec: PipelineSpec, pinned: dict) -> dict[str, str] | None:
     """Fail before any job runs when input.features or output.predictions do not fit the model's signature
-    (and the function it was logged with)."""
-    from mlbatch.spec.signature import output_problems, signature_problems
+    (and the function it was logged with). Returns each feature's signature column type (None without a
+    column signature): the type prep writes, so the containers' schema enforcement passes."""
+    from mlbatch.spec.signature import input_columns, output_problems, signature_problems
 
     info = model_metadata(pinned["artifact_uri"])
     problems = signature_problems(spec.input.features, info.signature)
@@ -91,6 +94,8 @@ def check_signature(spec: PipelineSpec, pinned: dict) -> None:
         raise ModelMismatchError(
             f"{spec.name}: output.predictions does not fit {pinned['uri']} (what the model returns):\n- "
             + "\n- ".join(problems))
+    columns = input_columns(info.signature)
+    return None if columns is None else {f.name: columns[f.name][0] for f in spec.input.features}
 
 
 def model_metadata(artifact_uri: str) -> Any:

@@ -20,10 +20,18 @@ def prepared_format(spec: PipelineSpec) -> str:
     return "jsonl" if backend == "vertex" else "parquet"
 
 
-def schema_json(spec: PipelineSpec) -> str:
-    return json.dumps(
-        {"id_column": spec.input.id_column, "features": [f.model_dump() for f in spec.input.features]}
-    )
+def schema_json(spec: PipelineSpec, model: dict | None = None) -> str:
+    """The feature schema for mlbatch_beam.schema.FeatureSchema. With the pinned model (resolve_model's
+    XCom), each feature carries its signature column type (`column_type`), which prep writes so the
+    files sent to a container pass MLflow's schema enforcement (mlbatch.spec.type_contract)."""
+    column_types = (model or {}).get("input_types") or {}
+    features = []
+    for feature in spec.input.features:
+        fields = feature.model_dump()
+        if column_types.get(feature.name):
+            fields["column_type"] = column_types[feature.name]
+        features.append(fields)
+    return json.dumps({"id_column": spec.input.id_column, "features": features})
 
 
 def prep_runs_in_predict(spec: PipelineSpec) -> bool:
