@@ -7,16 +7,11 @@ user can act on. The spec text itself is written by `mlbatch.local.scaffold`.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-SAMPLE_ROWS = 10_000
-FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-           ".json": "jsonl"}
 SIGNATURE_TYPES = {"long": "int", "integer": "int", "double": "float", "float": "float", "boolean": "bool",
                    "string": "string"}
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -52,15 +47,15 @@ def parse_model(text: str) -> tuple[str, str | None, int | None]:
     raise ScaffoldError(f"--model {text!r}: expected MODEL@ALIAS (e.g. churn@champion) or MODEL/VERSION")
 
 
-def model_signature(name: str, alias: str | None, version: int | None):
-    """The registered model's signature (None if it was logged without one)."""
+def model_info(name: str, alias: str | None, version: int | None):
+    """The registered model's MLmodel metadata (signature, flavors)."""
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.models import get_model_info
 
-    uri = f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}"
+    uri = model_uri(name, alias, version)
     try:
-        return get_model_info(uri).signature
+        return get_model_info(uri)
     except MlflowException as exc:
         try:
             known = [m.name for m in mlflow.MlflowClient().search_registered_models(max_results=50)]
@@ -71,81 +66,37 @@ def model_signature(name: str, alias: str | None, version: int | None):
                             ) from None
 
 
-def input_files(uri: str) -> tuple[str, list[str], str]:
-    """(the input pattern for the spec, matching data files, format) for a file, folder or glob."""
-    import fsspec
-
-    local = "://" not in uri or uri.startswith("file://")
-    if local:
-        uri = str(Path(uri.removeprefix("file://")).expanduser().resolve())
-    fs, path = fsspec.core.url_to_fs(uri)
-    if fs.isdir(path):
-        data = [p for p in sorted(fs.ls(path, detail=False))
-                if not Path(p).name.startswith(("_", ".")) and Path(p).suffix in FORMATS]
-        suffixes = sorted({Path(p).suffix for p in data})
-        if not data:
-            raise ScaffoldError(f"--input {uri}: the folder holds no .parquet, .csv or .jsonl files")
-        if len({FORMATS[s] for s in suffixes}) > 1:
-            raise ScaffoldError(f"--input {uri}: the folder mixes formats ({', '.join(suffixes)}); "
-                                "point --input at a glob of one kind")
-        pattern = f"{uri.rstrip('/')}/*{suffixes[0]}" if len(suffixes) == 1 else f"{uri.rstrip('/')}/*"
-    else:
-        data = sorted(fs.glob(path)) if any(c in path for c in "*?[") else ([path] if fs.exists(path) else [])
-        pattern = uri
-        if not data:
-            raise ScaffoldError(f"--input {uri}: no such file (or nothing matches)")
-    suffix = Path(data[0]).suffix
-    if suffix not in FORMATS:
-        raise ScaffoldError(f"--input {uri}: cannot tell the format of {data[0]} from its name; "
-                            "expected .parquet, .csv or .jsonl")
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    files = data if local else [f"{protocol}://{p}" for p in data]
-    return pattern, files, FORMATS[suffix]
+def model_uri(name: str, alias: str | None, version: int | None) -> str:
+    return f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}"
 
 
-def read_sample(path: str, fmt: str, rows: int = SAMPLE_ROWS):
-    """The first `rows` rows of one data file as a pyarrow Table."""
-    import fsspec
-    import pyarrow as pa
-
-    with fsspec.open(path, "rb") as f:
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            batches = pq.ParquetFile(f).iter_batches(batch_size=rows)
-            batch = next(batches, None)
-            return pa.Table.from_batches([batch]) if batch is not None else pa.table({})
-        if fmt == "csv":
-            import pyarrow.csv as pacsv
-
-            reader = pacsv.open_csv(f)
-            batches, count = [], 0
-            for batch in reader:
-                batches.append(batch)
-                count += batch.num_rows
-                if count >= rows:
-                    break
-            return pa.Table.from_batches(batches, schema=reader.schema).slice(0, rows)
-        import pyarrow.json as pajson
-
-        head = b"".join(line for _, line in zip(range(rows), f))
-        return pajson.read_json(io.BytesIO(head))
+def model_signature(name: str, alias: str | None, version: int | None):
+    """The registered model's signature (None if it was logged without one)."""
+    return model_info(name, alias, version).signature
 
 
-def read_sample_files(files: list[str], fmt: str, rows: int = SAMPLE_ROWS):
-    """Up to `rows` rows from the first files (so a small first file does not make a small sample)."""
-    import pyarrow as pa
+def predictions_of(info, uri: str, notes: list[str]) -> dict[str, Any]:
+    """`output.predictions` from what the model returns: an sklearn model logged with
+    pyfunc_predict_fn='predict_proba' (or 'predict_log_proba') returns one column per class, so its
+    kind is `probabilities` with the classes read from the model (`classes_`, in column order);
+    anything else publishes one value (kind `value`, the default)."""
+    pyfunc = (info.flavors or {}).get("python_function", {})
+    predict_fn = pyfunc.get("predict_fn", "predict") if pyfunc.get("loader_module") == "mlflow.sklearn" else None
+    if predict_fn not in ("predict_proba", "predict_log_proba"):
+        return {"kind": "value"}
+    try:
+        import mlflow.sklearn
 
-    tables, count = [], 0
-    for path in files[:20]:
-        table = read_sample(path, fmt, rows - count)
-        if tables and table.schema != tables[0].schema:
-            break  # files that disagree on types: the first file decides
-        tables.append(table)
-        count += table.num_rows
-        if count >= rows:
-            break
-    return pa.concat_tables(tables)
+        classes = [c.item() if hasattr(c, "item") else c for c in mlflow.sklearn.load_model(uri).classes_]
+    except Exception as exc:  # the model could not be loaded here, or has no classes_
+        raise ScaffoldError(f"{uri} was logged with pyfunc_predict_fn={predict_fn!r} (one column per class), "
+                            f"but its classes could not be read ({type(exc).__name__}: {exc}); write "
+                            "output.predictions {kind: probabilities, classes: [...]} by hand") from None
+    classes = [c if isinstance(c, (str, int, bool)) else str(c) for c in classes]
+    what = "log-probabilities" if predict_fn == "predict_log_proba" else "probabilities"
+    notes.append(f"the model was logged with pyfunc_predict_fn={predict_fn!r}: output.predictions.kind "
+                 f"probabilities, one column of {what} per class {classes}")
+    return {"kind": "probabilities", "classes": classes, "predict_fn": predict_fn}
 
 
 def arrow_type(dtype) -> str | None:
@@ -259,14 +210,28 @@ def describe_sample(column: Column, values, rows: int) -> None:
     if not len(present):
         return
     if column.type in ("int", "float"):
-        low, high = pc.min(present).as_py(), pc.max(present).as_py()
-        column.notes.append(f"sample range {_number(low)} .. {_number(high)}; uncomment to reject rows outside:")
-        column.suggestions += [f"min: {_number(low)}", f"max: {_number(high)}"]
+        _describe_range(column, present)
     elif column.type == "string":
         distinct = pc.unique(present).to_pylist()
         if len(distinct) <= MAX_ALLOWED:
             column.suggestions.append(f"allowed: {json.dumps(sorted(distinct))}")
             column.notes.append(f"{len(distinct)} distinct values in the sample; uncomment to reject others:")
+
+
+def _describe_range(column: Column, present) -> None:
+    """min/max suggestions from the finite numbers only: text, NaN and infinities say nothing about a
+    range (and `max: abc` or `min: -inf` would not be a valid or useful bound)."""
+    from mlbatch.local.sample import finite_numbers
+
+    numbers = finite_numbers(present)
+    other = len(present) - len(numbers)
+    if other:
+        column.notes.append(f"{other:,} non-null sample values are not finite numbers (text, NaN or "
+                            f"infinity): such rows go to the dead letters")
+    if numbers:
+        low, high = min(numbers), max(numbers)
+        column.notes.append(f"sample range {_number(low)} .. {_number(high)}; uncomment to reject rows outside:")
+        column.suggestions += [f"min: {_number(low)}", f"max: {_number(high)}"]
 
 
 def _number(value: Any) -> str:

@@ -20,11 +20,52 @@ from typing import Any
 from mlbatch.errors import SpecError
 from mlbatch.local.env import DEFAULT_HOME, local_env, pipelines_dir
 from mlbatch.local.infer import (
-    Column, ScaffoldError, features_and_id, input_files, model_signature, parse_model, read_sample_files, templated,
+    Column, ScaffoldError, features_and_id, model_info, model_uri, parse_model, predictions_of, templated,
 )
+from mlbatch.local.sample import input_files, marker_of, read_sample_files
 from mlbatch.spec.loader import load_spec
 
 _quoted = json.dumps  # a JSON string is a valid YAML double-quoted scalar
+_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_YAML_WORDS = {"y", "n", "yes", "no", "true", "false", "on", "off", "null", "~"}
+_LINE_BREAKS = re.compile("[\r\n\x85\u2028\u2029]")
+
+
+def yaml_text(value: str) -> str:
+    """`value` as a YAML scalar that reads back as this very string: plain when it is a simple name,
+    else double-quoted with every character YAML would not keep as-is escaped (line breaks, control and
+    non-printable characters)."""
+    if _PLAIN.fullmatch(value) and value.lower() not in _YAML_WORDS:
+        return value
+    return '"' + "".join(_escaped(c) for c in value) + '"'
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if char in '"\\':
+        return "\\" + char
+    printable = 0x20 <= code <= 0x7E or (0xA0 <= code <= 0xFFFD and code not in (0x2028, 0x2029, 0xFEFF)
+                                         and not 0xD800 <= code <= 0xDFFF) or 0x10000 <= code <= 0x10FFFF
+    if printable:
+        return char
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def comment(text: str) -> str:
+    """`text` kept on one comment line (a column name with a line break would end the comment)."""
+    return _LINE_BREAKS.sub(" ", text)
+
+
+def _scalar(value: Any) -> str:
+    """A class or allowed value as YAML: numbers and booleans as such, text quoted as needed."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, (int, float)) else yaml_text(str(value))
+
+
+def _aligned(text: str, note: str, width: int) -> str:
+    """`text`, then `# note` from column `width` on, always at least one space after the text."""
+    return f"{text.ljust(width - 1)} # {comment(note)}" if note else text
 
 
 def default_output(name: str, pattern: str, home: Path) -> str:
@@ -49,14 +90,14 @@ def _header(ctx: dict[str, Any]) -> list[str]:
     name = ctx["name"]
     lines = [
         f"# {name}: written by `mlbatch new` on {ctx['today']} from MLflow model {ctx['model_text']}",
-        f"# and the first {ctx['sample_rows']:,} rows of {ctx['sample_file']}.",
+        comment(f"# and the first {ctx['sample_rows']:,} rows of {ctx['sample_file']}."),
         "# Check every line; field reference: docs/spec.md. Then:",
         f"#   mlbatch validate {ctx['path']}",
         f"#   mlbatch run {name}" + (f" --date {ctx['date']}" if ctx["date"] else ""),
     ]
     if ctx["notes"]:
         lines.append("# Could not infer, or worth a look:")
-        lines += [f"#   - {note}" for note in ctx["notes"]]
+        lines += [f"#   - {comment(note)}" for note in ctx["notes"]]
     return lines
 
 
@@ -65,7 +106,7 @@ def _identity(ctx: dict[str, Any]) -> list[str]:
     return [
         f"name: {ctx['name']}",
         "description: |",
-        f"  Scores {ctx['pattern']} with MLflow model {ctx['model_name']} "
+        f"  Scores {comment(ctx['pattern'])} with MLflow model {comment(ctx['model_name'])} "
         + (f"(alias {ctx['alias']})." if ctx["alias"] else f"(version {ctx['version']})."),
         "owner: mlops",
         "tags: [scaffolded]",
@@ -74,8 +115,8 @@ def _identity(ctx: dict[str, Any]) -> list[str]:
         f"start_date: {_quoted(ctx['start_date'])}       # runs (and `mlbatch run --date`) for earlier dates do nothing",
         "",
         "model:",
-        f"  name: {ctx['model_name']}",
-        (f"  alias: {ctx['alias']}              # resolved to one version at the start of each run and pinned"
+        f"  name: {yaml_text(ctx['model_name'])}",
+        (f"  alias: {yaml_text(ctx['alias'])}              # resolved to one version at the start of each run and pinned"
          if ctx["alias"] else f"  version: {ctx['version']}"),
         "",
     ]
@@ -92,19 +133,19 @@ def _input_block(ctx: dict[str, Any]) -> list[str]:
         lines.append(f"  marker: {_quoted(ctx['marker'])}   # the run starts once this file exists")
     return lines + [
         f"  format: {ctx['format']}",
-        f"  id_column: {ctx['id_column']}             # kept next to each prediction; null ids are rejected",
+        _aligned(f"  id_column: {yaml_text(ctx['id_column'])}", "kept next to each prediction; null ids are rejected", 30),
         "  features:                 # the model's inputs, in its order, with its types",
     ]
 
 
 def _feature(column: Column) -> list[str]:
     """One feature with its notes and commented-out suggestions."""
-    lines = [f"    - name: {column.name}".ljust(30) + (f"# {column.source}" if column.source else ""),
+    lines = [_aligned(f"    - name: {yaml_text(column.name)}", column.source, 30),
              f"      type: {column.type}"]
     if column.nullable:
         lines.append("      nullable: true")
-    lines += [f"      # {note}" for note in column.notes]
-    return lines + [f"      # {s}" for s in column.suggestions]
+    lines += [f"      # {comment(note)}" for note in column.notes]
+    return lines + [f"      # {comment(s)}" for s in column.suggestions]
 
 
 def _predict_and_output(ctx: dict[str, Any]) -> list[str]:
@@ -129,8 +170,20 @@ def _predict_and_output(ctx: dict[str, Any]) -> list[str]:
         f"  uri: {_quoted(ctx['output'])}   # a rerun of the same date replaces it",
         "  format: parquet",
         "  prediction_column: prediction",
+        *_predictions_block(ctx["predictions"]),
         "",
     ]
+
+
+def _predictions_block(predictions: dict[str, Any]) -> list[str]:
+    """`output.predictions` when the model returns more than one value per row (infer.predictions_of)."""
+    if predictions["kind"] == "value":
+        return []
+    classes = ", ".join(_scalar(c) for c in predictions["classes"])
+    return [f"  predictions:                # the model was logged with pyfunc_predict_fn="
+            f"'{predictions['predict_fn']}': one column per class",
+            f"    kind: {predictions['kind']}",
+            f"    classes: [{classes}]   # the model's classes_, in its column order"]
 
 
 def _trigger_and_wait(ctx: dict[str, Any]) -> list[str]:
@@ -179,15 +232,17 @@ def new_pipeline(name: str, model: str, input_uri: str, *, backend: str = "dataf
     path = _new_path(name)
     os.environ.update(local_env(home))  # the registry of `mlbatch run`: embedded, or the user's own
     model_name, alias, version = parse_model(model)
-    signature = model_signature(model_name, alias, version)
+    info = model_info(model_name, alias, version)
     pattern, files, fmt = input_files(input_uri)
-    sample = read_sample_files(files, fmt)
+    notes: list[str] = []
+    sample = read_sample_files(files, fmt, notes=notes)
     if sample.num_rows == 0:
         raise ScaffoldError(f"{files[0]}: no rows to learn from")
-    notes: list[str] = []
-    columns, chosen = features_and_id(signature, sample, id_column, notes)
+    notes[:] = list(dict.fromkeys(notes))  # one note per column, not one per sampled file
+    columns, chosen = features_and_id(info.signature, sample, id_column, notes)
+    predictions = predictions_of(info, model_uri(model_name, alias, version), notes)
     uri, date = templated(pattern)
-    marker = _marker(files)
+    marker = templated(marker_of(files[0]) or "")[0] or None
     notes += _input_notes(marker, date, backend)
     base_backend = "dataflow" if backend == "dataflow" else "local"
     text = render({
@@ -196,6 +251,7 @@ def new_pipeline(name: str, model: str, input_uri: str, *, backend: str = "dataf
         "sample_file": files[0] if len(files) == 1 else pattern, "path": _shown(path), "date": date, "notes": notes,
         "pattern": pattern, "uri": uri, "marker": marker, "format": fmt, "id_column": chosen, "columns": columns,
         "backend": backend, "base_backend": base_backend, "output": output or default_output(name, pattern, home),
+        "predictions": predictions,
     })
     write_checked(path, text)
     out(f"wrote {_shown(path)}: {len(columns)} features, id {chosen}, {fmt} input, backend {base_backend}")
@@ -214,14 +270,6 @@ def _new_path(name: str) -> Path:
     if path.exists():
         raise ScaffoldError(f"{path} exists; not overwriting it (remove it or choose another name)")
     return path
-
-
-def _marker(files: list[str]) -> str | None:
-    """A local input's `_SUCCESS` next to its first file, date templated, if there is one."""
-    if len(files) and "://" not in files[0]:
-        success = Path(files[0]).parent / "_SUCCESS"
-        return templated(str(success))[0] if success.exists() else None
-    return None
 
 
 def _input_notes(marker: str | None, date: str | None, backend: str) -> list[str]:
