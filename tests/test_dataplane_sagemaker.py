@@ -134,10 +134,22 @@ def _parquet(frame: pd.DataFrame) -> bytes:
 
 
 def test_the_backends_job_fails_with_the_containers_reason_on_bad_input(aws_conn, s3):
-    """A Parquet file the model cannot take (a missing feature): the job is Failed, with the reason."""
+    """A Parquet file the model cannot take (a missing feature): the job is Failed with the service's
+    terse FailureReason; the container's answer is in the job's CloudWatch data-log stream, in the
+    agent's lines (`<bucket/key>: ClientError: 400`, `Message:`, the answer)."""
+    from dataplane.sagemaker_transform import LOG_GROUP, ContainerRefused
+
     job = run_job(aws_conn, s3, "bad-parquet",
                   {"part.parquet": _parquet(pd.DataFrame({"is_male": [True], "mother_age": [30.0]}))},
                   "application/vnd.apache.parquet", BatchStrategy="SingleRecord")
     assert job["TransformJobStatus"] == "Failed"
-    assert "answered 400" in job["FailureReason"] and "plurality" in job["FailureReason"]
+    assert job["FailureReason"] == ContainerRefused.REASON == "ClientError: See job logs for more information"
     assert moto_transform_jobs()["bad-parquet"].failure_reason == job["FailureReason"]
+    logs = aws_conn.client("logs")
+    streams = [s["logStreamName"] for s in logs.describe_log_streams(
+        logGroupName=LOG_GROUP, logStreamNamePrefix="bad-parquet/")["logStreams"]]
+    [data_log] = [s for s in streams if s.endswith("/data-log")]
+    lines = [e["message"] for e in logs.get_log_events(logGroupName=LOG_GROUP, logStreamName=data_log)["events"]]
+    source = f"{BUCKET}/bad-parquet/in/part.parquet"
+    assert any(line.endswith(f":[sagemaker logs]: {source}: ClientError: 400") for line in lines), lines
+    assert "Model is missing inputs ['plurality', 'gestation_weeks']" in lines[-1]

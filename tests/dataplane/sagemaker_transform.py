@@ -9,8 +9,12 @@ a job's request (the CreateTransformJob fields, as moto stored them):
   `MaxPayloadInMB`, joined by newlines (a CSV header is just the first record of the first batch);
 - `DataProcessing.InputFilter` (JSON/CSV records), `JoinSource` Input (JSON: the input object plus
   `SageMakerOutput`; CSV: the input line, a comma, the output line), `OutputFilter`;
-- each request is POSTed to the container's /invocations with `ContentType` and `Accept`; a non-2xx
-  answer fails the job (`TransformFailed`, the job's FailureReason);
+- each request is POSTed to the container's /invocations with `ContentType` and `Accept`, waiting at
+  most `ModelClientConfig.InvocationsTimeoutInSeconds` (default 600; the MLflow server's own limit is
+  60 s, answered 504); a non-2xx answer fails the job with the service's terse FailureReason
+  ("ClientError: See job logs for more information"), the container's answer going to the job's
+  CloudWatch Logs (`/aws/sagemaker/TransformJobs`, stream `<job>/<instance>-<epoch>/data-log`, in
+  the agent's `<time>:[sagemaker logs]: <bucket/key>: ...` lines) on the moto server;
 - results are assembled per input file (`AssembleWith` Line: a newline after each output record,
   i.e. each answer, or each joined record; None: concatenated) into `<S3OutputPath>/<input key relative to the prefix>.out`.
 The doc pages each rule comes from are quoted in tests/dataplane/SOURCES.md.
@@ -20,12 +24,67 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import requests
 
 
 class TransformFailed(Exception):
     """The job ends `Failed` with this FailureReason."""
+
+
+class ContainerRefused(TransformFailed):
+    """The container answered a request with a non-2xx status: the service's FailureReason only points
+    at the logs, where the agent wrote the answer."""
+
+    REASON = "ClientError: See job logs for more information"
+
+    def __init__(self, status: int, body: str):
+        super().__init__(self.REASON)
+        self.status, self.body = status, body
+
+
+LOG_GROUP = "/aws/sagemaker/TransformJobs"
+INSTANCE = "i-0e1a2b3c4d5e6f789"  # the one instance the emulator runs on
+
+
+class JobLog:
+    """The agent's data-log lines of one job (`<time>:[sagemaker logs]: ...`), written to CloudWatch Logs
+    on the moto server behind `s3` when the job ends."""
+
+    def __init__(self, request: dict):
+        self.job, self.lines = request["TransformJobName"], []
+        self.stream = f"{self.job}/{INSTANCE}-{int(time.time())}"
+        self.add(f"MaxConcurrentTransforms={request.get('MaxConcurrentTransforms') or 1}, "
+                 f"MaxPayloadInMB={request.get('MaxPayloadInMB') or 6}, "
+                 f"BatchStrategy={'MULTI_RECORD' if (request.get('BatchStrategy') or 'MultiRecord') == 'MultiRecord' else 'SINGLE_RECORD'}")
+
+    def add(self, message: str, source: str = "") -> None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + ".000"
+        self.lines.append(f"{now}:[sagemaker logs]: {source + ': ' if source else ''}{message}".rstrip())
+
+    def refused(self, source: str, refusal: ContainerRefused) -> None:
+        self.add(f"ClientError: {refusal.status}", source)
+        self.add("", source)
+        self.add("Message:", source)
+        for line in refusal.body.splitlines() or [""]:
+            self.add(line, source)
+
+    def write(self, s3) -> None:
+        import boto3
+
+        logs = boto3.client("logs", endpoint_url=s3.meta.endpoint_url, region_name=s3.meta.region_name,
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        try:
+            logs.create_log_group(logGroupName=LOG_GROUP)
+        except logs.exceptions.ResourceAlreadyExistsException:
+            pass
+        stamp = int(time.time() * 1000)
+        for stream, lines in ((self.stream, [f"emulated instance {INSTANCE} of {self.job}"]),
+                              (self.stream + "/data-log", self.lines)):
+            logs.create_log_stream(logGroupName=LOG_GROUP, logStreamName=stream)
+            logs.put_log_events(logGroupName=LOG_GROUP, logStreamName=stream,
+                                logEvents=[{"timestamp": stamp, "message": line} for line in lines])
 
 
 def _records(body: bytes, split: str, max_payload: int, key: str) -> list[bytes]:
@@ -118,17 +177,34 @@ def _join_and_filter(source: bytes, output: bytes, join: str, path: str, accept:
     return output
 
 
-def _invoke(container_url: str, payload: bytes, content_type: str | None, accept: str | None) -> bytes:
+def _invoke(container_url: str, payload: bytes, content_type: str | None, accept: str | None,
+            timeout_s: float = 600) -> bytes:
     headers = {k: v for k, v in (("Content-Type", content_type), ("Accept", accept)) if v}
-    answer = requests.post(f"{container_url}/invocations", data=payload, headers=headers, timeout=300)
+    try:
+        answer = requests.post(f"{container_url}/invocations", data=payload, headers=headers, timeout=timeout_s)
+    except requests.Timeout:
+        raise ContainerRefused(408, f"no answer within InvocationsTimeoutInSeconds ({timeout_s:g} s)") from None
     if not answer.ok:
-        raise TransformFailed(f"ClientError: See job logs for more information. The model container "
-                              f"answered {answer.status_code}: {answer.text[:500]}")
+        raise ContainerRefused(answer.status_code, answer.text)
     return answer.content
 
 
 def run_transform(request: dict, s3, container_url: str) -> list[str]:
-    """Run one transform job (CreateTransformJob fields) against `container_url`; returns output keys."""
+    """Run one transform job (CreateTransformJob fields) against `container_url`; returns output keys.
+    The agent's log lines go to the job's CloudWatch Logs streams whatever the outcome."""
+    log = JobLog(request)
+    try:
+        return _transform(request, s3, container_url, log)
+    except ContainerRefused:
+        raise
+    except TransformFailed as exc:
+        log.add(str(exc))
+        raise
+    finally:
+        log.write(s3)
+
+
+def _transform(request: dict, s3, container_url: str, log: JobLog) -> list[str]:
     source = request["TransformInput"]["DataSource"]["S3DataSource"]
     if source.get("S3DataType", "S3Prefix") != "S3Prefix":
         raise TransformFailed("only S3Prefix input is emulated")
@@ -138,6 +214,7 @@ def run_transform(request: dict, s3, container_url: str) -> list[str]:
     max_payload = int(request.get("MaxPayloadInMB") or 6) * 1024 * 1024
     accept, assemble = tout.get("Accept"), tout.get("AssembleWith") or "None"
     processing = request.get("DataProcessing") or {}
+    timeout_s = (request.get("ModelClientConfig") or {}).get("InvocationsTimeoutInSeconds") or 600
     input_filter = processing.get("InputFilter") or "$"
     join, output_filter = processing.get("JoinSource") or "None", processing.get("OutputFilter") or "$"
     if join == "Input" and split == "None" and not (_is_csv(content_type) or _is_json(content_type)):
@@ -155,7 +232,11 @@ def run_transform(request: dict, s3, container_url: str) -> list[str]:
         outputs: list[bytes] = []
         for batch in _batches(records, strategy, max_payload):
             payload = b"\n".join(_filter_input(r, input_filter, content_type) for r in batch)
-            answer = _invoke(container_url, payload, content_type, accept)
+            try:
+                answer = _invoke(container_url, payload, content_type, accept, timeout_s)
+            except ContainerRefused as refusal:
+                log.refused(f"{bucket}/{obj['Key']}", refusal)
+                raise
             if join == "Input":  # the answer must split into one output record per input record
                 pieces = [p for p in answer.split(b"\n") if p.strip()] if len(batch) > 1 else [answer.strip()]
                 if len(pieces) != len(batch):

@@ -111,7 +111,7 @@ def run_batch_prediction(job, model, gcs, container_url: str, served_port: int =
                 if ok:
                     lines.append(json.dumps({**line, "prediction": predictions[i]}))
                 else:
-                    message = answer.text[:300] if not answer.ok else "predictions missing or miscounted"
+                    message = answer.text if not answer.ok else "predictions missing or miscounted"
                     errors.append(json.dumps({**line, "error": {"code": 3 if answer.status_code == 400
                                                                 else 13, "message": message}}))
         results.append(lines)

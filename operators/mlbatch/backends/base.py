@@ -28,6 +28,7 @@ Light imports only: operators import this module at DAG-parse time.
 from __future__ import annotations
 
 import importlib
+import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -37,6 +38,7 @@ from mlbatch.run.paths import RunPaths
 from mlbatch.spec.models import PipelineSpec
 
 Handle = dict[str, Any]
+log = logging.getLogger(__name__)
 # submitted: a new job; running: an earlier try's job, re-attached; succeeded: it already finished
 # (a remote job found done, or a local job that ran to its end inside `submit`).
 SubmitState = Literal["submitted", "running", "succeeded"]
@@ -105,12 +107,34 @@ class Backend:
         """The event *and* the job's own state (a provider trigger once reported a failed SageMaker job
         as a success), then the result."""
         label = f"{self.job_label} {job_ref(handle)}"
-        require_success_event(request.spec.name, label, event, handle.get("console_url", ""))
+        try:
+            require_success_event(request.spec.name, label, event, handle.get("console_url", ""))
+        except RemoteJobError as failed:
+            raise self._with_reason(failed, handle) from None
         state = self.describe(handle)
         if state.phase != "succeeded":
-            raise RemoteJobError(f"{request.spec.name}: the trigger reported success but {label} is "
-                                 f"{state.detail}; see {handle.get('console_url', '')}")
+            raise self._with_reason(RemoteJobError(
+                f"{request.spec.name}: the trigger reported success but {label} is {state.detail}; see "
+                f"{handle.get('console_url', '')}"), handle)
         return self.result(request, handle, state)
+
+    def failure_reason(self, handle: Handle) -> str:
+        """Why the ended job failed, in one line, from where the service keeps it (a log stream, an
+        errors file, job messages): "" when it says nothing more than the job's state."""
+        return ""
+
+    def _with_reason(self, failed: RemoteJobError, handle: Handle) -> RemoteJobError:
+        """`failed` with the job's own reason put first (`failure_reason`), so that the task log's last
+        line, the CLI and the alert show it; unchanged when there is none or it cannot be read."""
+        try:
+            reason = self.failure_reason(handle)
+        except Exception as exc:  # the job's failure matters more than why it could not be explained
+            log.warning("Could not read why %s failed: %s: %s", job_ref(handle), type(exc).__name__, exc)
+            return failed
+        if not reason:
+            return failed
+        spec_name, _, rest = str(failed).partition(": ")
+        return RemoteJobError(f"{spec_name}: {reason} — {rest}")
 
     def cancel(self, handle: Handle) -> None:
         return None

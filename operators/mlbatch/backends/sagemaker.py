@@ -40,6 +40,7 @@ from urllib.parse import quote
 from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
 
 from mlbatch.backends.base import WAIT_AGAIN, Backend, Handle, JobRequest, JobState, Submission
+from mlbatch.backends.failure_reasons import container_reason
 from mlbatch.backends.job_names import files_fingerprint, find_attempt, fit, job_name, result_identity, short_hash
 from mlbatch.errors import BackendConfigError, RemoteJobError
 from mlbatch.hooks.sagemaker import FAILED, SUCCEEDED, TransformJobHook
@@ -49,6 +50,7 @@ from mlbatch.storage.layer import Storage, join
 
 BACKEND = "sagemaker"
 POLL_SECONDS = 30
+FAILURE_LOG_LINES = 200  # the end of the job's log, where the agent wrote the refused request's answer
 log = logging.getLogger(__name__)
 
 
@@ -312,6 +314,11 @@ class SageMakerBackend(Backend):
 
     def log_tail(self, handle: Handle, lines: int) -> list[str]:
         return hook_for(handle).log_tail(handle["job_name"], lines)
+
+    def failure_reason(self, handle: Handle) -> str:
+        """The container's answer to the refused request, from the job's CloudWatch data-log stream: the
+        job's FailureReason only says "ClientError: See job logs for more information"."""
+        return container_reason(hook_for(handle).log_tail(handle["job_name"], FAILURE_LOG_LINES))
 
 
 def s3_storage(spec: PipelineSpec) -> Storage:

@@ -25,6 +25,7 @@ from airflow.providers.google.cloud.triggers.vertex_ai import CreateBatchPredict
 
 from mlbatch.backends import cloud_logging
 from mlbatch.backends.base import Backend, Handle, JobRequest, JobState, Submission
+from mlbatch.backends.failure_reasons import errors_file_reason
 from mlbatch.backends.job_names import files_fingerprint, find_attempt, fit, job_name, result_identity, short_hash
 from mlbatch.errors import BackendConfigError, RemoteJobError
 from mlbatch.hooks.vertex import FAILED, SUCCEEDED, VertexBatchHook, job_id_of
@@ -34,6 +35,7 @@ from mlbatch.storage.layer import Storage, join
 
 BACKEND = "vertex"
 POLL_SECONDS = 30
+ERRORS_FILES = ("prediction.errors_stats-", "errors_")  # as jobs name them, as the REST reference does
 log = logging.getLogger(__name__)
 
 
@@ -248,6 +250,21 @@ class VertexBackend(Backend):
     def log_tail(self, handle: Handle, lines: int) -> list[str]:
         return cloud_logging.tail(handle["project"], log_filter(handle), lines,
                                   handle.get("gcp_conn_id", "google_cloud_default"))
+
+    def failure_reason(self, handle: Handle) -> str:
+        """From the errors files the job wrote beside its results (failed instances, each with the
+        container's answer): the job's own error says only that the job failed."""
+        job = hook_for(handle).job(handle["project"], handle["region"], handle["job_id"])
+        output = job.output_info.gcs_output_directory
+        if not output:
+            return ""
+        store = Storage(gcp_conn_id=handle.get("gcp_conn_id", "google_cloud_default"))
+        lines = []
+        for path in store.files(output):
+            if path.rpartition("/")[2].startswith(ERRORS_FILES):
+                with store.open(path) as fh:
+                    lines += fh.read().decode(errors="replace").splitlines()
+        return errors_file_reason(lines)
 
 
 def gcs_storage(spec: PipelineSpec) -> Storage:

@@ -1,0 +1,101 @@
+"""The one line that says why a model container refused a request, out of what the services hand back.
+
+Why: the MLflow scoring server (what the SageMaker and Vertex containers run) answers a bad request with
+a JSON body whose message repeats the whole request as a DataFrame dump, twice, before the reason
+("... Error: Incompatible input types for column mother_age. Can not safely convert int64 to float64.").
+Cut to a few hundred characters, the reason is gone; shown whole, it buries the reason. `reason_line`
+keeps the reason only (column, types), so that the raised error, the task log's last line, the CLI and
+the Slack alert all show it.
+
+Light: no imports beyond the standard library (backends import it at parse time through their modules).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+MAX_REASON = 300
+# MLflow's schema enforcement (mlflow/models/utils.py, _enforce_mlflow_datatype / _enforce_schema)
+_COLUMN_TYPES = re.compile(r"Incompatible input types for column (?P<column>.+?)\. Can not safely convert "
+                           r"(?P<source>\S+) to (?P<target>\S+?)\.(?P<nulls> Hint: the type mismatch is likely "
+                           r"caused by missing values)?")
+_LAST_ERROR = re.compile(r"(?:^|\s)Error: (?P<why>(?:(?!\sError: ).)+)$", re.S)
+# the scoring server's own 60 s limit (mlflow/pyfunc/scoring_server, timeout_middleware: 504)
+TIMEOUT_BODY = "Request processing time exceeded limit"
+_AGENT = re.compile(r":\[sagemaker logs\]: (?:[^:\s]+: )?(?P<text>.*)$")
+_CLIENT_ERROR = re.compile(r"ClientError: (\d{3})")
+
+
+def reason_line(text: str) -> str:
+    """The reason in an MLflow scoring-server answer (its JSON body, or the message inside it), else the
+    text's last non-empty line; one line, at most MAX_REASON characters."""
+    message = _message(text.strip())
+    if TIMEOUT_BODY in message:
+        return f"the model server's request timeout: {TIMEOUT_BODY} (504)"
+    last = _LAST_ERROR.search(message)
+    why = last.group("why").strip() if last else _last_line(message)
+    column = _COLUMN_TYPES.search(why)
+    if column:
+        why = (f"column {column.group('column')}: Can not safely convert {column.group('source')} to "
+               f"{column.group('target')}" + (" (it has missing values)" if column.group("nulls") else ""))
+    return _one_line(why)
+
+
+def container_reason(lines: list[str]) -> str:
+    """The reason in a SageMaker transform job's data-log lines, where the agent writes each refused
+    request as `<time>:[sagemaker logs]: <bucket/key>: ClientError: <status>`, then `...: Message:` and
+    the container's answer, one log line per line of it. The last refusal counts; "" when none."""
+    status, body, in_message = None, [], False
+    for line in lines:
+        agent = _AGENT.search(line)
+        if not agent:
+            continue
+        text = agent.group("text")
+        refused = _CLIENT_ERROR.fullmatch(text.strip())
+        if refused:
+            status, body, in_message = refused.group(1), [], False
+        elif text.strip() == "Message:":
+            in_message = True
+        elif in_message:
+            body.append(text)
+    if status is None:
+        return ""
+    return (reason_line("\n".join(body)) if any(b.strip() for b in body) else "") or \
+        f"the model container answered {status}"
+
+
+def errors_file_reason(lines: list[str]) -> str:
+    """The reason in a Vertex batch prediction job's errors files (`prediction.errors_stats-*`,
+    `errors_*`): how many lines, and the first one's reason. A line is a failed instance with its
+    `error` {code, message}, or any other text (the service's own error statistics); "" when empty."""
+    failed = [line for line in lines if line.strip()]
+    if not failed:
+        return ""
+    try:
+        first = json.loads(failed[0])
+        message = first["error"]["message"] if isinstance(first, dict) and "error" in first else failed[0]
+    except (ValueError, KeyError, TypeError):
+        message = failed[0]
+    return _one_line(f"{len(failed)} lines in the job's errors files; the first: {reason_line(str(message))}")
+
+
+def _message(text: str) -> str:
+    """The `message` of a JSON error body; the text itself when it is not one."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(body, dict):
+        return str(body.get("message") or body.get("error") or text)
+    return text
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def _one_line(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= MAX_REASON else flat[: MAX_REASON - 1] + "…"
