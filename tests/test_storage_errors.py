@@ -53,9 +53,13 @@ def alert_text(exc: BaseException) -> str:
 
 
 def assert_named(exc: BaseException, *names: str) -> None:
+    """`names` are in the error's message and in its Slack alert; only an unreachable endpoint is retried."""
+    from mlbatch.errors import StorageUnreachableError, retry_verdict
+
     for text in (str(exc), alert_text(exc)):
         for name in names:
             assert name in text, (name, text)
+    assert retry_verdict(exc).retry == isinstance(exc, StorageUnreachableError), retry_verdict(exc)
 
 
 def no_aws_environment(monkeypatch) -> None:
@@ -188,10 +192,13 @@ def _existing(request, store: str) -> str:
 
 
 def test_the_first_task_check_names_a_missing_output_bucket(moto_server, monkeypatch):
-    from mlbatch.errors import BucketNotFoundError
+    from mlbatch.errors import BucketNotFoundError, ConnectionNotFoundError
     from mlbatch.run.preflight import require_reachable
 
     connect_s3(moto_server, monkeypatch)
+    with pytest.raises(ConnectionNotFoundError) as caught:  # a step's own connection that is not there
+        require_reachable(spec_of(wait={"aws_conn_id": "s3_typo"}, input={"uri": "s3://lake/in/*.csv"}), {})
+    assert_named(caught.value, "'s3_typo'", "wait.aws_conn_id", "s3://lake/in/*.csv")
     spec = spec_of(output={"uri": "s3://no-such-output/p/ds={{ ds }}"})
     with pytest.raises(BucketNotFoundError) as caught:
         require_reachable(spec, {"output.uri": [f"s3://no-such-output/p/ds={DATE}"]})
@@ -232,7 +239,11 @@ def moto_with_auth():
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                           aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
         s3.create_bucket(Bucket="guarded")
-        yield endpoint, key["AccessKeyId"], key["SecretAccessKey"]
+        iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
+                           aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+        iam.create_user(UserName="no-grants")  # a known key with no policy: every S3 request is denied
+        bare = iam.create_access_key(UserName="no-grants")["AccessKey"]
+        yield endpoint, key["AccessKeyId"], key["SecretAccessKey"], (bare["AccessKeyId"], bare["SecretAccessKey"])
     finally:
         server.terminate()
         server.wait(10)
@@ -243,7 +254,7 @@ def test_wrong_credentials_name_the_connection_and_the_uri(moto_with_auth, monke
     from mlbatch.errors import StorageCredentialsError
     from mlbatch.storage.layer import Storage
 
-    endpoint, key_id, secret = moto_with_auth
+    endpoint, key_id, secret, _ = moto_with_auth
     login, password = (key_id, "not-" + secret) if case == "wrong secret" else ("AKIANOSUCHKEY0000000", secret)
     conn = f"s3_{case.replace(' ', '_')}_{uuid.uuid4().hex[:6]}"  # its own id: ObjectStoragePath caches per id
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn.upper()}", json.dumps(
@@ -258,6 +269,20 @@ def test_wrong_credentials_name_the_connection_and_the_uri(moto_with_auth, monke
     monkeypatch.setenv(f"AIRFLOW_CONN_{good.upper()}", json.dumps(
         {"conn_type": "aws", "login": key_id, "password": secret, "extra": {"endpoint_url": endpoint}}))
     assert Storage(aws_conn_id=good).files(uri) == []  # the right key: an empty listing, no error
+
+
+def test_access_denied_names_the_connection_and_the_uri(moto_with_auth, monkeypatch):
+    from mlbatch.errors import StorageAccessDeniedError
+    from mlbatch.storage.layer import Storage
+
+    endpoint, _, _, (bare_key, bare_secret) = moto_with_auth
+    conn = f"s3_no_grants_{uuid.uuid4().hex[:6]}"
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn.upper()}", json.dumps(
+        {"conn_type": "aws", "login": bare_key, "password": bare_secret, "extra": {"endpoint_url": endpoint}}))
+    with pytest.raises(StorageAccessDeniedError) as caught:
+        Storage(aws_conn_id=conn).write_bytes("s3://guarded/out/_SUCCESS", b"{}")
+    assert_named(caught.value, "s3://guarded/out/_SUCCESS", "bucket 'guarded'", f"connection {conn!r}",
+                 "AccessDenied", "Grant the connection's identity access")
 
 
 # --- endpoint unreachable ----------------------------------------------------------------------------
@@ -337,9 +362,10 @@ def test_mlbatch_run_console_names_a_missing_output_bucket(tmp_path, moto_server
     ran = subprocess.run([MLBATCH, "run", str(path), "--date", DATE, "--home", str(tmp_path / ".demo")],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=500)
     assert ran.returncode == 1, ran.stdout[-3000:] + ran.stderr[-3000:]
-    failed = [line for line in ran.stdout.splitlines() if "wait_for_data" in line and "BucketNotFoundError" in line]
-    assert failed, ran.stdout[-3000:]
-    for name in ("s3://gone-bucket/predictions/ds=2026-11-20", "'gone-bucket'", "connection 'aws_default'"):
-        assert name in failed[0], failed[0]
+    console = ran.stdout.splitlines()
+    at = next(i for i, line in enumerate(console) if line.strip().startswith("wait_for_data") and "failed" in line)
+    named = ("BucketNotFoundError: bucket does not exist: s3://gone-bucket/predictions/ds=2026-11-20 "
+             "(bucket 'gone-bucket', connection 'aws_default'). Create the bucket")
+    assert any(named in line for line in console[at:at + 8]), ran.stdout[-3000:]  # under the task's line
     log = (tmp_path / ".demo" / "logs" / f"bucket_gone-{DATE}.log").read_text()
-    assert "BucketNotFoundError: bucket does not exist: s3://gone-bucket/predictions/ds=2026-11-20" in log
+    assert named in log

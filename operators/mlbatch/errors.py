@@ -121,7 +121,7 @@ class StorageError(RuntimeError):
     what = "storage request failed"
 
     def __init__(self, uri: str, conn_id: str | None, fix: str, cause: str = "", *, endpoint: str | None = None):
-        self.uri, self.conn_id, self.fix, self.endpoint = uri, conn_id, fix, endpoint
+        self.uri, self.conn_id, self.fix, self.cause, self.endpoint = uri, conn_id, fix, cause, endpoint
         self.bucket = _bucket(uri)
         where = [f"bucket {self.bucket!r}"] if self.bucket else []
         where += [f"connection {conn_id!r}"] if conn_id else []
@@ -201,6 +201,9 @@ def retry_verdict(exc: BaseException) -> RetryVerdict:
     (it cannot have been raised otherwise), so classifying costs no import."""
     if isinstance(exc, PermanentError):
         return RetryVerdict(False, f"{type(exc).__name__}: a retry cannot fix it")
+    airflow = sys.modules.get("airflow.sdk.exceptions")
+    if airflow is not None and isinstance(exc, airflow.AirflowSensorTimeout):  # Airflow fails it at once anyway
+        return RetryVerdict(False, "AirflowSensorTimeout: the wait's deadline passed (Airflow never retries it)")
     mlflow = sys.modules.get("mlflow.exceptions")
     if mlflow is not None and isinstance(exc, mlflow.MlflowException):
         status = exc.get_http_status_code()

@@ -55,4 +55,7 @@ def _bucket_exists(need: Need, uri: str) -> None:
     folder in it lists little and says so on every store."""
     storage = Storage(**{f"{need.kind}_conn_id": need.conn_id})
     folder = uri.split("{{", 1)[0].rsplit("/", 1)[0] if "{{" in uri or any(c in uri for c in "*?[") else uri
-    storage.files(join(folder, "_mlbatch_preflight"))
+    try:
+        storage.files(join(folder, "_mlbatch_preflight"))
+    except StorageError as exc:  # name the run's own URI, not the probe's
+        raise type(exc)(uri, exc.conn_id, exc.fix, exc.cause, endpoint=exc.endpoint) from exc
