@@ -241,10 +241,11 @@ def _as_column_type(feature: Feature, typed: pa.Array, problems: _Problems) -> p
     without changing it rejects its row."""
     bounds = feature.column_range()
     if bounds is not None:
-        name, column = feature.name, feature.column_type
+        name, column, values = feature.name, feature.column_type, typed
+        span = " to ".join(f"{b:g}" if isinstance(b, float) else str(b) for b in bounds)
         outside = _mask(pc.or_(pc.less(typed, bounds[0]), pc.greater(typed, bounds[1])))
-        problems.add(outside, lambda i: f"{name}: {typed[i].as_py()!r} does not fit the model's {column} "
-                                        f"column (it holds {bounds[0]:g} to {bounds[1]:g} exactly)",
+        problems.add(outside, lambda i: f"{name}: {values[i].as_py()!r} does not fit the model's {column} "
+                                        f"column ({span})",
                      f"{name}: does not fit the model's {column} column")
         if outside.any():  # the row is rejected; its value must not fail the cast
             typed = pc.if_else(pa.array(outside), pa.nulls(len(typed), typed.type), typed)
