@@ -329,3 +329,38 @@ def test_every_accepted_case_scores_alike_on_every_backend(contract_model, serve
         np.testing.assert_allclose([predictions[i] for i in expected_ids], [reference[i] for i in expected_ids],
                                    rtol=1e-12, atol=0, err_msg=path)
     assert np.isfinite([reference[i] for i in expected_ids]).all()
+
+
+@pytest.mark.parametrize("replaced, spec_type, nullable, refusal", [
+    (None, None, False, None),
+    ("boolean_req_bool", "int", False, "boolean_req_bool: input.features says int, the model signature says boolean"),
+    ("long_opt_int", "int", True, "long_opt_int: input.features says nullable, the model's optional long column"),
+])
+def test_mlbatch_validate_model_checks_the_registered_signature(contract_model, tmp_path, capsys, replaced,
+                                                               spec_type, nullable, refusal):
+    """`mlbatch validate --model`: the registry's version for the alias, checked as resolve_model checks it."""
+    import os
+
+    import yaml
+    from mlflow import MlflowClient
+
+    from mlbatch.local.cli import main
+
+    tracking = os.environ["MLBATCH_TEST_MLFLOW_URI"]
+    client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    if not client.search_registered_models("name = 'type_contract'"):
+        client.create_registered_model("type_contract")
+        version = client.create_model_version("type_contract", source=str(contract_model))
+        client.set_registered_model_alias("type_contract", "champion", version.version)
+    spec = spec_for(tmp_path, features_with(replaced, spec_type, nullable)).model_dump(mode="json", exclude_unset=True)
+    spec["model"] = {"name": "type_contract", "alias": "champion", "tracking_uri": tracking}
+    path = tmp_path / "type_contract.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    assert main(["validate", str(path)]) == 0  # without --model nothing looks at the model
+    code = main(["validate", str(path), "--model"])
+    out, err = capsys.readouterr()
+    if refusal is None:
+        assert code == 0 and f"ok  {path}" in out.splitlines()[-1]
+    else:
+        assert code == 1 and f"{path} [dev]: ModelMismatchError: " in err and refusal in err, err

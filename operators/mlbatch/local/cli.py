@@ -5,7 +5,9 @@
 - `mlbatch validate FILE...`: check specs without Airflow running (for a user's own CI). Exit code 0 if
   every file is valid, 1 otherwise; each problem is printed as `file:line: field = value: expected ...`.
   With `--connections`, also every Airflow connection the spec needs must exist (or the environment
-  stand in for it) and its endpoint answer (mlbatch.run.preflight).
+  stand in for it) and its endpoint answer (mlbatch.run.preflight). With `--model`, also the model the
+  spec names is looked up in its registry and its signature checked as resolve_model checks it (names,
+  the type contract of mlbatch.spec.type_contract, the output kind).
 - `mlbatch run NAME [--date D] [--set key=value ...]`: run a pipeline on this machine with the embedded
   defaults of `make demo` (mlbatch.local.run).
 """
@@ -45,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--connections", action="store_true",
         help="also check that the Airflow connections the spec needs exist (AIRFLOW_CONN_* variables, secrets "
              "backends, the metadata database) and that their endpoints answer",
+    )
+    validate.add_argument(
+        "--model", action="store_true",
+        help="also look the spec's model up in its MLflow registry and check input.features and "
+             "output.predictions against its signature (the type contract), as resolve_model does",
     )
     new = sub.add_parser("new", help="write a pipeline spec from a registered model and a sample of the input")
     new.add_argument("name", help="pipeline name (lower case, digits, _): the DAG id and file name")
@@ -102,6 +109,9 @@ def _validate(args: argparse.Namespace) -> int:
                 if args.connections and not _connections_ok(path, env, spec):
                     failed += 1
                     continue
+                if args.model and not _model_ok(path, env, spec):
+                    failed += 1
+                    continue
                 print(f"ok  {path} [{env}] -> DAG {spec.dag_id}, backend {spec.predict.backend}"
                       + (f" (auto: {spec.predict.auto_reason})" if spec.predict.auto_reason else ""))
     return 1 if failed else 0
@@ -115,6 +125,19 @@ def _connections_ok(path: Path, env: str, spec) -> bool:
     for problem in problems:
         print(f"{path} [{env}]: {type(problem).__name__}: {problem}", file=sys.stderr)
     return not problems
+
+
+def _model_ok(path: Path, env: str, spec) -> bool:
+    """Print why the spec does not fit its model (or the model cannot be found); True when it fits."""
+    from mlbatch.errors import ModelMismatchError, ModelNotFoundError
+    from mlbatch.operators.resolve_model import pin_and_check
+
+    try:
+        pin_and_check(spec)
+    except (ModelMismatchError, ModelNotFoundError) as exc:
+        print(f"{path} [{env}]: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -21,29 +21,36 @@ class ResolveModelOperator(PipelineStepOperator):
     ui_color = "#e6f4ea"
 
     def run(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> dict:
-        import mlflow
-        from mlflow import MlflowClient
-
-        ref = spec.model
-        # The spec's tracking server is the registry too: a process-wide registry URI (MLFLOW_REGISTRY_URI,
-        # mlflow.set_registry_uri) would otherwise win over it.
-        client = MlflowClient(tracking_uri=ref.tracking_uri, registry_uri=ref.tracking_uri)
-        version = pinned_version(client, ref)
-        artifact_uri = client.get_model_version_download_uri(ref.name, version.version)
-        pinned = {
-            "name": ref.name,
-            "alias": ref.alias,
-            "version": int(version.version),
-            "uri": f"models:/{ref.name}/{version.version}",
-            "artifact_uri": artifact_uri,
-            "source_run_id": version.run_id,
-            "tracking_uri": ref.tracking_uri or mlflow.get_tracking_uri(),
-        }
-        input_types = check_signature(spec, pinned)
-        if input_types:  # prep writes each feature as this type (mlbatch.spec.type_contract)
-            pinned["input_types"] = input_types
-        self.log.info("Pinned %s (alias %s) for run %s", pinned["uri"], ref.alias, context["run_id"])
+        pinned = pin_and_check(spec)
+        self.log.info("Pinned %s (alias %s) for run %s", pinned["uri"], spec.model.alias, context["run_id"])
         return pinned
+
+
+def pin_and_check(spec: PipelineSpec) -> dict:
+    """The model version the spec's alias (or version) names now, checked against the spec
+    (`check_signature`); also what `mlbatch validate --model` runs."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    ref = spec.model
+    # The spec's tracking server is the registry too: a process-wide registry URI (MLFLOW_REGISTRY_URI,
+    # mlflow.set_registry_uri) would otherwise win over it.
+    client = MlflowClient(tracking_uri=ref.tracking_uri, registry_uri=ref.tracking_uri)
+    version = pinned_version(client, ref)
+    artifact_uri = client.get_model_version_download_uri(ref.name, version.version)
+    pinned = {
+        "name": ref.name,
+        "alias": ref.alias,
+        "version": int(version.version),
+        "uri": f"models:/{ref.name}/{version.version}",
+        "artifact_uri": artifact_uri,
+        "source_run_id": version.run_id,
+        "tracking_uri": ref.tracking_uri or mlflow.get_tracking_uri(),
+    }
+    input_types = check_signature(spec, pinned)
+    if input_types:  # prep writes each feature as this type (mlbatch.spec.type_contract)
+        pinned["input_types"] = input_types
+    return pinned
 
 
 def pinned_version(client: Any, ref: Any) -> Any:
