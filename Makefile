@@ -5,10 +5,16 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-alert test bench bench-whole-run bench-slack venv lock validate clean-demo up down
+.PHONY: demo demo-cloud demo-alert test bench bench-whole-run bench-slack venv lock validate clean-demo up down
 
 demo: $(STAMP)
 	$(BIN)/python -m mlbatch.local.demo
+
+# The demo pipeline with input, marker, work folder, output and dead letters on the GCS emulator
+# (backend dataflow) and on moto S3 (backend local), both started and stopped here
+# (docs/production-path.md).
+demo-cloud: $(STAMP)
+	$(BIN)/python -m mlbatch.local.demo.cloud
 
 # A deliberately failing pipeline; prints its Slack alert as text (local outbox unless a token is set).
 demo-alert: $(STAMP)

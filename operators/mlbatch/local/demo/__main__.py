@@ -55,6 +55,11 @@ def done(start: float, what: str = "") -> None:
 
 
 def prepare(home: Path, env: dict[str, str], rows: int) -> None:
+    prepare_model(home, env, partition_rows=rows)
+
+
+def prepare_model(home: Path, env: dict[str, str], partition_rows: int = 0) -> None:
+    """The Airflow database, (with `partition_rows`) the local input partition, and the registered model."""
     os.environ.update(env)
     (home / "mlflow").mkdir(parents=True, exist_ok=True)
 
@@ -63,13 +68,14 @@ def prepare(home: Path, env: dict[str, str], rows: int) -> None:
 
     from mlbatch.local.demo.natality import train_and_register, write_partition
 
-    t = step(f"Input partition ds={DATE} ({rows:,} natality-like rows)")
-    partition = home / "data" / "natality" / f"ds={DATE}"
-    if (partition / "_SUCCESS").exists():
-        done(t, f"reusing {partition} ")
-    else:
-        write_partition(partition, rows)
-        done(t, f"wrote {partition} ")
+    if partition_rows:
+        t = step(f"Input partition ds={DATE} ({partition_rows:,} natality-like rows)")
+        partition = home / "data" / "natality" / f"ds={DATE}"
+        if (partition / "_SUCCESS").exists():
+            done(t, f"reusing {partition} ")
+        else:
+            write_partition(partition, partition_rows)
+            done(t, f"wrote {partition} ")
 
     t = step(f"MLflow model {MODEL}@champion")
     from mlflow import MlflowClient
@@ -83,11 +89,11 @@ def prepare(home: Path, env: dict[str, str], rows: int) -> None:
         done(t, f"trained and registered version {version} ")
 
 
-def run_pipeline(home: Path, env: dict[str, str], backend: str) -> bool:
+def run_pipeline(home: Path, env: dict[str, str], backend: str, label: str = "") -> bool:
     t = step(f"airflow dags test {PIPELINE} {DATE}  (backend={backend})")
     logs = home / "logs"
     logs.mkdir(exist_ok=True)
-    log_file = logs / f"{PIPELINE}-{backend}.log"
+    log_file = logs / f"{PIPELINE}-{label or backend}.log"
     conf = json.dumps({"backend": backend})
     command = [sys.executable, "-m", "airflow", "dags", "test", PIPELINE, DATE, "--conf", conf]
     with log_file.open("w") as sink:
