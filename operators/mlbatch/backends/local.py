@@ -2,7 +2,8 @@
 
 - `LocalBackend` (`predict.backend: local`): the batch-prediction contract (JSON Lines in,
   Vertex/SageMaker-shaped JSON Lines out) computed locally by `mlbatch_beam.local_predict`, so the
-  cloud backends' publish path is exercised on this machine.
+  cloud backends' publish path is exercised on this machine; each request goes through the MLflow
+  scoring server's own handling (schema enforcement included), so local passing means the containers pass.
 - `DirectModelBackend` (`predict.backend: dataflow` on the local runner): the direct-model Beam job
   on the FnApiRunner; it reads the raw input and validates it in the same pass
   (`mlbatch_beam.validate_and_score`: prep's rules and dead letters), so no prepared copy is written.
