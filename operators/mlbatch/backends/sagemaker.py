@@ -177,7 +177,8 @@ def transform_config(spec: PipelineSpec, name: str, model: dict, input_uri: str,
 
 def write_request_files(spec: PipelineSpec, storage: Storage, prepared: str, target: str) -> list[str]:
     """The job's input: each prepared Parquet file with the model's features only (the ids stay in the
-    prepared file, joined back by order), each within `MaxPayloadInMB` or a clear error. Any store."""
+    prepared file, joined back by order), each within `MaxPayloadInMB` and `max_rows_per_request` (so
+    that the container answers within its 60 s) or a clear error before anything is submitted. Any store."""
     import io
 
     import pyarrow.parquet as pq
@@ -192,8 +193,10 @@ def write_request_files(spec: PipelineSpec, storage: Storage, prepared: str, tar
         with storage.open(path) as fh:
             sink = io.BytesIO()
             # ParquetFile: read_table on a file object can abort the process at exit (apache/arrow#50482)
-            pq.write_table(pq.ParquetFile(fh).read(columns=features), sink)
+            table = pq.ParquetFile(fh).read(columns=features)
+            pq.write_table(table, sink)
         name = path.rpartition("/")[2]
+        _within_rows_per_request(spec, name, table.num_rows)
         if sink.tell() > limit:
             raise BackendConfigError(f"{spec.name}: {name} is {sink.tell()} bytes as a request, over "
                                      f"predict.sagemaker.max_payload_mb ({spec.predict.sagemaker.max_payload_mb} MB); "
@@ -201,6 +204,16 @@ def write_request_files(spec: PipelineSpec, storage: Storage, prepared: str, tar
         storage.write_bytes(join(target, name), sink.getvalue())
         written.append(join(target, name))
     return written
+
+
+def _within_rows_per_request(spec: PipelineSpec, name: str, rows: int) -> None:
+    budget = spec.predict.sagemaker.max_rows_per_request
+    if rows > budget:
+        raise BackendConfigError(
+            f"{spec.name}: {name} holds {rows} rows, over predict.sagemaker.max_rows_per_request ({budget}): "
+            "each prepared file is one request, which the MLflow container must answer within 60 s; prep "
+            "writes files of at most that many rows, so re-run prep (or raise the budget if the model scores "
+            f"{budget} rows well within 60 s on {spec.predict.compute.machine_type or 'ml.m5.large'})")
 
 
 def sync_model(hook: TransformJobHook, spec: PipelineSpec, model: dict) -> str:

@@ -20,7 +20,7 @@ from mlbatch.run.job_process import JobProcess, stop_leftover_job
 from mlbatch.operators.links import RemoteJobConsoleLink
 from mlbatch.operators.base import PipelineStepOperator, effective_spec
 from mlbatch.operators.remote_job import RESOLVE_MODEL_TASK_ID, BackendJobMixin
-from mlbatch.spec.prep_contract import prep_runs_in_predict, prepared_format, schema_json
+from mlbatch.spec.prep_contract import prep_runs_in_predict, prepared_file_rows, prepared_format, schema_json
 from mlbatch.run.rejections import check_prep
 from mlbatch.run.paths import RunPaths
 from mlbatch.spec.models import PipelineSpec
@@ -64,7 +64,7 @@ class BeamPrepOperator(BackendJobMixin, PipelineStepOperator):
             "--output-dir", paths.prepared,
             "--output-format", prepared_format(spec),
             "--dead-letter-dir", paths.rejected_staging,
-            "--batch-rows", str(spec.prep.batch_rows),
+            "--batch-rows", str(prepared_file_rows(spec)),
             *beam_runner_args(spec),
         ]
         env, storage_args = storage.job_env([paths.input_pattern, paths.work])

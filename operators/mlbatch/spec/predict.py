@@ -87,6 +87,11 @@ class SageMakerBackend(SpecModel):
     aws_conn_id: str = Field(default="aws_default", description="Default: `storage.aws_conn_id`.")
     max_payload_mb: int = Field(default=6, ge=1, le=100)
     max_concurrent_transforms: int | None = Field(default=None, ge=1)
+    max_rows_per_request: int = Field(default=65_536, ge=1, description=(
+        "Rows in one request (one prepared file, SplitType None): prep writes files of at most this many "
+        "rows, and a file over it is refused before submitting. The MLflow container answers 504 after "
+        "60 s (its server's request timeout and nginx's default proxy_read_timeout), so rows / the model's "
+        "rows per second on the instance must stay well under 60 (docs/spec.md, request sizing)."))
 
 
 class VertexBackend(SpecModel):

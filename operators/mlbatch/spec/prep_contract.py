@@ -20,6 +20,16 @@ def prepared_format(spec: PipelineSpec) -> str:
     return "jsonl" if backend == "vertex" else "parquet"
 
 
+def prepared_file_rows(spec: PipelineSpec) -> int:
+    """Rows per prepared file (prep writes one file per batch of at most `--batch-rows`): `prep.batch_rows`,
+    capped for SageMaker (and the local backend mimicking it) by `predict.sagemaker.max_rows_per_request`,
+    because each file is one whole request to the container, which must answer within its timeout."""
+    backend = spec.predict.backend
+    if backend == "sagemaker" or (backend == "local" and spec.predict.local.flavor == "sagemaker"):
+        return min(spec.prep.batch_rows, spec.predict.sagemaker.max_rows_per_request)
+    return spec.prep.batch_rows
+
+
 def schema_json(spec: PipelineSpec, model: dict | None = None) -> str:
     """The feature schema for mlbatch_beam.schema.FeatureSchema. With the pinned model (resolve_model's
     XCom), each feature carries its signature column type (`column_type`), which prep writes so the
