@@ -9,6 +9,10 @@ import pytest
 SPEC = Path(__file__).resolve().parents[1] / "include" / "pipelines" / "natality_sagemaker.yaml"
 
 
+VERTEX = {"project": "p", "region": "europe-west4", "serving_container_image_uri": "europe-docker.pkg.dev/p/s/m:1",
+          "gcs_staging_uri": "gs://b/staging"}
+
+
 def auto_spec(**overrides):
     from mlbatch.spec.loader import load_spec, with_overrides
 
@@ -18,10 +22,11 @@ def auto_spec(**overrides):
 @pytest.mark.parametrize(("overrides", "backend"), [
     ({}, "dataflow"),                                                            # batch: direct model
     ({"input.uri": "s3://b/in/*.jsonl", "input.format": "jsonl"}, "sagemaker"),  # already prediction format
-    ({"input.uri": "gs://b/in/*.jsonl", "input.format": "jsonl"}, "vertex"),
+    ({"input.uri": "gs://b/in/*.jsonl", "input.format": "jsonl", "predict.vertex": VERTEX}, "vertex"),
     ({"input.uri": "gs://b/in/*.parquet"}, "dataflow"),                          # needs prep: direct model
-    ({"predict.compute.accelerator_type": "NVIDIA_TESLA_T4",                     # GPUs: the configured
-      "predict.compute.accelerator_count": 1}, "sagemaker"),                     # batch service
+    ({"predict.compute.accelerator_type": "nvidia-tesla-t4",                     # GPUs: the configured
+      "predict.compute.accelerator_count": 1,                                    # batch service, on an
+      "predict.compute.machine_type": "ml.g4dn.xlarge"}, "sagemaker"),           # instance with that GPU
 ])
 def test_auto_picks_the_backend_by_the_seed_rule(overrides, backend):
     spec = auto_spec(**overrides)
@@ -33,8 +38,15 @@ def test_auto_with_gpus_and_no_batch_service_is_a_spec_error():
     from mlbatch.errors import SpecError
 
     with pytest.raises(SpecError, match="needs a batch-prediction service"):
-        auto_spec(**{"predict.compute.accelerator_type": "NVIDIA_TESLA_T4",
+        auto_spec(**{"predict.compute.accelerator_type": "nvidia-tesla-t4",
                      "predict.compute.accelerator_count": 1, "predict.sagemaker.image_uri": None})
+
+
+def test_auto_choosing_a_backend_without_its_settings_is_a_spec_error_naming_them():
+    from mlbatch.errors import SpecError
+
+    with pytest.raises(SpecError, match=r"predict\.vertex\.project: expected a value: backend vertex needs it"):
+        auto_spec(**{"input.uri": "gs://b/in/*.jsonl", "input.format": "jsonl"})
 
 
 def test_auto_is_resolved_by_a_named_step_not_by_the_model():

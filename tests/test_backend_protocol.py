@@ -154,7 +154,8 @@ def test_each_spec_gets_its_backend_and_every_registered_backend_loads():
     local_runner = on(**{"predict.backend": "dataflow", "predict.dataflow.runner": "local"})
     assert type(backend_for(local_runner)).__name__ == "DirectModelBackend"
     assert not backend_for(local_runner).remote
-    dataflow = on(**{"predict.backend": "dataflow", "predict.dataflow.runner": "dataflow"})
+    dataflow = on(**{"predict.backend": "dataflow", "predict.dataflow": {
+        "runner": "dataflow", "project": "p", "region": "europe-west1", "temp_location": "gs://b/tmp"}})
     assert type(backend_for(dataflow, "prep")).__name__ == "DataflowBackend"
     with pytest.raises(ValueError, match="prep runs inside predict"):
         backend_for(local_runner, "prep")

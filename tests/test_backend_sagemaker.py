@@ -346,11 +346,17 @@ def aws_conn_jobs(bucket: str) -> list[str]:
 
 
 def test_concurrent_payloads_over_100_mb_are_refused_before_submitting():
-    """CreateTransformJob: MaxConcurrentTransforms * MaxPayloadInMB cannot exceed 100 MB."""
+    """CreateTransformJob: MaxConcurrentTransforms * MaxPayloadInMB cannot exceed 100 MB: refused when the
+    spec is loaded (mlbatch.spec.runnable), and again when a request is built from a spec made without it."""
     from mlbatch.backends.sagemaker import transform_config
+    from mlbatch.errors import SpecError
     from mlbatch.spec.loader import load_spec, with_overrides
+    from mlbatch.spec.models import PipelineSpec
 
-    spec = with_overrides(load_spec(SPEC), {"predict.sagemaker.max_concurrent_transforms": 20})
+    with pytest.raises(SpecError, match="max_concurrent_transforms = 20: expected at most 16 with max_payload_mb 6"):
+        with_overrides(load_spec(SPEC), {"predict.sagemaker.max_concurrent_transforms": 20})
+    data = load_spec(SPEC).model_dump()
+    data["predict"]["sagemaker"]["max_concurrent_transforms"] = 20
     with pytest.raises(ValueError, match="max_concurrent_transforms x max_payload_mb = 120 MB"):
-        transform_config(spec, "j-a1", {"name": "m", "version": 1, "sagemaker_model": "mlb-m-v1"},
-                         "s3://b/in/", "s3://b/out", "r")
+        transform_config(PipelineSpec.model_validate(data), "j-a1",
+                         {"name": "m", "version": 1, "sagemaker_model": "mlb-m-v1"}, "s3://b/in/", "s3://b/out", "r")

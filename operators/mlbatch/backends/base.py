@@ -32,10 +32,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from mlbatch.errors import RemoteJobError
+from mlbatch.errors import BackendConfigError, RemoteJobError
 from mlbatch.remote_logs import BACKEND_CLASSES
 from mlbatch.run.paths import RunPaths
 from mlbatch.spec.models import PipelineSpec
+from mlbatch.spec.runnable import backend_problems
 
 Handle = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -149,6 +150,15 @@ def require_success_event(spec_name: str, job: str, event: dict | None, console_
     if not event or event.get("status") != "success":
         detail = (event or {}).get("message", event)
         raise RemoteJobError(f"{spec_name}: {job} did not succeed: {detail!r}; see {console_url}")
+
+
+def require_runnable(spec: PipelineSpec, backend: str) -> None:
+    """The spec loader's backend check again where the request is built (a spec made without the loader
+    gets it too): `BackendConfigError` naming each field, before anything is staged."""
+    problems = backend_problems(spec, backend)
+    if problems:
+        raise BackendConfigError(f"{spec.name}: backend {backend} cannot build a job: " + "; ".join(
+            f"{p.where}{'' if p.value is None else f' = {p.value!r}'}: expected {p.expected}" for p in problems))
 
 
 def job_ref(handle: Handle) -> str:

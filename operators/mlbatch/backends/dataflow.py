@@ -49,7 +49,7 @@ from airflow.providers.google.cloud.triggers.dataflow import DataflowJobStatusTr
 from mlbatch.backends import cloud_logging
 from mlbatch.backends.dataflow_options import (
     DATAFLOW_RUNNER, dataflow_pipeline_args, model_sharing_args, prediction_output_args)
-from mlbatch.backends.base import Backend, Handle, JobRequest, JobState, Submission
+from mlbatch.backends.base import Backend, Handle, JobRequest, JobState, Submission, require_runnable
 from mlbatch.backends.job_names import files_fingerprint, find_attempt, job_name, result_identity, short_hash
 from mlbatch.errors import BackendConfigError, RemoteJobError
 from mlbatch.hooks.dataflow import FAILED, SUCCEEDED, DataflowJobsHook
@@ -81,13 +81,6 @@ class DataflowJobTrigger(DataflowJobStatusTrigger):
 
 def hook_for(remote: dict) -> DataflowJobsHook:
     return DataflowJobsHook(remote.get("gcp_conn_id", "google_cloud_default"))
-
-
-def _require(spec: PipelineSpec) -> None:
-    cfg = spec.predict.dataflow
-    missing = [f"predict.dataflow.{f}" for f in ("project", "region", "temp_location") if not getattr(cfg, f)]
-    if missing:
-        raise BackendConfigError(f"{spec.name}: Dataflow runner 'dataflow' needs {', '.join(missing)}")
 
 
 def staged_model_uri(spec: PipelineSpec, model: dict) -> str:
@@ -242,7 +235,7 @@ class DataflowBackend(Backend):
 
     def submit(self, request: JobRequest) -> Submission:
         spec, paths, kind = request.spec, request.paths, request.kind
-        _require(spec)
+        require_runnable(spec, BACKEND)
         if kind not in MODULES:
             raise ValueError(f"{request.task_id}: unknown Dataflow job kind {kind!r}")
         cfg = spec.predict.dataflow

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from mlbatch.errors import BackendConfigError
+from mlbatch.spec.accelerators import dataflow_service_option
 from mlbatch.spec.models import PipelineSpec
 from mlbatch.spec.predict import Network
 
@@ -113,11 +114,6 @@ def beam_jobs_staging_args(setup_file: str | None = None) -> list[str]:
             "predict.dataflow.sdk_container_image to an image that has it") from None
 
 
-def _gpu_service_option(accelerator_type: str, count: int) -> str:
-    # Dataflow GPUs: https://cloud.google.com/dataflow/docs/gpu/use-gpus (driver installed by Dataflow).
-    return f"worker_accelerator=type:{accelerator_type};count:{count};install-nvidia-driver"
-
-
 def _subnetwork(subnetwork: str, region: str) -> str:
     """Dataflow wants a full or `regions/<region>/subnetworks/<name>` path; a bare name is expanded."""
     if "/" in subnetwork:
@@ -148,7 +144,7 @@ def dataflow_pipeline_args(spec: PipelineSpec, *, job_name: str, setup_file: str
 
     service_options = list(dataflow.service_options)
     if compute.accelerator_type and model_workers:
-        service_options.append(_gpu_service_option(compute.accelerator_type, compute.accelerator_count))
+        service_options.append(dataflow_service_option(compute.accelerator_type, compute.accelerator_count))
     if service_options:
         args.append("--dataflow_service_options=" + ",".join(service_options))
 

@@ -39,7 +39,7 @@ from urllib.parse import quote
 
 from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
 
-from mlbatch.backends.base import WAIT_AGAIN, Backend, Handle, JobRequest, JobState, Submission
+from mlbatch.backends.base import WAIT_AGAIN, Backend, Handle, JobRequest, JobState, Submission, require_runnable
 from mlbatch.backends.failure_reasons import container_reason
 from mlbatch.backends.job_names import files_fingerprint, find_attempt, fit, job_name, result_identity, short_hash
 from mlbatch.errors import BackendConfigError, RemoteJobError
@@ -66,14 +66,6 @@ class SageMakerTransformTrigger(SageMakerTrigger):
 
 def hook_for(remote: dict) -> TransformJobHook:
     return TransformJobHook(remote.get("aws_conn_id", "aws_default"), remote.get("region"))
-
-
-def _require(spec: PipelineSpec) -> None:
-    cfg = spec.predict.sagemaker
-    missing = [f"predict.sagemaker.{f}" for f in ("role_arn", "image_uri", "s3_staging_uri")
-               if not getattr(cfg, f)]
-    if missing:
-        raise BackendConfigError(f"{spec.name}: backend sagemaker needs {', '.join(missing)}")
 
 
 def model_name(model: dict, behaviour: dict) -> str:
@@ -263,7 +255,7 @@ class SageMakerBackend(Backend):
     def submit(self, request: JobRequest) -> Submission:
         """Submit the transform job, or find this run's job (a retry re-attaches); never waits."""
         spec, paths, model = request.spec, request.paths, request.model
-        _require(spec)
+        require_runnable(spec, BACKEND)
         cfg = spec.predict.sagemaker
         hook = TransformJobHook(cfg.aws_conn_id, cfg.region)
         identity = job_identity(spec, paths, model)

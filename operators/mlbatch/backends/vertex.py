@@ -24,12 +24,13 @@ from typing import Any
 from airflow.providers.google.cloud.triggers.vertex_ai import CreateBatchPredictionJobTrigger
 
 from mlbatch.backends import cloud_logging
-from mlbatch.backends.base import Backend, Handle, JobRequest, JobState, Submission
+from mlbatch.backends.base import Backend, Handle, JobRequest, JobState, Submission, require_runnable
 from mlbatch.backends.failure_reasons import errors_file_reason
 from mlbatch.backends.job_names import files_fingerprint, find_attempt, fit, job_name, result_identity, short_hash
 from mlbatch.errors import BackendConfigError, RemoteJobError
 from mlbatch.hooks.vertex import FAILED, SUCCEEDED, VertexBatchHook, job_id_of
 from mlbatch.run.paths import RunPaths, run_key
+from mlbatch.spec.accelerators import vertex_name
 from mlbatch.spec.models import PipelineSpec
 from mlbatch.storage.layer import Storage, join
 
@@ -50,17 +51,6 @@ class VertexBatchPredictionTrigger(CreateBatchPredictionJobTrigger):
     async def on_kill(self) -> None:
         await asyncio.to_thread(VertexBackend().cancel, {"job_id": self.job_id, "project": self.project_id,
                                                          "region": self.location, "gcp_conn_id": self.conn_id})
-
-
-def _require(spec: PipelineSpec) -> None:
-    cfg = spec.predict.vertex
-    missing = [f"predict.vertex.{f}" for f in ("project", "region", "serving_container_image_uri",
-                                               "gcs_staging_uri") if not getattr(cfg, f)]
-    if missing:
-        raise BackendConfigError(f"{spec.name}: backend vertex needs {', '.join(missing)}")
-    if spec.predict.network.network or spec.predict.network.subnetwork:
-        raise BackendConfigError(f"{spec.name}: Vertex AI batch prediction has no VPC setting (BatchPredictionJob "
-                                 "v1); remove predict.network.network/subnetwork or use another backend")
 
 
 def labels(spec: PipelineSpec, run_id: str) -> dict[str, str]:
@@ -131,7 +121,7 @@ def job_request(spec: PipelineSpec, name: str, model_resource: str, input_uris: 
     compute, net = spec.predict.compute, spec.predict.network
     machine = MachineSpec(machine_type=compute.machine_type or "n1-standard-4")
     if compute.accelerator_count:
-        machine.accelerator_type = AcceleratorType[compute.accelerator_type]
+        machine.accelerator_type = AcceleratorType[vertex_name(compute.accelerator_type)]
         machine.accelerator_count = compute.accelerator_count
     return BatchPredictionJob(
         display_name=name,
@@ -192,7 +182,7 @@ class VertexBackend(Backend):
 
     def submit(self, request: JobRequest) -> Submission:
         spec, paths, model = request.spec, request.paths, request.model
-        _require(spec)
+        require_runnable(spec, BACKEND)
         cfg = spec.predict.vertex
         hook = VertexBatchHook(cfg.gcp_conn_id)
         prepared = gcs_storage(spec)  # the storage the prepared files are copied with

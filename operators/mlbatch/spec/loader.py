@@ -2,7 +2,8 @@
 
 Steps, in order: parse YAML (keeping line numbers for error messages), merge the block of the active
 environment from `environments:` over the base, resolve `${...}` interpolation, validate with pydantic, resolve `predict.backend: auto`
-(mlbatch.spec.backend_choice.resolve_backend).
+(mlbatch.spec.backend_choice.resolve_backend), check that the backend and every trigger-form choice can
+run (mlbatch.spec.runnable).
 The active environment is `MLBATCH_ENV` (or the Airflow variable `mlbatch_env` given as the environment
 variable `AIRFLOW_VAR_MLBATCH_ENV`), default `dev`. Reading an Airflow Variable from the metadata
 database is deliberately not done: this runs at DAG-parse time, where a database round trip per file
@@ -28,6 +29,7 @@ from pydantic import ValidationError
 from mlbatch.spec.backend_choice import resolve_backend
 from mlbatch.errors import SpecError, SpecProblem
 from mlbatch.spec.models import PipelineSpec
+from mlbatch.spec.runnable import backend_problems, trigger_problems
 
 ENV_VARIABLES = ("MLBATCH_ENV", "AIRFLOW_VAR_MLBATCH_ENV")
 DEFAULT_ENVIRONMENT = "dev"
@@ -80,6 +82,10 @@ def with_overrides(spec: PipelineSpec, overrides: dict[str, Any], source: str = 
     """Return a copy of `spec` with dotted-path overrides applied and re-validated."""
     if not overrides:
         return spec
+    return _validated(_overridden(spec, overrides), Path(source), {})
+
+
+def _overridden(spec: PipelineSpec, overrides: dict[str, Any]) -> dict:
     data = spec.model_dump()
     if "predict.backend" in overrides:
         data["predict"]["auto_reason"] = None  # the reason of the backend chosen before, if any
@@ -89,17 +95,39 @@ def with_overrides(spec: PipelineSpec, overrides: dict[str, Any], source: str = 
         for part in parents:
             node = node[part]
         node[leaf] = value
-    return _validated(data, Path(source), {})
+    return data
 
 
 def _validated(data: dict, path: Path, lines: dict[str, int]) -> PipelineSpec:
-    """Validate, then resolve `backend: auto`; both raise `SpecError` naming the field."""
+    """A spec that can run: valid, `backend: auto` resolved, its backend's needs met (mlbatch.spec.runnable),
+    and every choice of its trigger form as well; else `SpecError` naming the field."""
+    spec = _runnable(data, path, lines)
+
+    def problems_with(overrides: dict[str, Any]) -> list[SpecProblem]:
+        try:
+            _runnable(_overridden(spec, overrides), path, lines)
+        except SpecError as exc:
+            return exc.problems
+        return []
+
+    problems = trigger_problems(spec, problems_with)
+    if problems:
+        raise SpecError(path, problems, lines)
+    return spec
+
+
+def _runnable(data: dict, path: Path, lines: dict[str, int]) -> PipelineSpec:
+    """Validate, resolve `backend: auto`, check the backend's needs; each raises `SpecError` naming the field."""
     try:
-        return resolve_backend(PipelineSpec.model_validate(data))
+        spec = resolve_backend(PipelineSpec.model_validate(data))
     except ValidationError as exc:
         raise SpecError(path, _problems(exc), lines) from None
     except ValueError as exc:  # the rule's refusal (mlbatch.spec.backend_choice.choose_backend)
         raise SpecError(path, [SpecProblem("predict.backend", "auto", str(exc))], lines) from None
+    problems = backend_problems(spec)
+    if problems:
+        raise SpecError(path, problems, lines)
+    return spec
 
 
 def _problems(exc: ValidationError) -> list[SpecProblem]:

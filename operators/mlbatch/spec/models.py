@@ -50,12 +50,42 @@ class ModelRef(SpecModel):
 
 
 class Feature(SpecModel):
+    """One model input column; prep checks `min`/`max`/`allowed` on the converted value."""
+
     name: str
     type: FeatureType
     nullable: bool = False
     min: float | None = None
     max: float | None = None
     allowed: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _constraints_fit_the_type(self) -> Feature:
+        """Refuse constraints prep cannot apply to this type, or that no value can pass."""
+        if self.type in ("string", "bool") and (self.min is not None or self.max is not None):
+            instead = "allowed: [...]" if self.type == "string" else "allowed: [true] or [false]"
+            raise ValueError(f"feature {self.name!r}: min/max apply to int and float features, not {self.type}; "
+                             f"use {instead}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"feature {self.name!r}: min {self.min} > max {self.max}: no value can pass")
+        if self.allowed is not None:
+            self._check_allowed(self.allowed)
+        return self
+
+    def _check_allowed(self, allowed: list[Any]) -> None:
+        kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "string": (str,)}[self.type]
+        if not allowed:
+            raise ValueError(f"feature {self.name!r}: allowed is empty, no value can pass (drop it to allow any)")
+        if any(v is None for v in allowed):
+            raise ValueError(f"feature {self.name!r}: null in allowed; use nullable: true")
+        wrong = [v for v in allowed if not isinstance(v, kinds) or (self.type != "bool" and isinstance(v, bool))]
+        if wrong:
+            raise ValueError(f"feature {self.name!r}: allowed values {wrong} are not of type {self.type}")
+        outside = [v for v in allowed if (self.min is not None and v < self.min)
+                   or (self.max is not None and v > self.max)]
+        if outside:
+            raise ValueError(f"feature {self.name!r}: allowed values {outside} are outside min/max "
+                             f"[{self.min}, {self.max}] and could never pass")
 
 
 class Input(SpecModel):

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from mlbatch.spec import accelerators
 from mlbatch.spec.base import SpecModel
 
 Backend = Literal["local", "dataflow", "sagemaker", "vertex", "auto"]
@@ -21,7 +22,9 @@ class Compute(SpecModel):
     machine_type: str | None = None
     min_workers: int = Field(default=1, ge=1)
     max_workers: int = Field(default=1, ge=1)
-    accelerator_type: str | None = None
+    accelerator_type: str | None = Field(default=None, description=(
+        "A GPU as Compute Engine names it (nvidia-tesla-t4, nvidia-l4, ...), translated per backend "
+        "(mlbatch.spec.accelerators)."))
     accelerator_count: int = Field(default=0, ge=0)
     batch_rows: int = Field(default=65_536, ge=1)
     local_workers: int = Field(default=1, ge=1, description=(
@@ -32,6 +35,16 @@ class Compute(SpecModel):
         default=None, ge=1, description="Direct-model jobs: exactly this many model copies per machine.")
     one_process_per_worker: bool = Field(
         default=False, description="Dataflow: one SDK process per worker VM (experiments=no_use_multiple_sdk_containers).")
+
+    @field_validator("accelerator_type")
+    @classmethod
+    def _one_vocabulary(cls, name: str | None) -> str | None:
+        if name is not None and not accelerators.known(name):
+            spelled = name.lower().replace("_", "-")
+            hint = f" (did you mean {spelled!r}?)" if accelerators.known(spelled) else ""
+            raise ValueError(f"one of {list(accelerators.ACCELERATORS)}{hint}: the spec names GPUs as Compute "
+                             "Engine does, each backend translates the name")
+        return name
 
     @model_validator(mode="after")
     def _workers(self) -> Compute:
