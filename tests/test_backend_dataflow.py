@@ -36,6 +36,7 @@ class FakeDataflowService:
         self.jobs: dict = {}
         self.launches: list[list[str]] = []
         self.cancel_requests: list[str] = []
+        self.messages: dict[str, list] = {}  # job id -> dataflow_v1beta3.JobMessage, oldest first
 
     # --- REST transport used by googleapiclient (http.request) ---
     def request(self, uri, method="GET", body=None, headers=None, **_):
@@ -45,6 +46,13 @@ class FakeDataflowService:
         url = urlparse(uri)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         query.pop("alt", None)
+        messages = re.fullmatch(r"/v1b3/projects/([^/]+)/locations/([^/]+)/jobs/([^/]+)/messages", url.path)
+        if messages and method == "GET":
+            request = types.ListJobMessagesRequest(project_id=messages[1], location=messages[2], job_id=messages[3],
+                                                   **_snake(query))
+            payload = types.ListJobMessagesResponse.to_json(types.ListJobMessagesResponse(
+                job_messages=self.messages.get(request.job_id, [])), use_integers_for_enums=False)
+            return httplib2.Response({"status": "200", "content-type": "application/json"}), payload.encode()
         m = re.fullmatch(r"/v1b3/projects/([^/]+)/locations/([^/]+)/jobs(?:/([^/]+))?", url.path)
         assert m, uri
         project, location, job_id = m.groups()
@@ -295,6 +303,38 @@ def test_execute_complete_checks_the_event_and_the_job_state_then_fetches_the_ou
     assert result["job_id"] == job_id and result["output_files"] == 1
     assert result["output_uri"] == service.output_dirs[job_id]  # publish reads it there: nothing downloaded
     assert not Path(op.run_paths(context, spec).output_staging).exists()
+
+
+def test_a_failed_job_raises_with_the_workers_exception_from_the_job_messages(dataflow, spec, model):
+    """The job's messages (ListJobMessages) hold the worker's traceback and the service's summary; the
+    error leads with the exception line, as the console's job log would show it."""
+    from google.cloud.dataflow_v1beta3 import types
+
+    from mlbatch.errors import RemoteJobError
+    from mlbatch.operators.predict import PredictOperator
+
+    service, _ = dataflow
+    context = task_context("manual__dataflow_reason", DS, model)
+    _, deferred = submit(spec, context)
+    job_id = deferred.trigger.job_id
+    service.finish(job_id, "JOB_STATE_FAILED")
+    error = types.JobMessageImportance.JOB_MESSAGE_ERROR
+    service.messages[job_id] = [
+        types.JobMessage(id="1", message_importance=types.JobMessageImportance.JOB_MESSAGE_BASIC,
+                         message_text="Worker pool started."),
+        types.JobMessage(id="2", message_importance=error, message_text=(
+            "Traceback (most recent call last):\n  File \"apache_beam/runners/common.py\", line 1501\n"
+            "KeyError: \"the input has no column 'gestation_weeks'\" [while running 'Score/RunInference']")),
+        types.JobMessage(id="3", message_importance=error, message_text=(
+            "Workflow failed. Causes: S03:Score/RunInference failed., The job failed because a work item has "
+            "failed 4 times.")),
+    ]
+    with pytest.raises(RemoteJobError) as failed:
+        PredictOperator(task_id="predict", spec=spec).execute_complete(
+            context, {"status": "error", "message": f"Job with id '{job_id}' is already in terminal state: "
+                                                    "JOB_STATE_FAILED"})
+    assert str(failed.value).startswith("natality_daily: KeyError: \"the input has no column 'gestation_weeks'\" "
+                                        "[while running 'Score/RunInference'] — Dataflow job ")
 
 
 def test_log_tail_asks_cloud_logging_for_the_jobs_steps(monkeypatch):

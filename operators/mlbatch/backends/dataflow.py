@@ -50,6 +50,7 @@ from mlbatch.backends import cloud_logging
 from mlbatch.backends.dataflow_options import (
     DATAFLOW_RUNNER, dataflow_pipeline_args, model_sharing_args, prediction_output_args)
 from mlbatch.backends.base import Backend, Handle, JobRequest, JobState, Submission, require_runnable
+from mlbatch.backends.failure_reasons import job_messages_reason
 from mlbatch.backends.job_names import files_fingerprint, find_attempt, job_name, result_identity, short_hash
 from mlbatch.errors import BackendConfigError, RemoteJobError
 from mlbatch.hooks.dataflow import FAILED, SUCCEEDED, DataflowJobsHook
@@ -325,6 +326,13 @@ class DataflowBackend(Backend):
     def log_tail(self, handle: Handle, lines: int) -> list[str]:
         return cloud_logging.tail(handle["project"], log_filter(handle), lines,
                                   handle.get("gcp_conn_id", "google_cloud_default"))
+
+    def failure_reason(self, handle: Handle) -> str:
+        """From the job's messages (what the console's job log shows): a worker's exception, or the
+        service's "Workflow failed. Causes: ..."; the job's state alone says only JOB_STATE_FAILED."""
+        messages = hook_for(handle).fetch_job_messages_by_id(job_id=handle["job_id"], project_id=handle["project"],
+                                                             location=handle["region"])
+        return job_messages_reason(messages)
 
 
 def _prep_result(spec: PipelineSpec, remote: dict) -> dict:

@@ -80,6 +80,18 @@ def errors_file_reason(lines: list[str]) -> str:
     return _one_line(f"{len(failed)} lines in the job's errors files; the first: {reason_line(str(message))}")
 
 
+def job_messages_reason(messages: list[dict]) -> str:
+    """The reason in a Dataflow job's messages (`JobMessage` dicts, oldest first): the first error that
+    carries a worker's traceback gives its exception line (a model container's answer in it reduced by
+    `reason_line`), else the last error's text ("Workflow failed. Causes: ..."); "" when no error."""
+    errors = [str(m.get("messageText", "")) for m in messages if m.get("messageImportance") == "JOB_MESSAGE_ERROR"]
+    tracebacks = [text for text in errors if "Traceback (most recent call last)" in text]
+    if tracebacks:
+        line = _last_line(tracebacks[0])
+        return reason_line(line) if "Incompatible input types" in line or "error_code" in line else _one_line(line)
+    return _one_line(errors[-1]) if errors else ""
+
+
 def _message(text: str) -> str:
     """The `message` of a JSON error body; the text itself when it is not one."""
     try:
