@@ -198,6 +198,15 @@ def test_new_on_every_store_reads_mixed_json_lines_and_finds_the_marker(store_ro
     assert "2 non-null sample values are not finite numbers" in amount
     assert "inf" not in amount.replace("infinity", "") and "max: abc" not in text
 
+    from mlbatch.local.sample import input_files
+
+    with pytest.raises(ScaffoldError, match="no such file"):
+        input_files(f"{store_root}/events/ds=2026-11-21")
+    if "://" in store_root:
+        missing = store_root.split("://")[0] + "://no-such-bucket-here/events"
+        with pytest.raises(ScaffoldError, match="bucket 'no-such-bucket-here' does not exist"):
+            input_files(missing)
+
 
 @pytest.mark.parametrize("kind", ["gcs", "s3"])
 def test_an_unreachable_store_is_refused_in_seconds_naming_the_endpoint(kind, monkeypatch):

@@ -90,6 +90,10 @@ def _listed(fs, path: str, uri: str) -> tuple[list[str], str]:
         return data, f"{uri.rstrip('/')}/*{suffixes[0]}" if len(suffixes) == 1 else f"{uri.rstrip('/')}/*"
     data = sorted(fs.glob(path)) if any(c in path for c in "*?[") else ([path] if fs.exists(path) else [])
     if not data:
+        bucket = "" if _is_local(uri) else path.split("/", 1)[0]
+        if bucket and not fs.exists(bucket):
+            raise ScaffoldError(f"--input {uri}: bucket {bucket!r} does not exist on {uri.split(':')[0]}:// "
+                                "(as the pipeline's default connection sees it); check the name or create it")
         raise ScaffoldError(f"--input {uri}: no such file (or nothing matches)")
     return data, uri
 
