@@ -91,15 +91,19 @@ def task_context(run_id: str, ds: str, model: dict) -> dict:
 
 
 @pytest.fixture
-def sagemaker_dataplane(aws_conn, scoring_server, monkeypatch):
-    """Transform jobs that run: when moto accepts CreateTransformJob, the Batch Transform data-plane
-    emulator (tests/dataplane/sagemaker_transform.py) reads the job's S3 input, posts it to the real
-    MLflow scoring server as the job says, writes `<input>.out`, and ends the moto job Completed, or
-    Failed with the reason the service would give. Returns the requests it ran, by job name."""
+def sagemaker_dataplane(aws_conn, model_containers, monkeypatch):
+    """Transform jobs that run: when moto accepts CreateTransformJob, the container of the Model the job
+    names starts (tests/dataplane/containers.py: its `ModelDataUrl` unpacked and served by a real MLflow
+    scoring server, under the image's start-up rules), and the Batch Transform data-plane emulator
+    (tests/dataplane/sagemaker_transform.py) reads the job's S3 input, posts it to that container as the
+    job says, writes `<input>.out`, and ends the moto job Completed, or Failed with the reason the
+    service would give. Returns the requests it ran, by job name."""
     from moto.sagemaker.models import SageMakerModelBackend
 
+    from dataplane.containers import ContainerFailed
     from dataplane.sagemaker_transform import TransformFailed, run_transform
 
+    keep_network_isolation(monkeypatch)
     original = SageMakerModelBackend.create_transform_job
     ran: dict[str, dict] = {}
 
@@ -110,15 +114,48 @@ def sagemaker_dataplane(aws_conn, scoring_server, monkeypatch):
                    "TransformInput": job.transform_input, "TransformOutput": job.transform_output,
                    "DataProcessing": job.data_processing}
         ran[transform_job_name] = request
+        model = self.describe_model(job.model_name)
+        s3 = aws_conn.client("s3")
         try:
-            run_transform(request, aws_conn.client("s3"), scoring_server.url)
+            container_url = model_containers.sagemaker(
+                {"PrimaryContainer": model.primary_container,
+                 "EnableNetworkIsolation": model.enable_network_isolation}, s3)
+            run_transform(request, s3, container_url)
             job.transform_job_status, job.failure_reason = "Completed", ""
-        except TransformFailed as exc:
+        except (ContainerFailed, TransformFailed) as exc:
             job.transform_job_status, job.failure_reason = "Failed", str(exc)
         return job
 
     monkeypatch.setattr(SageMakerModelBackend, "create_transform_job", create_and_run)
     return ran
+
+
+def keep_network_isolation(monkeypatch) -> None:
+    """moto (5.2) drops CreateModel's EnableNetworkIsolation (its Model always says False): keep it."""
+    from moto.sagemaker.responses import SageMakerResponse
+
+    original = SageMakerResponse.create_model
+
+    def create_model(self):
+        result = original(self)
+        model = self.sagemaker_backend.describe_model(self._get_param("ModelName"))
+        model.enable_network_isolation = bool(self._get_param("EnableNetworkIsolation"))
+        return result
+
+    monkeypatch.setattr(SageMakerResponse, "create_model", create_model)
+
+
+def upload_model_archive(s3, bucket: str, key: str, model_uri: str, work) -> str:
+    """The MLflow model as the SageMaker backend ships it (`pack_model`: model.tar.gz) at s3://bucket/key."""
+    import mlflow
+
+    from mlbatch.backends.sagemaker import pack_model
+
+    work.mkdir(parents=True, exist_ok=True)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(work))
+    archive = pack_model(__import__("pathlib").Path(local), work / "model.tar.gz")
+    s3.upload_file(str(archive), bucket, key)
+    return f"s3://{bucket}/{key}"
 
 
 def direct_model_predictions(rows, model_uri: str, features: list[str], work) -> "pd.Series":  # noqa: F821

@@ -65,12 +65,17 @@ def serve_model(model_uri: str, log_path: Path, env: dict | None = None):
         wait_for_ping(url, process)
         yield ScoringServer(url=url, model_uri=model_uri)
     finally:
-        os.killpg(process.pid, 15)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
+        stop(process)
         log.close()
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group (it started its own session), SIGKILL after 20 s."""
+    os.killpg(process.pid, 15)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, 9)
 
 
 @pytest.fixture(scope="session")
@@ -79,3 +84,33 @@ def scoring_server(registered_model, session_dir):
     model_uri = f"models:/{registered_model['name']}/{registered_model['version']}"
     with serve_model(model_uri, session_dir / "scoring-server.log") as server:
         yield server
+
+
+# The serving images the tests build (tests/dataplane/containers.py): the natality examples' images.
+SAGEMAKER_GENERIC_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/mlflow-pyfunc:3.17.2"
+SAGEMAKER_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/mlflow-{model_name}:v{model_version}"
+VERTEX_IMAGE = "europe-docker.pkg.dev/example-ml-prod/serving/mlflow-{model_name}:v{model_version}"
+
+
+@pytest.fixture(scope="session")
+def model_containers(registered_model, session_dir):
+    """The containers the SageMaker and Vertex data-plane emulators send to: one real scoring server per
+    served model, for the session. Images: the generic SageMaker image of natality_sagemaker.yaml and
+    the per-version images (`mlflow models build-docker -m`) of the registered test model."""
+    from dataplane.containers import ImageRegistry, ModelContainers
+
+    images = ImageRegistry(session_dir / "containers")
+    images.generic(SAGEMAKER_GENERIC_IMAGE)
+    for template in (SAGEMAKER_IMAGE, VERTEX_IMAGE):
+        build_per_version_image(images, template, registered_model["name"], registered_model["version"])
+    containers = ModelContainers(session_dir / "containers", images)
+    try:
+        yield containers
+    finally:
+        containers.close()
+
+
+def build_per_version_image(images, template: str, name: str, version) -> str:
+    uri = template.format(model_name=name, model_version=version)
+    images.per_version(uri, f"models:/{name}/{version}")
+    return uri

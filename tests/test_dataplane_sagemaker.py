@@ -10,7 +10,8 @@ import time
 
 import pandas as pd
 import pytest
-from cloud_backends import aws_conn, moto_transform_jobs, sagemaker_dataplane  # noqa: F401
+from cloud_backends import aws_conn, moto_transform_jobs, sagemaker_dataplane, upload_model_archive  # noqa: F401
+from scoring_server import SAGEMAKER_GENERIC_IMAGE
 
 FEATURES = ["is_male", "mother_age", "plurality", "gestation_weeks"]
 BUCKET = "dataplane-sagemaker"
@@ -25,12 +26,16 @@ def rows() -> pd.DataFrame:
 
 
 @pytest.fixture
-def s3(aws_conn, sagemaker_dataplane):
+def s3(aws_conn, sagemaker_dataplane, registered_model, tmp_path):
     client = aws_conn.client("s3")
     try:
         client.create_bucket(Bucket=BUCKET)
     except client.exceptions.BucketAlreadyOwnedByYou:
         pass
+    if not client.list_objects_v2(Bucket=BUCKET, Prefix="model/model.tar.gz").get("KeyCount"):
+        # once per session (the container of the same model files is started once anyway)
+        upload_model_archive(client, BUCKET, "model/model.tar.gz",
+                             f"models:/{registered_model['name']}/{registered_model['version']}", tmp_path / "model")
     return client
 
 
@@ -41,7 +46,8 @@ def run_job(aws_conn, s3, name: str, files: dict[str, bytes], content_type: str,
     sm = aws_conn.client("sagemaker")
     try:
         sm.create_model(ModelName="dataplane-model", ExecutionRoleArn="arn:aws:iam::123456789012:role/x",
-                        PrimaryContainer={"Image": "mlflow-pyfunc:3.17.2"})
+                        PrimaryContainer={"Image": SAGEMAKER_GENERIC_IMAGE,
+                                          "ModelDataUrl": f"s3://{BUCKET}/model/model.tar.gz"})
     except sm.exceptions.ClientError:
         pass  # created by an earlier test of this session
     tin = job.pop("TransformInput", {})

@@ -18,15 +18,18 @@ BUCKET = "example-ml-prod-staging"
 
 
 @pytest.fixture
-def vertex_dataplane(vertex, scoring_server, monkeypatch):
-    """Batch prediction jobs that run: when the fake JobService creates a job, the data-plane emulator
-    (tests/dataplane/vertex_batch.py) scores its GCS input on the real MLflow scoring server, writes
-    what Vertex writes, and ends the job SUCCEEDED (or FAILED / PARTIALLY_SUCCEEDED). The provider's
-    trigger polls through its async hook; here it gets the job from the same fake."""
+def vertex_dataplane(vertex, model_containers, monkeypatch):
+    """Batch prediction jobs that run: when the fake JobService creates a job, the container of the
+    job's Model starts (tests/dataplane/containers.py: the model its image was built with, served by a
+    real MLflow scoring server), the data-plane emulator (tests/dataplane/vertex_batch.py) scores the
+    job's GCS input on it, writes what Vertex writes, and ends the job SUCCEEDED (or FAILED /
+    PARTIALLY_SUCCEEDED). The provider's trigger polls through its async hook; here it gets the job
+    from the same fake."""
     from airflow.providers.google.cloud.hooks.vertex_ai.batch_prediction_job import (
         BatchPredictionJobAsyncHook)
     from google.cloud.aiplatform_v1.types import JobState
 
+    from dataplane.containers import ContainerFailed
     from dataplane.vertex_batch import HealthCheckFailed, run_batch_prediction
 
     jobs, models, gcs = vertex
@@ -37,8 +40,8 @@ def vertex_dataplane(vertex, scoring_server, monkeypatch):
         [model] = [m for m in models.models if m.name == job.model]
         try:
             out_dir, ok, failed = run_batch_prediction(job, model, gcs.client("example-ml-prod"),
-                                                       scoring_server.url)
-        except HealthCheckFailed as exc:
+                                                       model_containers.vertex(model))
+        except (ContainerFailed, HealthCheckFailed) as exc:
             job.state, job.error.message = JobState.JOB_STATE_FAILED, str(exc)
             return job
         job.output_info.gcs_output_directory = out_dir

@@ -23,7 +23,7 @@ def test_features_follow_the_signature_and_ids_are_found():
     notes: list[str] = []
     columns = feature_columns(SIGNATURE, SAMPLE, notes)
     assert [(c.name, c.type, c.nullable) for c in columns] == [
-        ("amount", "float", False), ("country", "string", False), ("items", "int", True)]
+        ("amount", "float", False), ("country", "string", False), ("items", "int", False)]
     assert choose_id_column(SAMPLE, [c.name for c in columns], None, notes) == "order_id"
     assert any("label" in n for n in notes)  # the column the model does not read is pointed out
     for column in columns:
@@ -31,7 +31,10 @@ def test_features_follow_the_signature_and_ids_are_found():
     amount, country, items = columns
     assert amount.suggestions == ["min: 3.25", "max: 120.0"] and "1 of 4 sample rows are null" in amount.notes[0]
     assert country.suggestions == ['allowed: ["de", "fr", "it"]']
-    assert items.notes[0] == "1 of 4 sample rows are null"  # nullable per the signature: no warning
+    # optional in the signature, but MLflow cannot carry a null in a long column (mlbatch.spec.type_contract)
+    assert items.notes[0].startswith("optional in the signature, but not nullable here: an integer column "
+                                     "cannot hold a null in MLflow")
+    assert items.notes[1].startswith("1 of 4 sample rows are null: such rows go to the dead letters")
 
 
 def test_what_cannot_be_inferred_is_refused_or_said():

@@ -64,6 +64,11 @@ class BackendConfigError(PermanentError, ValueError):
     """The spec's backend settings cannot make a valid job request (found when the job is built)."""
 
 
+class ServingImageError(BackendConfigError):
+    """The serving image would have to install the model's requirements at start, and the job's network
+    isolation leaves it no package index (mlbatch.backends.serving_image): the container could not start."""
+
+
 class PreparedInputMissingError(PermanentError, RuntimeError):
     """predict found no prepared input where prep left it: prep must run again (clear it), a retry of
     predict alone would find the same nothing."""

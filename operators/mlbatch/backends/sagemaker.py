@@ -42,6 +42,7 @@ from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
 from mlbatch.backends.base import WAIT_AGAIN, Backend, Handle, JobRequest, JobState, Submission, require_runnable
 from mlbatch.backends.failure_reasons import container_reason
 from mlbatch.backends.job_names import files_fingerprint, find_attempt, fit, job_name, result_identity, short_hash
+from mlbatch.backends.serving_image import check_start, image_for
 from mlbatch.errors import BackendConfigError, RemoteJobError
 from mlbatch.hooks.sagemaker import FAILED, SUCCEEDED, TransformJobHook
 from mlbatch.run.paths import RunPaths, run_key
@@ -50,6 +51,7 @@ from mlbatch.storage.layer import Storage, join
 
 BACKEND = "sagemaker"
 POLL_SECONDS = 30
+IMAGE_FIELD = "predict.sagemaker.image_uri"
 FAILURE_LOG_LINES = 200  # the end of the job's log, where the agent wrote the refused request's answer
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ def model_behaviour(spec: PipelineSpec, model: dict, model_data_url: str) -> dic
     config: dict[str, Any] = {
         "ExecutionRoleArn": spec.predict.sagemaker.role_arn,
         "PrimaryContainer": {
-            "Image": spec.predict.sagemaker.image_uri,
+            "Image": image_for(spec.predict.sagemaker.image_uri, model, IMAGE_FIELD, spec.name),
             "ModelDataUrl": model_data_url,
             "Environment": {"MLFLOW_DEPLOYMENT_FLAVOR_NAME": "python_function",
                             "SERVING_ENVIRONMENT": "SageMaker"},
@@ -208,8 +210,18 @@ def _within_rows_per_request(spec: PipelineSpec, name: str, rows: int) -> None:
             f"{budget} rows well within 60 s on {spec.predict.compute.machine_type or 'ml.m5.large'})")
 
 
+def pack_model(model_dir: Path, archive: Path) -> Path:
+    """`model.tar.gz` as SageMaker unpacks it into the container's /opt/ml/model, where the MLflow
+    image's entry point opens /opt/ml/model/MLmodel: the model's files at the archive's top level."""
+    with tarfile.open(archive, "w:gz") as tar:
+        for item in sorted(model_dir.iterdir()):
+            tar.add(item, arcname=item.name)
+    return archive
+
+
 def sync_model(hook: TransformJobHook, spec: PipelineSpec, model: dict) -> str:
-    """Create the SageMaker Model of this MLflow version unless it exists: artifact as model.tar.gz."""
+    """Create the SageMaker Model of this MLflow version unless it exists: artifact as model.tar.gz.
+    Refused (ServingImageError) before anything is uploaded when its container could not start."""
     config = model_config(spec, model)
     name = config["ModelName"]
     if hook.model_exists(name):
@@ -219,10 +231,9 @@ def sync_model(hook: TransformJobHook, spec: PipelineSpec, model: dict) -> str:
     artifact_uri = model_artifact_uri(spec, model)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model["artifact_uri"], dst_path=tmp))
-        archive = Path(tmp) / "model.tar.gz"
-        with tarfile.open(archive, "w:gz") as tar:
-            for item in sorted(local.iterdir()):
-                tar.add(item, arcname=item.name)
+        check_start(spec.name, spec.predict.sagemaker.image_uri, model, local,
+                    bool(config.get("EnableNetworkIsolation")), IMAGE_FIELD)
+        archive = pack_model(local, Path(tmp) / "model.tar.gz")
         s3_storage(spec).copy(str(archive), artifact_uri)
     hook.create_model_once(config)
     return name

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlbatch.spec.type_contract import null_problem
+
 SIGNATURE_TYPES = {"long": "int", "integer": "int", "double": "float", "float": "float", "boolean": "bool",
                    "string": "string"}
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -132,8 +134,11 @@ def feature_columns(signature, sample, notes: list[str]) -> list[Column]:
             missing.append(spec.name)
             continue
         mapped = SIGNATURE_TYPES.get(kind)
+        refused = None if spec.required else null_problem(spec.name, kind, required=False)
         column = Column(spec.name, mapped or arrow_type(sample.schema.field(spec.name).type) or "string",
-                        nullable=not spec.required, source=f"signature: {kind}")
+                        nullable=not spec.required and refused is None, source=f"signature: {kind}")
+        if refused and mapped:  # the type contract: MLflow cannot carry a null in this column alike everywhere
+            column.notes.append(f"optional in the signature, but not nullable here: {refused.split(': ', 2)[2]}")
         if mapped is None:
             column.notes.append(f"signature type {kind} has no spec type; took {column.type} from the sample")
             notes.append(f"feature {spec.name}: signature type {kind} is not one of int/float/bool/string")
