@@ -338,7 +338,8 @@ def test_a_wait_timeout_names_what_was_awaited_and_through_which_connection(gcs_
     with pytest.raises(AirflowSensorTimeout) as caught:
         operator.execute_complete(context, event={"status": TIMEOUT}, deadline="", waiting_for="marker")
     assert_named(caught.value, f"gs://landing/in/ds={DATE}/_SUCCESS does not exist",
-                 "connection 'google_cloud_default'", "storage.gcp_conn_id", "wait.timeout_minutes")
+                 "connection 'google_cloud_default'", "storage.gcp_conn_id", "wait.timeout_minutes",
+                 "Check that the producer wrote it")
 
 
 # --- the console of `mlbatch run` (one slow test) ------------------------------------------------------
@@ -369,3 +370,5 @@ def test_mlbatch_run_console_names_a_missing_output_bucket(tmp_path, moto_server
     assert any(named in line for line in console[at:at + 8]), ran.stdout[-3000:]  # under the task's line
     log = (tmp_path / ".demo" / "logs" / f"bucket_gone-{DATE}.log").read_text()
     assert named in log
+    last = [line for line in log.splitlines() if "Failing at try 1" in line]  # the task's last words
+    assert last and "not retried: BucketNotFoundError" in last[-1] and named.split(": ", 1)[1] in last[-1], last

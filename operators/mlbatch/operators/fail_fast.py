@@ -32,7 +32,8 @@ class FailFastRetryPolicy(RetryPolicy):
         if verdict.retry:
             return RetryDecision.default()
         reason = f"not retried: {verdict.reason} (see docs/errors.md)"
-        log.error("Failing at try %s of %s, %s", try_number, max_tries, reason)
+        # the task log's last words name what was wrong (the bucket, the connection...), not only its class
+        log.error("Failing at try %s of %s, %s -- %s", try_number, max_tries, reason, " ".join(str(exception).split())[:600])
         return RetryDecision.fail(reason=reason)
 
     def serialize(self) -> dict[str, Any]:

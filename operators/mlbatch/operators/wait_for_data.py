@@ -154,7 +154,8 @@ class WaitForInputOperator(PipelineStepOperator):
         if spec.wait.on_timeout == "skip":
             self.log.warning("Skipping this run (wait.on_timeout = skip): %s", reason)
             raise AirflowSkipException(reason)
-        raise AirflowSensorTimeout(reason + " (wait.on_timeout = fail)")
+        raise AirflowSensorTimeout(reason + " (wait.on_timeout = fail). Check that the producer wrote it for this "
+                                   "date where the spec looks, or raise wait.timeout_minutes")
 
     def _still_missing(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> str:
         if spec.wait.kind == "object":
