@@ -3,7 +3,8 @@ SageMaker behaviours moto lacks, and the task-instance surface the operators use
 
 moto (5.2) creates transform jobs already `Completed` and has no StopTransformJob. To test waiting,
 re-attaching and cancelling, `sagemaker_lifecycle` makes new jobs start `InProgress` and adds
-StopTransformJob (-> `Stopped`) to the in-process moto server. Everything else is moto's own
+StopTransformJob (-> `Stopped`; an ended job is refused with ValidationException, as the service
+does) to the in-process moto server. Everything else is moto's own
 behaviour behind real HTTP, with botocore validating each request against the real API model.
 """
 
@@ -17,6 +18,9 @@ from typing import Any
 import pytest
 
 ACCOUNT = "123456789012"
+# StopTransformJob on a job in these states is refused with ValidationException (the message follows the
+# service's answer to StopTrainingJob on an ended job: awslabs/benchmark-ai#928; the transform text is unverified)
+ENDED = ("Completed", "Failed", "Stopped")
 
 
 @pytest.fixture
@@ -43,6 +47,7 @@ def moto_transform_jobs(region: str = "us-east-1") -> dict:
 def sagemaker_lifecycle(monkeypatch):
     """Jobs start InProgress (as on AWS) and can be stopped; tests end a job with `finish(name, s)`."""
     from moto.core.responses import EmptyResult
+    from moto.sagemaker.exceptions import ValidationError
     from moto.sagemaker.models import FakeTransformJob
     from moto.sagemaker.responses import SageMakerResponse
 
@@ -54,6 +59,9 @@ def sagemaker_lifecycle(monkeypatch):
 
     def stop_transform_job(self):
         job = self.sagemaker_backend.transform_jobs[self._get_param("TransformJobName")]
+        if job.transform_job_status in ENDED:  # as the service: an ended job cannot be stopped
+            raise ValidationError(message="The request was rejected because the transform job is in status "
+                                          f"{job.transform_job_status}.")
         job.transform_job_status = "Stopped"
         return EmptyResult()
 

@@ -360,3 +360,28 @@ def test_concurrent_payloads_over_100_mb_are_refused_before_submitting():
     with pytest.raises(ValueError, match="max_concurrent_transforms x max_payload_mb = 120 MB"):
         transform_config(PipelineSpec.model_validate(data), "j-a1",
                          {"name": "m", "version": 1, "sagemaker_model": "mlb-m-v1"}, "s3://b/in/", "s3://b/out", "r")
+
+
+@pytest.mark.parametrize("ended", ["Completed", "Failed", "Stopped"])
+def test_stopping_an_ended_job_is_refused_by_the_service_and_a_logged_no_op_for_us(
+        spec, model, aws_conn, sagemaker_lifecycle, caplog, ended):
+    """StopTransformJob on an ended job answers ValidationException (the emulator as the service); a kill
+    that comes after the job ended leaves it as it is and logs its final state."""
+    import logging
+
+    from botocore.exceptions import ClientError
+
+    from mlbatch.backends.sagemaker import SageMakerBackend
+
+    _, deferred = submit(spec, task_context(f"manual__stop_{ended.lower()}", DS, model), model)
+    name = deferred.trigger.job_name
+    sagemaker_lifecycle(name, ended)
+    with pytest.raises(ClientError) as refused:
+        aws_conn.client("sagemaker").stop_transform_job(TransformJobName=name)
+    assert refused.value.response["Error"]["Code"] == "ValidationException"
+    assert f"transform job is in status {ended}" in refused.value.response["Error"]["Message"]
+    with caplog.at_level(logging.INFO):
+        SageMakerBackend().cancel({"backend": "sagemaker", "job_name": name, "aws_conn_id": "aws_default",
+                                   "region": "us-east-1"})
+    assert f"Transform job {name} already ended ({ended}): nothing to stop" in caplog.text
+    assert moto_transform_jobs()[name].transform_job_status == ended

@@ -14,6 +14,10 @@ from cloud_backends import task_context
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "include" / "pipelines" / "natality_vertex.yaml"
 DS = "2026-11-21"
+# CancelBatchPredictionJob on a job in these states answers FAILED_PRECONDITION (the job is not cancellable:
+# https://cloud.google.com/vertex-ai/docs/reference/rest/v1/projects.locations.batchPredictionJobs/cancel)
+ENDED = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED",
+         "JOB_STATE_PARTIALLY_SUCCEEDED")
 
 
 class FakeJobService:
@@ -57,8 +61,12 @@ class FakeJobService:
         return self.jobs[GetBatchPredictionJobRequest(request).name]
 
     def cancel_batch_prediction_job(self, *, name):
+        from google.api_core.exceptions import FailedPrecondition
         from google.cloud.aiplatform_v1.types import JobState
 
+        if self.jobs[name].state.name in ENDED:  # as the service: an ended job cannot be cancelled
+            raise FailedPrecondition(f"BatchPredictionJob {name} is in state {self.jobs[name].state.name} "
+                                     "and cannot be cancelled.")
         self.cancelled.append(name)
         self.jobs[name].state = JobState.JOB_STATE_CANCELLING
 
@@ -241,3 +249,27 @@ def test_log_tail_asks_cloud_logging_for_the_jobs_entries(monkeypatch):
     assert tail == ["ERROR line 8", "ERROR line 9"]  # newest two, oldest first
     assert seen[0].resource_names == ["projects/p"] and 'job_id="123"' in seen[0].filter
     assert seen[0].order_by == "timestamp desc"
+
+
+@pytest.mark.parametrize("ended", ["JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"])
+def test_cancelling_an_ended_job_is_refused_by_the_service_and_a_logged_no_op_for_us(vertex, spec, model, caplog,
+                                                                                    ended):
+    """CancelBatchPredictionJob on an ended job answers FAILED_PRECONDITION (the fake as the service); a
+    kill that comes after the job ended leaves it as it is and logs its final state."""
+    import logging
+
+    from google.api_core.exceptions import FailedPrecondition
+
+    from mlbatch.backends.vertex import VertexBackend
+
+    jobs, _, _ = vertex
+    _, deferred = submit(spec, task_context(f"manual__cancel_{ended.lower()}", DS, model))
+    jobs.finish(deferred.trigger.job_id, ended)
+    with pytest.raises(FailedPrecondition, match="cannot be cancelled"):
+        jobs.cancel_batch_prediction_job(name=deferred.trigger.job_id)
+    handle = {"job_id": deferred.trigger.job_id, "project": deferred.trigger.project_id,
+              "region": deferred.trigger.location, "gcp_conn_id": "google_cloud_default"}
+    with caplog.at_level(logging.INFO):
+        VertexBackend().cancel(handle)
+    assert f"already ended ({ended}): nothing to cancel" in caplog.text
+    assert jobs.jobs[deferred.trigger.job_id].state.name == ended and jobs.cancelled == []

@@ -3,7 +3,11 @@
 There is no BigQuery emulator, so the fake sits at the client boundary (BIGQUERY_EMULATOR_HOST): every
 request body and every response is checked against BigQuery's published REST schema (the v2 discovery
 document shipped with google-api-python-client), where an unknown field is an error. The fake answers
-the INFORMATION_SCHEMA question from a table of partitions the test controls.
+the INFORMATION_SCHEMA question from a table of partitions the test controls. Its dataset has a location
+(`FakeBigQuery.location`); as BigQuery, it runs a query job there and finds the job again only when the
+look-up names that location, or names none while it is the US or EU multi-region (404 "Not found: Job
+project:job_id" otherwise: the `location` parameter of jobs.getQueryResults,
+https://cloud.google.com/bigquery/docs/reference/rest/v2/jobs/getQueryResults).
 """
 
 from __future__ import annotations
@@ -67,6 +71,23 @@ class FakeBigQuery:
         self.incomplete_first = True
         self.deny = False  # answer like BigQuery does to a caller without access
         self.unavailable = 0  # this many answers are 503 (a transient backend error)
+        self.location = "EU"  # the dataset's location: where its query jobs run
+        self.lookups: list[str | None] = []  # the `location` of each getQueryResults
+
+    def refusal(self, path: str, body: dict | None) -> str | None:
+        """BigQuery's 404 for a query outside the dataset's location or a job looked up without it."""
+        if body is not None:
+            asked = body.get("location")
+            if asked is not None and asked != self.location:
+                return f"Not found: Dataset {PROJECT}:{DATASET} was not found in location {asked}"
+            return None
+        from urllib.parse import parse_qs, urlparse
+
+        asked = parse_qs(urlparse(path).query).get("location", [None])[0]
+        self.lookups.append(asked)
+        if asked != self.location and not (asked is None and self.location in ("US", "EU")):
+            return f"Not found: Job {PROJECT}:job_1"
+        return None
 
     def answer(self, path: str, body: dict | None) -> dict:
         if body is not None:
@@ -77,7 +98,7 @@ class FakeBigQuery:
             if self.incomplete_first:  # a slow query: the client must poll getQueryResults
                 self.incomplete_first = False
                 response = {"kind": "bigquery#queryResponse", "jobComplete": False,
-                            "jobReference": {"projectId": PROJECT, "jobId": "job_1", "location": "EU"}}
+                            "jobReference": {"projectId": PROJECT, "jobId": "job_1", "location": self.location}}
                 check(self.schemas, "QueryResponse", response, "QueryResponse")
                 return response
         query, params = self.pending
@@ -94,7 +115,7 @@ class FakeBigQuery:
             rows = [{"f": [{"v": TABLE}]}] if self.table_exists else []
         response = {"kind": "bigquery#getQueryResultsResponse" if body is None else "bigquery#queryResponse",
                     "jobComplete": True, "schema": {"fields": fields}, "totalRows": str(len(rows)),
-                    "jobReference": {"projectId": PROJECT, "jobId": "job_1", "location": "EU"}}
+                    "jobReference": {"projectId": PROJECT, "jobId": "job_1", "location": self.location}}
         if rows:
             response["rows"] = rows
         check(self.schemas, "GetQueryResultsResponse" if body is None else "QueryResponse", response, "response")
@@ -115,6 +136,15 @@ def fake_bigquery(monkeypatch):
                                              "UNAVAILABLE", "message": "Access Denied: Table proj:events.natality"
                                              if fake.deny else "backend error"}}).encode()
                 self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
+            not_found = fake.refusal(self.path, body)
+            if not_found:
+                data = json.dumps({"error": {"code": 404, "status": "NOT_FOUND", "message": not_found}}).encode()
+                self.send_response(404)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -215,3 +245,49 @@ def test_transient_errors_are_retried_not_reported(fake_bigquery):
     fake_bigquery.unavailable = 100  # down for good: an error event after a bounded number of tries
     payload = asyncio.run(_first(trigger(partition_id="20261120"), timeout=60))
     assert payload["status"] == "error" and "503" in payload["message"] and "5 tries" in payload["message"]
+
+
+@pytest.mark.parametrize("dataset_location, wait_location", [("europe-west4", None), ("europe-west4", "europe-west4"),
+                                                             ("EU", None), ("US", "US")])
+def test_query_results_are_looked_up_where_the_job_ran(fake_bigquery, dataset_location, wait_location):
+    """A single-region dataset's query job is found only with its location: the trigger passes the job's
+    own location (its jobReference, else `wait.location`) to every look-up."""
+    fake_bigquery.location = dataset_location
+    fake_bigquery.partitions["20261120"] = (7, 1.7636e9)
+    payload = asyncio.run(_first(trigger(partition_id="20261120", location=wait_location)))
+    assert payload["status"] == "success" and payload["total_rows"] == 7
+    assert fake_bigquery.lookups == [dataset_location]  # the one getQueryResults of the slow first answer
+    assert fake_bigquery.requests[0].get("location") == wait_location
+
+
+def test_a_look_up_without_the_location_is_refused_as_bigquery_does(fake_bigquery):
+    """What the trigger met before it passed the location: a single-region job is not found without it."""
+    import urllib.error
+    import urllib.request
+
+    fake_bigquery.location = "europe-west4"
+    host = __import__("os").environ["BIGQUERY_EMULATOR_HOST"]
+    url = f"http://{host}/bigquery/v2/projects/{PROJECT}/queries/job_1"
+    for query in ("", "?location=EU"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url + query)
+        assert refused.value.code == 404 and f"Not found: Job {PROJECT}:job_1" in refused.value.read().decode()
+
+
+def test_a_wait_location_other_than_the_datasets_is_an_error_event(fake_bigquery):
+    fake_bigquery.location = "europe-west4"
+    payload = asyncio.run(_first(trigger(partition_id="20261120", location="US")))
+    assert payload["status"] == "error" and "was not found in location US" in payload["message"]
+
+
+def test_the_wait_spec_carries_the_location_to_the_trigger(tmp_path):
+    from mlbatch.operators.wait_for_data import WaitForInputOperator
+    from mlbatch.spec.loader import load_spec, with_overrides
+
+    spec = with_overrides(load_spec(Path(__file__).resolve().parents[1] / "include" / "pipelines" /
+                                    "natality_daily.yaml"),
+                          {"wait": {"kind": "bigquery_partition", "table": f"{PROJECT}.{DATASET}.{TABLE}",
+                                    "partition": "{{ ds_nodash }}", "location": "europe-west4"}})
+    assert spec.wait.location == "europe-west4"
+    trigger_ = WaitForInputOperator.bigquery_trigger(spec.wait, "20261120")
+    assert trigger_.serialize()[1]["location"] == "europe-west4"

@@ -5,6 +5,7 @@ AWS errors are told apart by their code, never their message."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
@@ -12,6 +13,7 @@ from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 from mlbatch.errors import RemoteJobError
 from mlbatch.hooks import verdict
 
+log = logging.getLogger(__name__)
 SUCCEEDED = {"Completed"}
 ENDING = {"Stopping"}
 FAILED = {"Failed", "Stopped"}
@@ -84,17 +86,28 @@ class TransformJobHook(SageMakerHook):
         return int(version)
 
     def stop_job(self, name: str, *, appear_s: float = 10.0) -> None:
-        """Stop a transform job unless it already ended (StopTransformJob on an ended job is an error).
+        """Stop a transform job; one that already ended is left as it is and its final state logged.
 
-        A kill can come while CreateTransformJob is on its way: a job not there yet is looked for by its
-        deterministic name for `appear_s` seconds, so it cannot start after the task is gone."""
+        StopTransformJob on an ended job is a ValidationException, so the answer decides, not a look
+        before (the job may end between the two). A kill can come while CreateTransformJob is on its way:
+        a job not there yet is looked for by its deterministic name for `appear_s` seconds, so it cannot
+        start after the task is gone."""
+        from botocore.exceptions import ClientError
+
         deadline = time.monotonic() + appear_s
-        verdict, _ = self.job_verdict(name)
-        while verdict == "absent" and time.monotonic() < deadline:
+        verdict_, _ = self.job_verdict(name)
+        while verdict_ == "absent" and time.monotonic() < deadline:
             time.sleep(1.0)
-            verdict, _ = self.job_verdict(name)
-        if verdict == "active":
+            verdict_, _ = self.job_verdict(name)
+        if verdict_ == "absent":
+            return
+        try:
             self.conn.stop_transform_job(TransformJobName=name)
+        except ClientError as exc:
+            status = self.describe_transform_job(name)["TransformJobStatus"]
+            if error_code(exc) != "ValidationException" or status not in SUCCEEDED | FAILED:
+                raise
+            log.info("Transform job %s already ended (%s): nothing to stop", name, status)
 
     def log_tail(self, job_name: str, lines: int) -> list[str]:
         """The last `lines` lines of the job's CloudWatch Logs: every stream of the job (one per instance,

@@ -6,6 +6,7 @@ the same connection)."""
 
 from __future__ import annotations
 
+import logging
 from functools import cached_property
 from typing import Any
 
@@ -13,6 +14,7 @@ from airflow.providers.google.cloud.hooks.vertex_ai.batch_prediction_job import 
 
 from mlbatch.hooks import verdict
 
+log = logging.getLogger(__name__)
 SUCCEEDED = {"JOB_STATE_SUCCEEDED"}
 FAILED = {"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED", "JOB_STATE_PARTIALLY_SUCCEEDED"}
 ENDING = {"JOB_STATE_CANCELLING"}  # waited out before the next attempt
@@ -52,11 +54,21 @@ class VertexBatchHook(BatchPredictionJobHook):
                                              batch_prediction_job=job_id_of(resource))
 
     def cancel_job(self, project: str, region: str, resource: str) -> None:
-        """Cancel unless it already ended (cancelling an ended job is a FAILED_PRECONDITION)."""
-        job = self.job(project, region, resource)
-        if job.state.name in SUCCEEDED | FAILED:
-            return
-        self.get_job_service_client(region).cancel_batch_prediction_job(name=job.name)
+        """Cancel a job; one that already ended is left as it is and its final state logged.
+
+        CancelBatchPredictionJob on an ended job answers FAILED_PRECONDITION, so the answer decides, not
+        a look before (the job may end between the two)."""
+        from google.api_core.exceptions import FailedPrecondition
+
+        client = self.get_job_service_client(region)
+        try:
+            client.cancel_batch_prediction_job(
+                name=client.batch_prediction_job_path(project, region, job_id_of(resource)))
+        except FailedPrecondition:
+            state = self.job(project, region, resource).state.name
+            if state not in SUCCEEDED | FAILED:
+                raise
+            log.info("Batch prediction job %s already ended (%s): nothing to cancel", resource, state)
 
     def find_model(self, project: str, region: str, display_name: str) -> str | None:
         found = list(self.models.list_models(project_id=project, region=region,

@@ -104,13 +104,8 @@ class WaitForInputOperator(PipelineStepOperator):
                 self.log.info("Found %s", target)
             return None
         if wait.kind == "bigquery_partition":
-            from mlbatch.triggers.bigquery_partition import BigQueryPartitionTrigger
-
-            project, dataset, table = wait.table.split(".")
             partition = self._render_target(context, spec, wait.partition) if wait.partition else None
-            trigger = BigQueryPartitionTrigger(project_id=project, dataset_id=dataset, table_id=table,
-                                               partition_id=partition, gcp_conn_id=wait.gcp_conn_id,
-                                               poke_seconds=wait.poke_seconds)
+            trigger = self.bigquery_trigger(wait, partition)
             return trigger.what, trigger
         return self._upstream_task(context, spec)
 
@@ -172,6 +167,16 @@ class WaitForInputOperator(PipelineStepOperator):
         spec = effective_spec(self.spec, context["params"])
         fill_data_date(context)
         return spec, self.run_paths(context, spec)
+
+    @staticmethod
+    def bigquery_trigger(wait: Any, partition: str | None) -> Any:
+        """The trigger of a `bigquery_partition` wait for one rendered partition id (None: the table)."""
+        from mlbatch.triggers.bigquery_partition import BigQueryPartitionTrigger
+
+        project, dataset, table = wait.table.split(".")
+        return BigQueryPartitionTrigger(project_id=project, dataset_id=dataset, table_id=table,
+                                        partition_id=partition, gcp_conn_id=wait.gcp_conn_id,
+                                        poke_seconds=wait.poke_seconds, location=wait.location)
 
     def _targets(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> list[str]:
         if spec.wait.targets:

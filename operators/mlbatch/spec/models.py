@@ -160,6 +160,9 @@ class Wait(SpecModel):
     partition: str | None = Field(
         default=None, description="kind bigquery_partition: partition id, templated (e.g. {{ ds_nodash }}); "
                                   "null = the table must exist.")
+    location: str | None = Field(
+        default=None, description="kind bigquery_partition: the dataset's BigQuery location (EU, europe-west4); "
+                                  "default: where BigQuery finds the dataset.")
     dag_id: str | None = Field(default=None, description="kind upstream_task: the upstream DAG.")
     task_ids: list[str] = Field(default=[], description="kind upstream_task: tasks; empty = the whole DAG run.")
     assets: list[str] = Field(
@@ -176,6 +179,7 @@ class Wait(SpecModel):
     def _fields_of_kind(self) -> Wait:
         needs = {"bigquery_partition": ("table",), "upstream_task": ("dag_id",), "upstream_asset": ("assets",)}
         owner = {"targets": "object", "table": "bigquery_partition", "partition": "bigquery_partition",
+                 "location": "bigquery_partition",
                  "dag_id": "upstream_task", "task_ids": "upstream_task", "assets": "upstream_asset"}
         for field in needs.get(self.kind, ()):
             if not getattr(self, field):

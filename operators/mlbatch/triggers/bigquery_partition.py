@@ -37,7 +37,9 @@ class BigQueryPartitionTrigger(BaseTrigger):
         None waits for the table itself.
     :param gcp_conn_id: Airflow connection for Google Cloud.
     :param poke_seconds: seconds between two polls.
-    :param location: BigQuery location of the dataset (e.g. `EU`), if not the project default.
+    :param location: BigQuery location of the dataset (`EU`, `europe-west4`; spec `wait.location`): where
+        the query job runs. Every results look-up names the job's location (BigQuery finds a job of a
+        single-region dataset only with it).
     :param impersonation_chain: service account(s) to impersonate, as in the provider hooks.
     """
 
@@ -114,6 +116,12 @@ class BigQueryPartitionTrigger(BaseTrigger):
             body["location"] = self.location
         return body
 
+    def results_params(self, response: dict[str, Any]) -> dict[str, Any]:
+        """jobs.getQueryResults parameters: the job's own location (where BigQuery says it ran, else
+        `location`), without which a job of a single-region dataset is "Not found"."""
+        location = response.get("jobReference", {}).get("location") or self.location
+        return {"timeoutMs": 10_000, **({"location": location} if location else {})}
+
     async def lookup(self, hook: Any) -> dict[str, Any] | None:
         """The partition's (or table's) figures if it exists, else None."""
         from aiohttp import ClientSession
@@ -128,7 +136,7 @@ class BigQueryPartitionTrigger(BaseTrigger):
                     raise TimeoutError(f"query job not complete after {MAX_RESULT_POLLS} polls")
                 await asyncio.sleep(1)
                 job.job_id = response["jobReference"]["jobId"]
-                response = await job.get_query_results(session, params={"timeoutMs": 10_000})
+                response = await job.get_query_results(session, params=self.results_params(response))
         records = hook.get_records(response, as_dict=True)
         if not records:
             return None
