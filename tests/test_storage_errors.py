@@ -182,6 +182,28 @@ def test_a_missing_bucket_is_named_by_every_operation(store, request, monkeypatc
     assert storage.read_json(_existing(request, store) + "/nothing/_SUCCESS") is None
 
 
+@pytest.mark.parametrize("store", ["s3", "gs"])
+def test_the_partition_pointers_name_a_missing_bucket(store, request, monkeypatch):
+    """publish's compare-and-swap writes (lease, _manifest, _SUCCESS) go through the same translation."""
+    from mlbatch.errors import BucketNotFoundError
+    from mlbatch.storage.conditional import PreconditionFailed, read_versioned, write_if
+    from mlbatch.storage.layer import Storage
+
+    if store == "s3":
+        connect_s3(request.getfixturevalue("moto_server"), monkeypatch)
+    else:
+        connect_gcs(request.getfixturevalue("gcs_emulator"), monkeypatch)
+    uri = f"{store}://gone-{uuid.uuid4().hex[:8]}/predictions/ds={DATE}/_lease"
+    with pytest.raises(BucketNotFoundError) as caught:
+        write_if(Storage(), uri, b"{}", None)
+    assert_named(caught.value, uri, "Create the bucket")
+    there = _existing(request, store) + f"/cas-{uuid.uuid4().hex[:8]}/_lease"
+    version = write_if(Storage(), there, b"1", None)
+    with pytest.raises(PreconditionFailed):  # a lost race is still what it was, not a storage error
+        write_if(Storage(), there, b"2", None)
+    assert read_versioned(Storage(), there) == (b"1", version)
+
+
 def _existing(request, store: str) -> str:
     """A bucket that exists: a missing object in it is no error (None), unlike a missing bucket."""
     if store == "s3":

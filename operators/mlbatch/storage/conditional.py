@@ -9,7 +9,8 @@ possible where there is no atomic rename and no lock server.
   write replaces the file) is compared and the new content renamed into place.
 
 A version is whatever the store returns (`None`: the object does not exist); callers only hand back what
-`read_versioned` or `write_if` gave them. A failed precondition raises `PreconditionFailed`.
+`read_versioned` or `write_if` gave them. A failed precondition raises `PreconditionFailed`; a missing
+bucket, refused access, wrong credentials or a dead endpoint the storage layer's errors (`Storage.errors`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,19 @@ Version = Any
 class PreconditionFailed(Exception):
     """The object changed (or appeared, or went) since the version the caller holds."""
 
+
+def _named_errors(write: bool = False):
+    """The store's errors named as the storage layer names them; on a write a 404 means the bucket."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def named(storage: Storage, uri: str, *args: Any) -> Any:
+            with storage.errors(uri, listing=write):
+                return fn(storage, uri, *args)
+        return named
+    return wrap
+
+
+@_named_errors()
 
 def read_versioned(storage: Storage, uri: str) -> tuple[bytes | None, Version]:
     """(content, version) of one object; (None, None) when it does not exist."""
@@ -50,6 +64,7 @@ def read_versioned(storage: Storage, uri: str) -> tuple[bytes | None, Version]:
         return _local_read(path)
 
 
+@_named_errors(write=True)
 def write_if(storage: Storage, uri: str, data: bytes, version: Version) -> Version:
     """Write `data` only if the object is still at `version` (absent when None); returns the new version."""
     kind = scheme(uri)
@@ -79,6 +94,7 @@ def write_if(storage: Storage, uri: str, data: bytes, version: Version) -> Versi
         return _local_read(path)[1]
 
 
+@_named_errors()
 def delete_if(storage: Storage, uri: str, version: Version) -> None:
     """Delete the object only if it is still at `version`; gone already is fine."""
     kind = scheme(uri)

@@ -56,6 +56,10 @@ def _from_database(conn_id: str) -> Any:
     """Outside a task the SDK reads no database; a command-line check asks it directly when it can."""
     if os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") is None and not os.environ.get("AIRFLOW_HOME"):
         return None
+    from airflow.sdk.execution_time import task_runner
+
+    if getattr(task_runner, "SUPERVISOR_COMMS", None) is not None:  # in a task: the SDK asked the API server
+        return None
     try:
         from airflow.secrets.metastore import MetastoreBackend
 

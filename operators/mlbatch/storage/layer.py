@@ -79,7 +79,8 @@ class Storage:
         return None if kind == "file" else self.aws_conn_id if kind == "s3" else self.gcp_conn_id
 
     def errors(self, uri: str, *, listing: bool = False):
-        """Context manager: storage errors while reaching `uri` become ours, naming it (see module doc)."""
+        """Context manager: storage errors while reaching `uri` become ours, naming it (see module doc);
+        `listing`: a 404 of these requests can only mean a missing bucket."""
         if scheme(uri) == "file":
             return nullcontext()
         from mlbatch.storage.translate import storage_errors
@@ -176,6 +177,21 @@ class Storage:
         with self.errors(uri):
             fs, path = self.fs(uri)
             return int(fs.size(path))
+
+    def version(self, uri: str) -> str:
+        """What names this version of the file without reading it: size and generation on GCS (a new
+        generation at every write), size and ETag on S3 (the content's MD5 for a single-part upload, a
+        hash of the parts' otherwise), size, inode and mtime_ns locally (a write within the file system's
+        timestamp granularity that keeps the size is not seen)."""
+        kind = scheme(uri)
+        with self.errors(uri):
+            if kind == "file":
+                stat = os.stat(uri.removeprefix("file://"))
+                return f"{stat.st_size}:{stat.st_ino}:{stat.st_mtime_ns}"
+            fs, path = self.fs(uri)
+            fs.invalidate_cache(path)
+            info = fs.info(path)
+        return f"{info['size']}:{info['generation'] if kind == 'gs' else info['ETag']}"
 
     def open(self, uri: str, mode: str = "rb"):
         """An open file. Errors of the opening are ours (`errors`); wrap reads and writes of the handle

@@ -45,7 +45,7 @@ def translated(exc: BaseException, uri: str, conn_id: str | None, *, listing: bo
                bucket_missing: Callable[[], bool | None] | None = None) -> StorageError | None:
     """Our error for `exc` raised while reaching `uri`, or None when it is none of ours to name.
 
-    `listing`: the request listed a bucket (a 404 there can only mean the bucket is missing).
+    `listing`: a 404 of this request can only mean a missing bucket (a listing, an object write).
     `bucket_missing`: asks the store, for a `FileNotFoundError` whose cause does not say."""
     if isinstance(exc, StorageError):
         return None
