@@ -42,7 +42,6 @@ def _named_errors(write: bool = False):
 
 
 @_named_errors()
-
 def read_versioned(storage: Storage, uri: str) -> tuple[bytes | None, Version]:
     """(content, version) of one object; (None, None) when it does not exist."""
     kind = scheme(uri)
