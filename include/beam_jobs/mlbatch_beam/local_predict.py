@@ -52,11 +52,6 @@ def vertex_result_lines(keys: pa.Array, predictions) -> bytes:
                    for k, p in zip(keys.to_pylist(), _plain(predictions))).encode()
 
 
-def sagemaker_response(predictions) -> bytes:
-    """The MLflow scoring server's answer for one request, which Batch Transform writes as-is."""
-    return json.dumps({"predictions": _plain(predictions)}).encode()
-
-
 def _plain(predictions) -> list:
     """JSON-able as the scoring server makes it (mlflow.utils.proto_json_utils._get_jsonable_obj):
     an array -> (nested) lists, a DataFrame -> {column: value} records, a Series -> 1-column records."""
@@ -85,6 +80,10 @@ class ScoringServer:
 
     def invoke(self, body: bytes, content_type: str, where: str) -> list:
         """The server's `predictions` for one request body, or ContainerRefused with its answer."""
+        return json.loads(self.answer(body, content_type, where))["predictions"]
+
+    def answer(self, body: bytes, content_type: str, where: str) -> str:
+        """The server's answer body (`{"predictions": [...]}`) to one request, or ContainerRefused."""
         from mlflow.exceptions import MlflowException
         from mlflow.pyfunc.scoring_server import invocations
 
@@ -95,7 +94,7 @@ class ScoringServer:
                                    f"{_reason(exc.message)}") from None
         if answer.status != 200:
             raise ContainerRefused(f"{where}: the scoring server would answer {answer.status}: {answer.response}")
-        return json.loads(answer.response)["predictions"]
+        return answer.response
 
     def invoke_instances(self, batch: pa.RecordBatch, feature_columns: list[str], where: str) -> list:
         """What `invoke(instances_request(batch), "application/json")` answers, parsed column by column.
@@ -160,8 +159,7 @@ def _sagemaker_file(server: ScoringServer, path: str, feature_columns: list[str]
     """One request per file (SplitType None), its answer written as-is."""
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
         table = pq.ParquetFile(fh).read(columns=feature_columns)
-    predictions = server.invoke(parquet_request(table), PARQUET, path)
-    out.write(sagemaker_response(predictions))
+    out.write(server.answer(parquet_request(table), PARQUET, path).encode())  # written as the container answers
     return table.num_rows
 
 
