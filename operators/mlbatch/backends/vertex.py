@@ -27,7 +27,8 @@ from mlbatch.backends import cloud_logging
 from mlbatch.backends.base import Backend, Handle, JobRequest, JobState, Submission, require_runnable
 from mlbatch.backends.failure_reasons import errors_file_reason
 from mlbatch.backends.job_names import files_fingerprint, find_attempt, fit, job_name, result_identity, short_hash
-from mlbatch.errors import BackendConfigError, RemoteJobError
+from mlbatch.backends.serving_image import image_for
+from mlbatch.errors import RemoteJobError
 from mlbatch.hooks.vertex import FAILED, SUCCEEDED, VertexBatchHook, job_id_of
 from mlbatch.run.paths import RunPaths, run_key
 from mlbatch.spec.accelerators import vertex_name
@@ -82,12 +83,8 @@ def serving_image(spec: PipelineSpec, model: dict) -> str:
     `{model_name}` and `{model_version}` in `predict.vertex.serving_container_image_uri` are filled in,
     e.g. `.../mlflow-{model_name}:v{model_version}` built by
     `mlflow models build-docker -m models:/<name>/<version>`."""
-    uri = spec.predict.vertex.serving_container_image_uri
-    try:
-        return uri.format(model_name=model["name"], model_version=model["version"])
-    except (KeyError, IndexError, ValueError) as exc:
-        raise BackendConfigError(f"{spec.name}: predict.vertex.serving_container_image_uri {uri!r}: only "
-                                 f"{{model_name}} and {{model_version}} can be filled in ({exc})") from exc
+    return image_for(spec.predict.vertex.serving_container_image_uri, model,
+                     "predict.vertex.serving_container_image_uri", spec.name)
 
 
 def model_request(spec: PipelineSpec, model: dict, artifact_uri: str):
