@@ -153,3 +153,24 @@ def test_a_vertex_job_whose_instances_were_refused_says_why(vertex, scoring_serv
     # MLflow's own words for a null in a JSON instance's long column (it names no column here)
     assert reason == (f"{len(ROWS)} lines in the job's errors files; the first: Invalid input. int() argument "
                       "must be a string, a bytes-like object or a real number, not 'NoneType'"), reason
+
+
+def test_a_local_job_refused_for_a_type_ends_with_the_column_and_types(model, tmp_path):
+    """The local backend (SageMaker flavor) runs the scoring server's own request handling in a child
+    process; its error leads with the server's reason, before the job's last lines."""
+    from mlbatch.errors import RemoteJobError
+    from mlbatch.operators.predict import PredictOperator
+    from mlbatch.spec.loader import load_spec, with_overrides
+
+    spec = with_overrides(load_spec(REPO / "include" / "pipelines" / "natality_sagemaker.yaml"), {
+        "predict.backend": "local", "predict.local.flavor": "sagemaker",
+        "output.uri": str(tmp_path / "out" / "ds={{ ds }}")})
+    context = task_context("manual__local_type_refused", "2026-11-24", model)
+    op = PredictOperator(task_id="predict", spec=spec)
+    prepared = Path(op.run_paths(context, spec).prepared)
+    prepared.mkdir(parents=True, exist_ok=True)
+    (prepared / "part-00000.parquet").write_bytes(parquet(natality_rows(mother_age="int64")))
+    with pytest.raises(RemoteJobError) as failed:
+        op.execute(context)
+    first = str(failed.value).splitlines()[0]
+    assert first.startswith(f"natality_sagemaker: {TYPE_REASON} — mlbatch_beam.local_predict exited with code 1"), first

@@ -25,6 +25,7 @@ _LAST_ERROR = re.compile(r"(?:^|\s)Error: (?P<why>(?:(?!\sError: ).)+)$", re.S)
 TIMEOUT_BODY = "Request processing time exceeded limit"
 _AGENT = re.compile(r":\[sagemaker logs\]: (?:[^:\s]+: )?(?P<text>.*)$")
 _CLIENT_ERROR = re.compile(r"ClientError: (\d{3})")
+_WOULD_ANSWER = re.compile(r"the scoring server would answer \d{3}: (?P<reason>.+)$")
 
 
 def reason_line(text: str) -> str:
@@ -90,6 +91,17 @@ def job_messages_reason(messages: list[dict]) -> str:
         line = _last_line(tracebacks[0])
         return reason_line(line) if "Incompatible input types" in line or "error_code" in line else _one_line(line)
     return _one_line(errors[-1]) if errors else ""
+
+
+def job_output_reason(output: str) -> str:
+    """The reason in a local job process's last lines (mlbatch.run.job_process puts them in its error):
+    the last refusal the job reports as the scoring server's (mlbatch_beam.local_predict.ContainerRefused,
+    "<file>: the scoring server would answer <status>: <reason>"); "" when there is none."""
+    for line in reversed(output.splitlines()):
+        refused = _WOULD_ANSWER.search(line)
+        if refused:
+            return reason_line(refused.group("reason"))
+    return ""
 
 
 def _message(text: str) -> str:

@@ -21,6 +21,8 @@ from typing import ClassVar
 from mlbatch.backends.base import Backend, Handle, JobRequest, JobState, Submission
 from mlbatch.backends.dataflow_options import (
     local_job, local_runner_args, model_sharing_args, prediction_output_args)
+from mlbatch.backends.failure_reasons import job_output_reason
+from mlbatch.errors import RemoteJobError
 from mlbatch.run.job_process import JobProcess, stop_leftover_job
 from mlbatch.spec.prep_contract import schema_json
 from mlbatch.storage.layer import Storage
@@ -69,7 +71,11 @@ class LocalJobBackend(Backend):
         env, storage_args = storage.job_env([paths.input_pattern, paths.work, model["artifact_uri"]])
         module, leading, args = self.job_args(request)
         self._job = JobProcess(module, leading + common + args + storage_args, result_file, env=env)
-        self._result = self._job.run()
+        try:
+            self._result = self._job.run()
+        except RemoteJobError as failed:  # the scoring server's reason first, not after the job's last lines
+            reason = job_output_reason(str(failed))
+            raise (RemoteJobError(f"{spec.name}: {reason} — {failed}") if reason else failed) from None
         log.info("%s (%s, model v%s): %s", request.task_id, spec.predict.backend, model["version"], self._result)
         return Submission({"backend": spec.predict.backend, "result_file": result_file}, "succeeded")
 
