@@ -307,6 +307,22 @@ def test_access_denied_names_the_connection_and_the_uri(moto_with_auth, monkeypa
                  "AccessDenied", "Grant the connection's identity access")
 
 
+@pytest.mark.parametrize("status, named", [(403, "StorageAccessDeniedError"), (401, "StorageCredentialsError")])
+def test_gcsfs_refusals_are_named(status, named):
+    """The GCS emulator checks no credentials: gcsfs's own response check (`validate_response`, what
+    every gcsfs request goes through) raises what a real 401/403 from GCS gives, and that is named."""
+    from gcsfs.retry import validate_response
+
+    from mlbatch.storage.translate import translated
+
+    body = json.dumps({"error": {"code": status, "message": "caller does not have storage.objects.list access"}})
+    with pytest.raises(Exception) as raised:
+        validate_response(status, body.encode(), "b/{}/o", ["lake"])
+    ours = translated(raised.value, "gs://lake/in/*.csv", "gcs_lake")
+    assert type(ours).__name__ == named
+    assert_named(ours, "gs://lake/in/*.csv", "bucket 'lake'", "connection 'gcs_lake'")
+
+
 # --- endpoint unreachable ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("store", ["s3", "gs"])

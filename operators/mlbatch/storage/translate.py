@@ -89,6 +89,11 @@ def _classified(exc: BaseException, uri: str, conn_id: str | None, listing: bool
                                            "or run where AWS credentials are configured", cause)
         if isinstance(exc, (botocore.EndpointConnectionError, botocore.ConnectTimeoutError)):
             return StorageUnreachableError(uri, conn_id, FIX_UNREACHABLE, cause, endpoint=getattr(exc, "kwargs", {}).get("endpoint_url"))
+    gcsfs = sys.modules.get("gcsfs.retry")
+    if gcsfs is not None:
+        found = _gcsfs(gcsfs, exc, uri, conn_id, listing, cause)
+        if found is not None:
+            return found
     google = sys.modules.get("google.api_core.exceptions")
     if google is not None and isinstance(exc, google.GoogleAPICallError):
         if isinstance(exc, google.NotFound) and listing:
@@ -104,6 +109,21 @@ def _classified(exc: BaseException, uri: str, conn_id: str | None, listing: bool
     if isinstance(exc, (ConnectionRefusedError, TimeoutError)) or type(exc).__name__ in (
             "ClientConnectorError", "ClientConnectorDNSError", "NewConnectionError", "gaierror"):
         return StorageUnreachableError(uri, conn_id, FIX_UNREACHABLE, cause)
+    return None
+
+
+def _gcsfs(gcsfs, exc: BaseException, uri: str, conn_id: str | None, listing: bool, cause: str) -> StorageError | None:
+    """gcsfs's own answers (`gcsfs.retry.validate_response`): `HttpError` with the HTTP code, and a
+    plain `OSError("Forbidden: <path>...")` for 403, its only way of saying it (no code, no subclass)."""
+    if isinstance(exc, gcsfs.HttpError):
+        if exc.code == 401:
+            return StorageCredentialsError(uri, conn_id, FIX_CREDENTIALS, cause)
+        if exc.code == 403:
+            return StorageAccessDeniedError(uri, conn_id, FIX_DENIED, cause)
+        if exc.code == 404 and listing:
+            return BucketNotFoundError(uri, conn_id, FIX_BUCKET, cause)
+    if type(exc) is OSError and str(exc).startswith("Forbidden: "):
+        return StorageAccessDeniedError(uri, conn_id, FIX_DENIED, cause)
     return None
 
 
