@@ -3,10 +3,11 @@ on one small sklearn model whose signature has a column per case it accepts (req
 
 Each case is either refused by resolve_model's signature check (`check_signature`, which
 `mlbatch validate --model` also runs) with its reason, or scores with equal predictions on every path:
-`dataflow` (the direct-model job on the FnApiRunner), `local` in both flavors, and the real MLflow
-scoring server (`mlflow models serve`) fed by the SageMaker and Vertex data-plane emulators
-(tests/dataplane) with the bytes our backends send: the prepared Parquet files as SageMaker requests
-(`write_request_files`), the prepared JSON Lines as Vertex `instances` (`job_request`'s instance config).
+`dataflow` (the direct-model job on the FnApiRunner), `local` in both flavors, and the SageMaker and
+Vertex data-plane emulators (tests/dataplane) sending the bytes our backends send (the prepared Parquet
+files as SageMaker requests, `write_request_files`; the prepared JSON Lines as Vertex `instances`,
+`job_request`'s instance config) to the container of the model the job names (tests/dataplane/containers.py:
+the SageMaker ModelDataUrl archive unpacked, the Vertex per-version image; a real MLflow scoring server).
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ import datetime
 import io
 import itertools
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scoring_server import serve_model
 
 COLUMN_TYPES = ("double", "float", "long", "integer", "boolean", "string")
 SPEC_TYPES = ("int", "float", "bool", "string")
@@ -156,32 +156,31 @@ def test_every_accepted_case_passes_the_check_and_names_the_types_prep_writes(co
     assert check_signature(spec, pinned(contract_model)) == {c: t for c, (t, _, _, _) in COLUMNS.items()}
 
 
-@pytest.fixture(scope="module")
-def server(contract_model, tmp_path_factory):
-    with serve_model(str(contract_model), tmp_path_factory.mktemp("serve") / "scoring-server.log") as running:
-        yield running
-
-
 def _parquet(table: pa.Table) -> bytes:
     sink = io.BytesIO()
     pq.write_table(table, sink)
     return sink.getvalue()
 
 
-def test_without_the_signature_types_the_server_refuses_what_prep_now_converts(contract_model, server):
+def test_without_the_signature_types_the_server_refuses_what_prep_now_converts(containers):
     """Why prep writes the column's type: each accepted conversion, sent as the spec's own type in a
     Parquet request (what prep wrote before), is refused by the real server; as the column type it scores."""
+    import requests
+
     from mlbatch_beam.schema import COLUMN_ARROW_TYPES
 
+    url = containers.vertex(_vertex_model())
+    invocations = partial(requests.post, f"{url}/invocations",
+                          headers={"Content-Type": "application/vnd.apache.parquet"}, timeout=60)
     rng = np.random.default_rng(2)
     exact = pa.table({c: _value(c, 5, rng).cast(COLUMN_ARROW_TYPES[COLUMNS[c][0]]) for c in COLUMNS})
-    assert server.invocations(_parquet(exact), "application/vnd.apache.parquet").status_code == 200
+    assert invocations(data=_parquet(exact)).status_code == 200
     converted = [c for c, (t, _, s, n) in COLUMNS.items() if COLUMN_ARROW_TYPES[t] != NATURAL_ARROW[s] and not n]
     assert len(converted) == 8  # int into double/float/integer, float into float; required and optional
     for column in converted:
         as_spec = exact.set_column(exact.schema.get_field_index(column), column,
                                    exact.column(column).cast(NATURAL_ARROW[COLUMNS[column][2]]))
-        answer = server.invocations(_parquet(as_spec), "application/vnd.apache.parquet")
+        answer = invocations(data=_parquet(as_spec))
         assert answer.status_code == 400 and "Can not safely convert" in answer.text, (column, answer.text[-300:])
 
 
@@ -234,9 +233,32 @@ def _vertex_lines(texts) -> dict:
     return dict((row["key"], row["prediction"]) for text in texts for row in map(json.loads, text.splitlines()))
 
 
-def run_sagemaker(spec, prepared: Path, tmp_path: Path, moto_server, server) -> dict:
-    """The SageMaker backend's request files and transform config, through the Batch Transform emulator
-    (tests/dataplane/sagemaker_transform.py) against the real scoring server."""
+SAGEMAKER_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/mlflow-contract:v1"
+VERTEX_IMAGE = "europe-docker.pkg.dev/example/serving/mlflow-contract:v1"
+
+
+@pytest.fixture(scope="module")
+def containers(contract_model, tmp_path_factory):
+    """The serving containers of the data-plane emulators (tests/dataplane/containers.py), with the
+    contract model's per-version images (`mlflow models build-docker -m`) in their registry."""
+    from dataplane.containers import ImageRegistry, ModelContainers
+
+    root = tmp_path_factory.mktemp("containers")
+    images = ImageRegistry(root)
+    for uri in (SAGEMAKER_IMAGE, VERTEX_IMAGE):
+        images.per_version(uri, str(contract_model))
+    running = ModelContainers(root, images)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def run_sagemaker(spec, prepared: Path, contract_model: Path, tmp_path: Path, moto_server, containers) -> dict:
+    """The SageMaker backend's model archive, request files and transform config, through the Batch
+    Transform emulator (tests/dataplane/sagemaker_transform.py) against the container serving the
+    archive the Model names (its ModelDataUrl unpacked as /opt/ml/model, a real scoring server)."""
+    from cloud_backends import upload_model_archive
     from dataplane.sagemaker_transform import run_transform
 
     from mlbatch.backends.sagemaker import transform_config, write_request_files
@@ -244,20 +266,36 @@ def run_sagemaker(spec, prepared: Path, tmp_path: Path, moto_server, server) -> 
 
     s3 = moto_server.client("s3")
     s3.create_bucket(Bucket="type-contract")
+    model_data = upload_model_archive(s3, "type-contract", "model/model.tar.gz", str(contract_model), tmp_path / "pack")
+    container = containers.sagemaker({"PrimaryContainer": {
+        "Image": SAGEMAKER_IMAGE, "ModelDataUrl": model_data,
+        "Environment": {"MLFLOW_DEPLOYMENT_FLAVOR_NAME": "python_function"}}}, s3)
     for path in write_request_files(spec, Storage.for_spec(spec), str(prepared), str(tmp_path / "requests")):
         s3.put_object(Bucket="type-contract", Key=f"in/{Path(path).name}", Body=Path(path).read_bytes())
     request = transform_config(spec, "type-contract", {"sagemaker_model": "contract"}, "s3://type-contract/in/",
                                "s3://type-contract/out", "run")
-    run_transform(request, s3, server.url)
+    run_transform(request, s3, container)
     return _sagemaker_outputs(prepared, lambda key: s3.get_object(Bucket="type-contract", Key=f"out/{key}")[
         "Body"].read())
 
 
-def run_vertex(spec, prepared: Path, gcs_emulator, server) -> dict:
+def _vertex_model():
+    """The uploaded Model as the Vertex backend's container spec makes it, on the per-version image."""
+    from google.cloud.aiplatform_v1.types import EnvVar, Model, ModelContainerSpec, Port
+
+    from mlbatch.backends.vertex import MLFLOW_IMAGE_PORT
+
+    return Model(display_name="contract", container_spec=ModelContainerSpec(
+        image_uri=VERTEX_IMAGE, predict_route="/invocations", health_route="/ping",
+        ports=[Port(container_port=MLFLOW_IMAGE_PORT)],
+        env=[EnvVar(name="MLFLOW_DEPLOYMENT_FLAVOR_NAME", value="python_function")]))
+
+
+def run_vertex(spec, prepared: Path, gcs_emulator, containers) -> dict:
     """The Vertex backend's job (instance config: the features as objects, the id as key) through the
-    batch prediction emulator (tests/dataplane/vertex_batch.py) against the real scoring server."""
+    batch prediction emulator (tests/dataplane/vertex_batch.py) against the container of the job's Model
+    (the per-version image, with the container spec the backend uploads)."""
     from dataplane.vertex_batch import run_batch_prediction
-    from google.cloud.aiplatform_v1.types import Model, ModelContainerSpec, Port
 
     from mlbatch.backends.vertex import job_request
 
@@ -269,16 +307,15 @@ def run_vertex(spec, prepared: Path, gcs_emulator, server) -> dict:
         uris.append(f"gs://type-contract/in/{path.name}")
     job = job_request(spec, "type-contract", "projects/p/locations/l/models/m", uris, "gs://type-contract/out", "run")
     job.create_time = datetime.datetime.now(datetime.timezone.utc)
-    model = Model(display_name="contract", container_spec=ModelContainerSpec(
-        predict_route="/invocations", health_route="/ping", ports=[Port(container_port=8080)]))
-    out_dir, succeeded, failed = run_batch_prediction(job, model, gcs, server.url)
+    model = _vertex_model()
+    out_dir, succeeded, failed = run_batch_prediction(job, model, gcs, containers.vertex(model))
     assert failed == 0
     prefix = out_dir[len("gs://type-contract/"):]
     return _vertex_lines(b.download_as_text() for b in bucket.list_blobs(prefix=prefix)
                          if "prediction.results-" in b.name)
 
 
-def test_every_accepted_case_scores_alike_on_every_backend(contract_model, server, tmp_path, moto_server,
+def test_every_accepted_case_scores_alike_on_every_backend(contract_model, containers, tmp_path, moto_server,
                                                             gcs_emulator):
     from mlbatch_beam import local_predict, validate_and_score
 
@@ -318,8 +355,9 @@ def test_every_accepted_case_scores_alike_on_every_backend(contract_model, serve
     scored["local sagemaker"] = _sagemaker_outputs(tmp_path / "prepared-parquet",
                                                    lambda key: (tmp_path / "local-sagemaker" / key).read_bytes())
     scored["local vertex"] = _vertex_lines(p.read_text() for p in (tmp_path / "local-vertex").glob("prediction.results-*"))
-    scored["sagemaker (server)"] = run_sagemaker(spec, tmp_path / "prepared-parquet", tmp_path, moto_server, server)
-    scored["vertex (server)"] = run_vertex(spec, tmp_path / "prepared-jsonl", gcs_emulator, server)
+    scored["sagemaker"] = run_sagemaker(spec, tmp_path / "prepared-parquet", contract_model, tmp_path, moto_server,
+                                        containers)
+    scored["vertex"] = run_vertex(spec, tmp_path / "prepared-jsonl", gcs_emulator, containers)
 
     expected_ids = sorted(set(table.column("id").to_pylist()) - {5, 6, 7})
     reference = scored["dataflow"]
