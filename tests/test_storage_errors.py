@@ -408,5 +408,12 @@ def test_mlbatch_run_console_names_a_missing_output_bucket(tmp_path, moto_server
     assert any(named in line for line in console[at:at + 8]), ran.stdout[-3000:]  # under the task's line
     log = (tmp_path / ".demo" / "logs" / f"bucket_gone-{DATE}.log").read_text()
     assert named in log
+    no_connection = subprocess.run([MLBATCH, "run", str(path), "--date", DATE, "--home", str(tmp_path / ".demo")],
+                                   cwd=tmp_path, env={**env, "AIRFLOW_CONN_AWS_DEFAULT": "",
+                                                      "AWS_EC2_METADATA_DISABLED": "true"},
+                                   capture_output=True, text=True, timeout=300)
+    assert no_connection.returncode == 2, no_connection.stdout[-2000:] + no_connection.stderr[-2000:]
+    assert "mlbatch run: ConnectionNotFoundError: output.uri s3://gone-bucket/predictions/ds={{ ds }} needs the " \
+           "AWS connection 'aws_default' (storage.aws_conn_id)" in no_connection.stderr  # before Airflow starts
     last = [line for line in log.splitlines() if "Failing at try 1" in line]  # the task's last words
     assert last and "not retried: BucketNotFoundError" in last[-1] and named.split(": ", 1)[1] in last[-1], last

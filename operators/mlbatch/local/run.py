@@ -191,6 +191,7 @@ def _checked_run(name: str, date: str | None, assignments: list[str], environmen
     except SpecError as exc:
         raise RunError(str(exc)) from None
     conf = trigger_conf(spec, assignments)
+    _check_connections(spec)
     date = date or dt.date.today().isoformat()
     try:
         date = dt.date.fromisoformat(date).isoformat()
@@ -204,6 +205,16 @@ def _checked_run(name: str, date: str | None, assignments: list[str], environmen
         if missing:
             raise RunError(missing)
     return spec, env, conf, date
+
+
+def _check_connections(spec: PipelineSpec) -> None:
+    """A connection the spec needs that is missing, or whose endpoint does not answer: refused now, in
+    seconds, not after Airflow has started (mlbatch.run.preflight; its first task checks again)."""
+    from mlbatch.run.preflight import connection_problems
+
+    problems = connection_problems(spec)
+    if problems:
+        raise RunError("\n".join(f"{type(p).__name__}: {p}" for p in problems))
 
 
 def _key_of(spec: PipelineSpec, dotted: str) -> str | None:
