@@ -27,8 +27,13 @@ def emulators(tmp_path_factory):
 
 @pytest.fixture
 def on_emulators(emulators, monkeypatch):
+    """The demo's settings, as in its own process: Airflow keeps one filesystem per protocol and
+    connection id for the life of a process, so the session's (other emulators) is set aside."""
+    from airflow.sdk.io import store
+
     for key, value in emulator_env(emulators.gcs, emulators.s3).items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setattr(store, "_STORE_CACHE", {})
     make_buckets()
     return emulators
 
