@@ -140,8 +140,9 @@ def submit(spec, context):
     op = PredictOperator(task_id="predict", spec=spec)
     prepared = Path(op.run_paths(context, spec).prepared)
     prepared.mkdir(parents=True, exist_ok=True)
-    (prepared / "part-00000.jsonl").write_text(json.dumps({"id": 1, "is_male": True, "mother_age": 30.0,
-                                                           "plurality": 1, "gestation_weeks": 39.0}) + "\n")
+    if not (prepared / "part-00000.jsonl").exists():  # written once per run, as prep does
+        (prepared / "part-00000.jsonl").write_text(json.dumps({"id": 1, "is_male": True, "mother_age": 30.0,
+                                                               "plurality": 1, "gestation_weeks": 39.0}) + "\n")
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(context)
     return op, deferred.value

@@ -2,7 +2,8 @@
 a rerun whose result would differ never re-uses a job that computed something else.
 
 The name is built from (pipeline, run id, task, *identity*, attempt). The identity is a hash of what
-determines the job's result: the model version, a fingerprint of the input it reads, the settings that
+determines the job's result: the model version, a fingerprint of the input it reads (its files' names
+and versions from the store's metadata, `files_fingerprint`), the settings that
 change predictions (`result_identity`). A cleared run whose alias moved to another version, or whose
 input changed, gets a new name and so a new job; a retry of the same work finds the same name.
 
@@ -70,14 +71,13 @@ def job_name(pipeline: str, run_id: str, task_id: str, attempt: int, *, identity
 
 
 def files_fingerprint(storage: Any, uris: Iterable[str]) -> str:
-    """A hash of the files' names, sizes and contents (read through mlbatch.storage.layer, any store): what a
-    job reads from them."""
+    """A hash of the files' names and versions (`Storage.version`: size and generation, ETag or mtime,
+    from the store's metadata, any store): the same on every try over the same files, another one once a
+    file is written again. Reads no content: a try over gigabytes of prepared input costs one metadata
+    request per file."""
     digest = hashlib.sha256()
     for uri in sorted(uris):
-        digest.update(f"{uri.rsplit('/', 1)[-1]}\0{storage.size(uri)}\0".encode())
-        with storage.open(uri) as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        digest.update(f"{uri.rsplit('/', 1)[-1]}\0{storage.version(uri)}\0".encode())
     return digest.hexdigest()[:16]
 
 

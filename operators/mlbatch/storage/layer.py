@@ -178,6 +178,21 @@ class Storage:
             fs, path = self.fs(uri)
             return int(fs.size(path))
 
+    def version(self, uri: str) -> str:
+        """What names this version of the file without reading it: size and generation on GCS (a new
+        generation at every write), size and ETag on S3 (the content's MD5 for a single-part upload, a
+        hash of the parts' otherwise), size, inode and mtime_ns locally (a write within the file system's
+        timestamp granularity that keeps the size is not seen)."""
+        kind = scheme(uri)
+        with self.errors(uri):
+            if kind == "file":
+                stat = os.stat(uri.removeprefix("file://"))
+                return f"{stat.st_size}:{stat.st_ino}:{stat.st_mtime_ns}"
+            fs, path = self.fs(uri)
+            fs.invalidate_cache(path)
+            info = fs.info(path)
+        return f"{info['size']}:{info['generation'] if kind == 'gs' else info['ETag']}"
+
     def open(self, uri: str, mode: str = "rb"):
         """An open file. Errors of the opening are ours (`errors`); wrap reads and writes of the handle
         in `errors(uri)` too where a store may refuse them later (a write is sent on close)."""
