@@ -291,3 +291,12 @@ def test_the_wait_spec_carries_the_location_to_the_trigger(tmp_path):
     assert spec.wait.location == "europe-west4"
     trigger_ = WaitForInputOperator.bigquery_trigger(spec.wait, "20261120")
     assert trigger_.serialize()[1]["location"] == "europe-west4"
+
+
+def test_wait_location_belongs_to_the_bigquery_kind():
+    from pydantic import ValidationError
+
+    from mlbatch.spec.models import Wait
+
+    with pytest.raises(ValidationError, match="'wait.location' belongs to kind 'bigquery_partition', not 'object'"):
+        Wait(kind="object", location="EU")
