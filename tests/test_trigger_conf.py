@@ -153,3 +153,37 @@ def test_dag_test_with_an_unknown_key_fails_at_its_first_task(natality_dag, fake
     assert dagrun.state == "failed"
     assert_refused_at_the_first_task("natality_daily", dagrun.run_id, fake_slack)
     assert ti_of("natality_daily", dagrun.run_id, "resolve_model").state == "upstream_failed"
+
+
+def test_a_storage_connection_override_reaches_every_step_that_did_not_name_its_own():
+    """A trigger param (form, `mlbatch run --set`, Slack) bound to `storage.gcp_conn_id` or
+    `storage.aws_conn_id` moves every step that inherited it (the one connection rule,
+    `mlbatch.spec.connections`); a step's own connection from the spec file stays."""
+    from mlbatch.local.run import trigger_conf
+    from mlbatch.operators.base import effective_spec
+    from mlbatch.spec.connections import needed_connections
+    from mlbatch.spec.models import PipelineSpec
+
+    spec = PipelineSpec.model_validate({
+        "name": "conns", "model": {"name": "m", "alias": "champion"},
+        "storage": {"gcp_conn_id": "gcs_lake", "aws_conn_id": "s3_lake"},
+        "wait": {"aws_conn_id": "s3_landing"},
+        "input": {"uri": "gs://lake/in/ds={{ ds }}/*.csv", "format": "csv", "id_column": "id",
+                  "features": [{"name": "x", "type": "int"}]},
+        "output": {"uri": "s3://out/p/ds={{ ds }}"},
+        "trigger_params": {"gcp": {"field": "storage.gcp_conn_id"}, "aws": {"field": "storage.aws_conn_id"}}})
+    assert effective_spec(spec, {}) is spec
+    moved = effective_spec(spec, {"gcp": "gcs_other", "aws": "s3_other"})
+    assert (moved.storage.gcp_conn_id, moved.storage.aws_conn_id) == ("gcs_other", "s3_other")
+    assert moved.wait.gcp_conn_id == moved.predict.dataflow.gcp_conn_id == moved.predict.vertex.gcp_conn_id \
+        == "gcs_other"
+    assert moved.predict.sagemaker.aws_conn_id == "s3_other"
+    assert moved.wait.aws_conn_id == "s3_landing"  # named in the spec file: stays
+    needs = {n.purpose: (n.conn_id, n.field) for n in needed_connections(moved)}
+    assert needs["wait.targets"] == needs["input.uri"] == ("gcs_other", "storage.gcp_conn_id")
+    assert needs["output.uri"] == ("s3_other", "storage.aws_conn_id")
+
+    again = effective_spec(moved, {"gcp": "gcs_third"})  # still inherited after one override
+    assert again.wait.gcp_conn_id == again.predict.vertex.gcp_conn_id == "gcs_third"
+    assert again.wait.aws_conn_id == "s3_landing" and again.predict.sagemaker.aws_conn_id == "s3_other"
+    assert trigger_conf(spec, ["gcp=gcs_other"]) == {"gcp": "gcs_other"}  # mlbatch run --set: same rule

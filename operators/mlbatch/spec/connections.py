@@ -45,6 +45,19 @@ def inherit_connections(spec: Any) -> None:
             object.__setattr__(model, name, getattr(spec.storage, storage_name))
 
 
+def without_inherited(spec: Any, data: dict) -> dict:
+    """`data` (a dump of `spec`) without the step fields that were filled from `storage:`, so that a
+    re-validation with an overridden `storage.*_conn_id` fills them again from the new value (a trigger
+    param, `mlbatch run --set`); a step's own connection from the spec file stays."""
+    for (block, name), _ in INHERITED.items():
+        if name not in _block(spec, block).model_fields_set:
+            node = data
+            for part in block.split("."):
+                node = node[part]
+            node.pop(name, None)
+    return data
+
+
 def field_of(spec: Any, block: str, name: str) -> tuple[str, bool]:
     """(the field that decides this connection, whether the spec file set it)."""
     model = _block(spec, block)

@@ -27,6 +27,7 @@ import yaml
 from pydantic import ValidationError
 
 from mlbatch.spec.backend_choice import resolve_backend
+from mlbatch.spec.connections import without_inherited
 from mlbatch.errors import SpecError, SpecProblem
 from mlbatch.spec.models import PipelineSpec
 from mlbatch.spec.runnable import backend_problems, trigger_problems
@@ -86,7 +87,7 @@ def with_overrides(spec: PipelineSpec, overrides: dict[str, Any], source: str = 
 
 
 def _overridden(spec: PipelineSpec, overrides: dict[str, Any]) -> dict:
-    data = spec.model_dump()
+    data = without_inherited(spec, spec.model_dump())  # the connection rule applies to the new values
     if "predict.backend" in overrides:
         data["predict"]["auto_reason"] = None  # the reason of the backend chosen before, if any
     for dotted, value in overrides.items():
