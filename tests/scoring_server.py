@@ -95,8 +95,9 @@ VERTEX_IMAGE = "europe-docker.pkg.dev/example-ml-prod/serving/mlflow-{model_name
 @pytest.fixture(scope="session")
 def model_containers(registered_model, session_dir):
     """The containers the SageMaker and Vertex data-plane emulators send to: one real scoring server per
-    served model, for the session. Images: the generic SageMaker image of natality_sagemaker.yaml and
-    the per-version images (`mlflow models build-docker -m`) of the registered test model."""
+    served model, for the session. Images: the generic SageMaker image (`mlflow sagemaker
+    build-and-push-container`) and the per-version images (`mlflow models build-docker -m`) of the
+    registered test model that natality_sagemaker.yaml and natality_vertex.yaml name."""
     from dataplane.containers import ImageRegistry, ModelContainers
 
     images = ImageRegistry(session_dir / "containers")

@@ -103,7 +103,8 @@ def test_submit_builds_the_requests_from_the_spec_and_defers(spec, model, aws_co
     model_name = model_config(spec, model)["ModelName"]
     described = aws_conn.client("sagemaker").describe_model(ModelName=model_name)
     assert job["ModelName"] == model_name and model_name.startswith(f"mlb-natality-weight-v{model['version']}-")
-    assert described["PrimaryContainer"]["Image"] == spec.predict.sagemaker.image_uri
+    assert described["PrimaryContainer"]["Image"] == spec.predict.sagemaker.image_uri.format(
+        model_name=model["name"], model_version=model["version"])  # the image of this version
     assert described["PrimaryContainer"]["Environment"]["MLFLOW_DEPLOYMENT_FLAVOR_NAME"] == "python_function"
     s3 = aws_conn.client("s3")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=staging_bucket)["Contents"]]
