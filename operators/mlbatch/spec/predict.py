@@ -94,7 +94,10 @@ class SageMakerBackend(SpecModel):
     region: str | None = None
     role_arn: str | None = Field(default=None, description="Execution role of the SageMaker Model.")
     image_uri: str | None = Field(
-        default=None, description="Serving image, e.g. built by `mlflow sagemaker build-and-push-container`.")
+        default=None, description=(
+            "Serving image; {model_name}/{model_version} name the image of each version (`mlflow models "
+            "build-docker -m`, environment built in). A fixed URI is the generic image that installs the "
+            "model's requirements at start: refused with network.public_ips false."))
     s3_staging_uri: str | None = Field(
         default=None, description="s3:// prefix for the model artifact and the job's input and output.")
     aws_conn_id: str = Field(default="aws_default", description="Default: `storage.aws_conn_id`.")
