@@ -104,6 +104,48 @@ def test_the_policy_fails_permanent_errors_and_leaves_the_rest_to_airflow():
     assert policy.evaluate(_client_error("ThrottlingException", 400), 1, 3).action == RetryAction.DEFAULT
 
 
+def agent_lines(status: int, body: str) -> list[str]:
+    """A SageMaker data-log for one refused file, in the agent's format (tests/dataplane/SOURCES.md)."""
+    key = "staging/run/prepared/part-00000.parquet"
+    return [f"2026-11-23T00:00:01.000:[sagemaker logs]: {key}: {text}".rstrip()
+            for text in [f"ClientError: {status}", "", "Message:", *body.splitlines()]]
+
+
+def test_a_refusal_by_the_model_container_fails_at_once_and_other_job_failures_retry():
+    """The verdict is carried by the status each service recorded (failure_reasons.Reason), through the
+    one place a job's error gets its reason (backends.base.with_reason): 4xx but 408/429 -> not retried."""
+    from airflow.sdk.definitions.retry_policy import RetryAction
+
+    from mlbatch.backends.base import with_reason
+    from mlbatch.backends.failure_reasons import container_reason, errors_file_reason, job_output_reason
+    from mlbatch.errors import ContainerRefusedError, RemoteJobError, retry_verdict
+    from mlbatch.operators.fail_fast import FailFastRetryPolicy
+
+    body = ('{"error_code": "BAD_REQUEST", "message": "Failed to enforce schema. Error: Incompatible input '
+            'types for column x. Can not safely convert int64 to float64."}')
+    instance = lambda code: json.dumps({"key": 1, "error": {"code": code, "message": body}})  # noqa: E731
+    would = "{}: /w/prepared/part-00000.parquet: the scoring server would answer {}: Invalid input."
+    refused = [container_reason(agent_lines(400, body)), container_reason(agent_lines(415, "")),
+               errors_file_reason([instance(3)]), errors_file_reason([instance(9)]),
+               job_output_reason(would.format("ValueError", 400))]
+    retried = [container_reason(agent_lines(500, "boom")), container_reason(agent_lines(504, "Request "
+               "processing time exceeded limit")), container_reason(agent_lines(408, "")),
+               container_reason(agent_lines(429, "")), errors_file_reason([instance(13)]),
+               errors_file_reason(["('model server never became ready', 12)"]),
+               job_output_reason(would.format("ValueError", 503)), "Workflow failed. Causes: capacity"]
+    policy = FailFastRetryPolicy()
+    for reason in refused:
+        error = with_reason("p", reason, "SageMaker transform job j did not succeed")
+        assert type(error) is ContainerRefusedError and isinstance(error, RemoteJobError), reason
+        assert str(error).startswith(f"p: {reason} — ") and retry_verdict(error).retry is False
+        assert policy.evaluate(error, try_number=1, max_tries=3).action == RetryAction.FAIL
+    for reason in retried:
+        error = with_reason("p", reason, "job j did not succeed")
+        assert type(error) is RemoteJobError and retry_verdict(error).retry is True, reason
+        assert policy.evaluate(error, try_number=1, max_tries=3).action == RetryAction.DEFAULT
+    assert "Can not safely convert int64 to float64" in refused[0]  # the text is the reason line still
+
+
 def test_every_step_of_a_pipeline_dag_has_the_policy_and_the_dag_still_serializes(monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
     from airflow.serialization.serialized_objects import DagSerialization

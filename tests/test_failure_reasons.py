@@ -94,8 +94,20 @@ def test_a_sagemaker_job_refused_for_a_type_ends_with_the_column_and_types(spec,
     assert "\n" not in message  # the task log's last line is the whole message
     assert message.startswith(f"natality_sagemaker: {TYPE_REASON} — SageMaker transform job {name} did "
                               "not succeed: 'ClientError: See job logs for more information'")
+    assert_not_retried(failed.value)
     assert_alert_shows(failed.value, TYPE_REASON)
     assert_console_shows(failed.value, TYPE_REASON)
+
+
+def assert_not_retried(error: Exception) -> None:
+    """A refusal by the model container: the fail-fast policy fails the task at once."""
+    from airflow.sdk.definitions.retry_policy import RetryAction
+
+    from mlbatch.errors import ContainerRefusedError
+    from mlbatch.operators.fail_fast import FAIL_FAST
+
+    assert isinstance(error, ContainerRefusedError), type(error)
+    assert FAIL_FAST.evaluate(error, try_number=1, max_tries=3).action == RetryAction.FAIL
 
 
 def assert_alert_shows(error: Exception, reason: str) -> None:
@@ -106,7 +118,7 @@ def assert_alert_shows(error: Exception, reason: str) -> None:
                   run_id="manual__type_refused", try_number=1, max_tries=1, error_type=type(error).__name__,
                   error_message=str(error))
     assert reason in alert.fallback_text()
-    assert f"RemoteJobError\n\n    natality_sagemaker: {reason} — " in as_text(blocks(alert))
+    assert f"{type(error).__name__}\n\n    natality_sagemaker: {reason} — " in as_text(blocks(alert))
 
 
 def assert_console_shows(error: Exception, reason: str) -> None:
@@ -123,8 +135,9 @@ def assert_console_shows(error: Exception, reason: str) -> None:
         if line.startswith("mlflow.exceptions.MlflowException"):
             line = f"mlbatch.errors.{type(error).__name__}: {error}\n"
         watcher.feed(line)
-    shown = [line for line in out.getvalue().splitlines() if "RemoteJobError" in line]
-    assert len(shown) == 1 and f"RemoteJobError: natality_sagemaker: {reason}" in shown[0]
+    name = type(error).__name__
+    shown = [line for line in out.getvalue().splitlines() if name in line]
+    assert len(shown) == 1 and f"{name}: natality_sagemaker: {reason}" in shown[0]
 
 
 def test_a_vertex_job_whose_instances_were_refused_says_why(vertex, scoring_server, monkeypatch):
@@ -153,6 +166,7 @@ def test_a_vertex_job_whose_instances_were_refused_says_why(vertex, scoring_serv
     # MLflow's own words for a null in a JSON instance's long column (it names no column here)
     assert reason == (f"{len(ROWS)} lines in the job's errors files; the first: Invalid input. int() argument "
                       "must be a string, a bytes-like object or a real number, not 'NoneType'"), reason
+    assert reason.refused  # the instances' code INVALID_ARGUMENT: the same batch is refused again
 
 
 def test_a_local_job_refused_for_a_type_ends_with_the_column_and_types(model, tmp_path):
@@ -174,3 +188,4 @@ def test_a_local_job_refused_for_a_type_ends_with_the_column_and_types(model, tm
         op.execute(context)
     first = str(failed.value).splitlines()[0]
     assert first.startswith(f"natality_sagemaker: {TYPE_REASON} — mlbatch_beam.local_predict exited with code 1"), first
+    assert_not_retried(failed.value)

@@ -100,6 +100,13 @@ class RemoteJobError(RuntimeError):
     (preemption, an internal error, a killed worker look the same)."""
 
 
+class ContainerRefusedError(PermanentError, RemoteJobError):
+    """A job failed because the model container refused its requests with an HTTP 4xx from /invocations
+    (schema enforcement, input it cannot read; not a timeout or throttling): the same files get the same
+    answer, so it is not retried. Carried by the failure reason (mlbatch.backends.failure_reasons.Reason),
+    never read from the message. Still a `RemoteJobError` for callers that catch one."""
+
+
 class PartitionBusyError(RuntimeError):
     """Another run holds the output partition's lease and did not let go in time (mlbatch.run.lease)."""
 

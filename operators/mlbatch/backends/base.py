@@ -32,7 +32,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from mlbatch.errors import BackendConfigError, RemoteJobError
+from mlbatch.backends.failure_reasons import is_refusal
+from mlbatch.errors import BackendConfigError, ContainerRefusedError, RemoteJobError
 from mlbatch.remote_logs import BACKEND_CLASSES
 from mlbatch.run.paths import RunPaths
 from mlbatch.spec.models import PipelineSpec
@@ -135,13 +136,20 @@ class Backend:
         if not reason:
             return failed
         spec_name, _, rest = str(failed).partition(": ")
-        return RemoteJobError(f"{spec_name}: {reason} — {rest}")
+        return with_reason(spec_name, reason, rest)
 
     def cancel(self, handle: Handle) -> None:
         return None
 
     def log_tail(self, handle: Handle, lines: int) -> list[str]:
         return []
+
+
+def with_reason(spec_name: str, reason: str, failure: str) -> RemoteJobError:
+    """The job's error with its reason first; `ContainerRefusedError` (not retried) when the reason
+    says the model container refused the requests (`failure_reasons.Reason.refused`)."""
+    error = ContainerRefusedError if is_refusal(reason) else RemoteJobError
+    return error(f"{spec_name}: {reason} — {failure}")
 
 
 def require_success_event(spec_name: str, job: str, event: dict | None, console_url: str) -> None:

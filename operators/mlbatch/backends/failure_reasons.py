@@ -25,7 +25,37 @@ _LAST_ERROR = re.compile(r"(?:^|\s)Error: (?P<why>(?:(?!\sError: ).)+)$", re.S)
 TIMEOUT_BODY = "Request processing time exceeded limit"
 _AGENT = re.compile(r":\[sagemaker logs\]: (?:[^:\s]+: )?(?P<text>.*)$")
 _CLIENT_ERROR = re.compile(r"ClientError: (\d{3})")
-_WOULD_ANSWER = re.compile(r"the scoring server would answer \d{3}: (?P<reason>.+)$")
+_WOULD_ANSWER = re.compile(r"the scoring server would answer (?P<status>\d{3}): (?P<reason>.+)$")
+
+
+# 4xx answers a retry may get past: the request's own timeout, throttling
+RETRIED_4XX = frozenset({408, 429})
+# google.rpc.Code of a failed Vertex instance that the same instance gets again: INVALID_ARGUMENT,
+# FAILED_PRECONDITION, OUT_OF_RANGE (the container's 4xx)
+REFUSED_RPC_CODES = frozenset({3, 9, 11})
+
+
+class Reason(str):
+    """A reason line that also says whether the model container refused the request (`refused`: an
+    HTTP 4xx from /invocations other than a timeout or throttling). The verdict comes from the status
+    the service recorded, not from the text; a plain `str` reason counts as not refused."""
+
+    refused: bool
+
+    def __new__(cls, text: str, refused: bool = False) -> Reason:
+        reason = super().__new__(cls, text)
+        reason.refused = refused
+        return reason
+
+
+def refused_status(status: int) -> bool:
+    """Does this HTTP status of the container's answer refuse the request for good?"""
+    return 400 <= status < 500 and status not in RETRIED_4XX
+
+
+def is_refusal(reason: str) -> bool:
+    """Whether a `failure_reason` says the container refused the job's requests (see `Reason`)."""
+    return bool(getattr(reason, "refused", False))
 
 
 def reason_line(text: str) -> str:
@@ -62,8 +92,9 @@ def container_reason(lines: list[str]) -> str:
             body.append(text)
     if status is None:
         return ""
-    return (reason_line("\n".join(body)) if any(b.strip() for b in body) else "") or \
+    text = (reason_line("\n".join(body)) if any(b.strip() for b in body) else "") or \
         f"the model container answered {status}"
+    return Reason(text, refused_status(int(status)))
 
 
 def errors_file_reason(lines: list[str]) -> str:
@@ -73,12 +104,15 @@ def errors_file_reason(lines: list[str]) -> str:
     failed = [line for line in lines if line.strip()]
     if not failed:
         return ""
+    message, code = failed[0], None
     try:
         first = json.loads(failed[0])
-        message = first["error"]["message"] if isinstance(first, dict) and "error" in first else failed[0]
-    except (ValueError, KeyError, TypeError):
-        message = failed[0]
-    return _one_line(f"{len(failed)} lines in the job's errors files; the first: {reason_line(str(message))}")
+        if isinstance(first, dict) and "error" in first:
+            message, code = first["error"]["message"], first["error"].get("code")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+    text = _one_line(f"{len(failed)} lines in the job's errors files; the first: {reason_line(str(message))}")
+    return Reason(text, isinstance(code, int) and code in REFUSED_RPC_CODES)
 
 
 def job_messages_reason(messages: list[dict]) -> str:
@@ -100,7 +134,7 @@ def job_output_reason(output: str) -> str:
     for line in reversed(output.splitlines()):
         refused = _WOULD_ANSWER.search(line)
         if refused:
-            return reason_line(refused.group("reason"))
+            return Reason(reason_line(refused.group("reason")), refused_status(int(refused.group("status"))))
     return ""
 
 

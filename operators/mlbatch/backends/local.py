@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from typing import ClassVar
 
-from mlbatch.backends.base import Backend, Handle, JobRequest, JobState, Submission
+from mlbatch.backends.base import Backend, Handle, JobRequest, JobState, Submission, with_reason
 from mlbatch.backends.dataflow_options import (
     local_job, local_runner_args, model_sharing_args, prediction_output_args)
 from mlbatch.backends.failure_reasons import job_output_reason
@@ -75,7 +75,7 @@ class LocalJobBackend(Backend):
             self._result = self._job.run()
         except RemoteJobError as failed:  # the scoring server's reason first, not after the job's last lines
             reason = job_output_reason(str(failed))
-            raise (RemoteJobError(f"{spec.name}: {reason} — {failed}") if reason else failed) from None
+            raise (with_reason(spec.name, reason, str(failed)) if reason else failed) from None
         log.info("%s (%s, model v%s): %s", request.task_id, spec.predict.backend, model["version"], self._result)
         return Submission({"backend": spec.predict.backend, "result_file": result_file}, "succeeded")
 
