@@ -109,7 +109,7 @@ def sagemaker_dataplane(aws_conn, model_containers, monkeypatch):
     from moto.sagemaker.models import SageMakerModelBackend
 
     from dataplane.containers import ContainerFailed
-    from dataplane.sagemaker_transform import TransformFailed, run_transform
+    from dataplane.sagemaker_transform import JobLog, TransformFailed, run_transform
 
     keep_network_isolation(monkeypatch)
     original = SageMakerModelBackend.create_transform_job
@@ -130,7 +130,13 @@ def sagemaker_dataplane(aws_conn, model_containers, monkeypatch):
                  "EnableNetworkIsolation": model.enable_network_isolation}, s3)
             run_transform(request, s3, container_url)
             job.transform_job_status, job.failure_reason = "Completed", ""
-        except (ContainerFailed, TransformFailed) as exc:
+        except ContainerFailed as exc:  # the service's text; what the container printed is in its log
+            job.transform_job_status, job.failure_reason = "Failed", exc.reason
+            if exc.log:
+                log = JobLog(request)
+                log.instance_lines += exc.log.splitlines()
+                log.write(s3)
+        except TransformFailed as exc:
             job.transform_job_status, job.failure_reason = "Failed", str(exc)
         return job
 

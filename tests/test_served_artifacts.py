@@ -78,6 +78,16 @@ def transform(aws_conn, name: str, image: str, model_data_url: str | None, isola
     return sm.describe_transform_job(TransformJobName=name)
 
 
+def container_log(aws_conn, name: str) -> str:
+    """What the job's container printed: its instance stream in CloudWatch Logs (not the data-log)."""
+    from dataplane.sagemaker_transform import LOG_GROUP
+
+    logs = aws_conn.client("logs")
+    [stream] = [s["logStreamName"] for s in logs.describe_log_streams(
+        logGroupName=LOG_GROUP, logStreamNamePrefix=f"{name}/")["logStreams"] if not s["logStreamName"].endswith("/data-log")]
+    return "\n".join(e["message"] for e in logs.get_log_events(logGroupName=LOG_GROUP, logStreamName=stream)["events"])
+
+
 def predictions(s3, name: str) -> list:
     body = s3.get_object(Bucket=BUCKET, Key=f"out/{name}/part-0.parquet.out")["Body"].read()
     return json.loads(body)["predictions"]
@@ -113,8 +123,9 @@ def test_an_archive_with_the_model_in_a_folder_fails_the_job(aws_conn, s3, probe
     s3.put_object(Bucket=BUCKET, Key="models/nested/model.tar.gz", Body=buffer.getvalue())
     job = transform(aws_conn, "nested-archive", SAGEMAKER_GENERIC_IMAGE, f"s3://{BUCKET}/models/nested/model.tar.gz")
     assert job["TransformJobStatus"] == "Failed"
-    assert job["FailureReason"].startswith("AlgorithmError: See job logs for more information")
-    assert 'Could not find an "MLmodel" configuration file at "/opt/ml/model/MLmodel"' in job["FailureReason"]
+    assert job["FailureReason"] == "AlgorithmError: See job logs for more information"
+    assert 'Could not find an "MLmodel" configuration file at "/opt/ml/model/MLmodel"' in container_log(
+        aws_conn, "nested-archive")
 
 
 def test_a_missing_archive_fails_the_job(aws_conn, s3):
@@ -138,7 +149,8 @@ def test_network_isolation_stops_the_image_that_installs_at_start_not_the_per_ve
     url = f"s3://{BUCKET}/models/v1/model.tar.gz"
     job = transform(aws_conn, "isolated-generic", SAGEMAKER_GENERIC_IMAGE, url, isolated=True)
     assert job["TransformJobStatus"] == "Failed"
-    assert "No matching distribution found for mlflow==" in job["FailureReason"]  # the first requirement
+    assert job["FailureReason"] == "AlgorithmError: See job logs for more information"
+    assert "No matching distribution found for mlflow==" in container_log(aws_conn, "isolated-generic")
 
     image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/mlflow-served-artifacts-probe:v1"
     model_containers.images.per_version(image, probe[1])
@@ -153,7 +165,7 @@ def test_a_model_whose_requirement_the_image_lacks_fails_on_the_image_of_another
     model_containers.images.per_version(image, probe[1])
     job = transform(aws_conn, "wrong-image", image, f"s3://{BUCKET}/models/v3/model.tar.gz")
     assert job["TransformJobStatus"] == "Failed"
-    assert "probe-only-package==1.0 is not installed in image" in job["FailureReason"]
+    assert "probe-only-package==1.0 is not installed in image" in container_log(aws_conn, "wrong-image")
 
 
 def test_the_vertex_container_serves_the_model_its_image_was_built_with(probe, model_containers):
@@ -188,7 +200,8 @@ def test_the_sagemaker_backend_refuses_an_isolated_job_on_the_image_that_install
     from mlbatch.operators.predict import PredictOperator
     from mlbatch.spec.loader import with_overrides
 
-    isolated = with_overrides(spec, {"predict.network.public_ips": False})
+    isolated = with_overrides(spec, {"predict.network.public_ips": False,
+                                     "predict.sagemaker.image_uri": SAGEMAKER_GENERIC_IMAGE})
     context = task_context("manual__isolated_generic", DS, model)
     op = PredictOperator(task_id="predict", spec=isolated)
     prepare(op, isolated, context)

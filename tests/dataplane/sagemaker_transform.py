@@ -55,6 +55,7 @@ class JobLog:
     def __init__(self, request: dict):
         self.job, self.lines = request["TransformJobName"], []
         self.stream = f"{self.job}/{INSTANCE}-{int(time.time())}"
+        self.instance_lines = [f"emulated instance {INSTANCE} of {self.job}"]  # the container's stdout/stderr
         self.add(f"MaxConcurrentTransforms={request.get('MaxConcurrentTransforms') or 1}, "
                  f"MaxPayloadInMB={request.get('MaxPayloadInMB') or 6}, "
                  f"BatchStrategy={'MULTI_RECORD' if (request.get('BatchStrategy') or 'MultiRecord') == 'MultiRecord' else 'SINGLE_RECORD'}")
@@ -80,7 +81,7 @@ class JobLog:
         except logs.exceptions.ResourceAlreadyExistsException:
             pass
         stamp = int(time.time() * 1000)
-        for stream, lines in ((self.stream, [f"emulated instance {INSTANCE} of {self.job}"]),
+        for stream, lines in ((self.stream, self.instance_lines),
                               (self.stream + "/data-log", self.lines)):
             logs.create_log_stream(logGroupName=LOG_GROUP, logStreamName=stream)
             logs.put_log_events(logGroupName=LOG_GROUP, logStreamName=stream,
