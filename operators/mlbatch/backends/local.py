@@ -25,6 +25,7 @@ from mlbatch.backends.failure_reasons import job_output_reason
 from mlbatch.errors import RemoteJobError
 from mlbatch.run.job_process import JobProcess, stop_leftover_job
 from mlbatch.spec.prep_contract import schema_json
+from mlbatch.storage.job_errors import job_storage_errors
 from mlbatch.storage.layer import Storage
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,8 @@ class LocalJobBackend(Backend):
         module, leading, args = self.job_args(request)
         self._job = JobProcess(module, leading + common + args + storage_args, result_file, env=env)
         try:
-            self._result = self._job.run()
+            with job_storage_errors(storage, [paths.input_pattern, paths.work, model["artifact_uri"]], folders):
+                self._result = self._job.run()
         except RemoteJobError as failed:  # the scoring server's reason first, not after the job's last lines
             reason = job_output_reason(str(failed))
             raise (with_reason(spec.name, reason, str(failed)) if reason else failed) from None

@@ -24,6 +24,7 @@ from mlbatch.spec.prep_contract import prep_runs_in_predict, prepared_file_rows,
 from mlbatch.run.rejections import check_prep
 from mlbatch.run.paths import RunPaths
 from mlbatch.spec.models import PipelineSpec
+from mlbatch.storage.job_errors import job_storage_errors
 from mlbatch.storage.layer import Storage
 
 beam_runner_args = local_runner_args  # the local FnApiRunner's flags; kept under this name for callers
@@ -70,7 +71,8 @@ class BeamPrepOperator(BackendJobMixin, PipelineStepOperator):
         env, storage_args = storage.job_env([paths.input_pattern, paths.work])
         module, leading = local_job(spec, "mlbatch_beam.prep")
         self._job = JobProcess(module, leading + args + storage_args, paths.result_file("prep"), env=env)
-        result = self._job.run()
+        with job_storage_errors(storage, [paths.input_pattern], [paths.work]):
+            result = self._job.run()
         self.log.info("prep: %s", result)
         check_prep(spec, result, paths.rejected_staging, storage)
         return result
