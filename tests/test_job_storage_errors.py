@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from stores import GCS_BUCKET, S3_BUCKET, connect_gcs, connect_s3, ensure_gcs_bucket, ensure_s3_bucket
-from test_storage_errors import assert_named
+from test_storage_errors import assert_named, moto_with_auth  # noqa: F401 - module fixture
 
 
 def named_connection(monkeypatch, default: str, conn_id: str) -> None:
@@ -86,3 +86,29 @@ def test_a_job_failure_that_is_not_about_storage_stays_what_it_was(lake, tmp_pat
     with pytest.raises(RemoteJobError) as err:
         run_prep(f"{good}/nothing/*.csv", f"{good}/work", storage, tmp_path)
     assert not isinstance(err.value, StorageError) and "No input files match pattern" in str(err.value)
+
+
+def s3_connection(monkeypatch, login: str, password: str, endpoint: str) -> str:
+    conn = f"s3_job_{uuid.uuid4().hex[:6]}"
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn.upper()}", json.dumps(
+        {"conn_type": "aws", "login": login, "password": password,
+         "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"}}))
+    return conn
+
+
+@pytest.mark.parametrize("case", ["wrong secret", "no grants"])
+def test_s3_refusals_in_a_beam_job_name_the_connection(moto_with_auth, monkeypatch, tmp_path, case):
+    """Beam's S3 client against moto with authentication: a wrong secret, a key with no grants. (A closed
+    port is not tried here: Beam's S3 client retries a refused connection for minutes; the first task's
+    endpoint probe names it before any job starts.)"""
+    from mlbatch.errors import StorageAccessDeniedError, StorageCredentialsError
+    from mlbatch.storage.layer import Storage
+
+    endpoint, key_id, secret, (bare_key, bare_secret) = moto_with_auth
+    login, password, expected = {"wrong secret": (key_id, "not-" + secret, StorageCredentialsError),
+                                 "no grants": (bare_key, bare_secret, StorageAccessDeniedError)}[case]
+    conn = s3_connection(monkeypatch, login, password, endpoint)
+    storage = Storage(aws_conn_id=conn)
+    with pytest.raises(expected) as err:
+        run_prep("s3://guarded/in/*.csv", "s3://guarded/work", storage, tmp_path)
+    assert_named(err.value, "bucket 'guarded'", f"connection '{conn}'")
