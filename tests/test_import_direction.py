@@ -24,7 +24,7 @@ LAYERS = [
     {"backends", "sensors", "triggers", "alerts", "slack_commands"},  # services, each on its own
     {"hooks"},  # one hook per cloud service: connection and API calls
     {"run"},  # a run's bookkeeping: paths, commit and lease, counts, statistics, job processes
-    {"spec", "storage", "redaction", "retry_button", "remote_logs"},  # what everything stands on
+    {"spec", "storage", "redaction", "retry_button", "remote_logs", "quality"},  # what everything stands on
     {"errors", "__init__"},  # every exception, in one place
 ]
 SERVICES = 2

@@ -121,6 +121,12 @@ class WaitFailedError(RuntimeError):
     DAG run it waited for failed or was skipped. Retried: the upstream may be re-run meanwhile."""
 
 
+class StatisticsError(PermanentError, ValueError):
+    """Column statistics that cannot be built, merged or compared (`mlbatch.quality`): values of the
+    wrong kind for the summary, summaries of different columns, kinds or bin edges, a stored summary
+    that is not one. The message names the column and both sides."""
+
+
 class ConnectionNotFoundError(PermanentError, LookupError):
     """A spec needs an Airflow connection that does not exist (and the environment cannot stand in
     for it): the message names the connection id, the spec field naming it and the URI it is for."""
