@@ -201,3 +201,10 @@ def test_bad_inputs_name_the_column_and_what_is_wrong():
         statistics.from_json({k: v for k, v in numeric([1.0]).to_json().items() if k != "count"})
     with pytest.raises(StatisticsError, match="kind 'text'"):
         statistics.summary("x", "text")
+
+
+def test_a_high_cardinality_column_keeps_the_most_frequent_values_and_counts_the_rest_as_other():
+    values = [f"v{i:04d}" for i in range(statistics.MAX_VALUES + 5)] + ["v0007"] * 3
+    got = statistics.summary("id", "categorical").add_batch(np.array(values))
+    assert len(got.values) == statistics.MAX_VALUES and got.other == 5 and got.values["v0007"] == 4
+    assert sum(got.values.values()) + got.other == len(values)
