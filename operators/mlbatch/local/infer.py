@@ -208,7 +208,7 @@ def describe_sample(column: Column, values, rows: int) -> None:
     nulls = values.null_count
     if nulls and not column.nullable:
         column.notes.append(f"{nulls:,} of {rows:,} sample rows are null: such rows go to the dead letters "
-                            "(set nullable: true if the model accepts nulls)")
+                            "(the model's signature takes no null here; see docs/spec.md, the type contract)")
     elif nulls:
         column.notes.append(f"{nulls:,} of {rows:,} sample rows are null")
     present = values.drop_null()
