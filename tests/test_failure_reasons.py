@@ -35,6 +35,19 @@ def parquet(frame: pd.DataFrame) -> bytes:
     return sink.getvalue()
 
 
+def predict_on_int64_mother_age(spec, model: dict, run_id: str, ds: str):
+    """The predict step of `run_id` with its prepared file already written, mother_age as int64 where the
+    model's column is double: what the containers refuse."""
+    from mlbatch.operators.predict import PredictOperator
+
+    context = task_context(run_id, ds, model)
+    op = PredictOperator(task_id="predict", spec=spec)
+    prepared = Path(op.run_paths(context, spec).prepared)
+    prepared.mkdir(parents=True, exist_ok=True)
+    (prepared / "part-00000.parquet").write_bytes(parquet(natality_rows(mother_age="int64")))
+    return op, context
+
+
 def test_the_reason_line_of_real_scoring_server_answers(scoring_server):
     """What the MLflow container answers a Parquet request it refuses, reduced to its reason."""
     from mlbatch.backends.failure_reasons import reason_line
@@ -75,11 +88,7 @@ def test_a_sagemaker_job_refused_for_a_type_ends_with_the_column_and_types(spec,
     from mlbatch.errors import RemoteJobError
     from mlbatch.operators.predict import PredictOperator
 
-    context = task_context("manual__type_refused", "2026-11-23", model)
-    op = PredictOperator(task_id="predict", spec=spec)
-    prepared = Path(op.run_paths(context, spec).prepared)
-    prepared.mkdir(parents=True, exist_ok=True)
-    (prepared / "part-00000.parquet").write_bytes(parquet(natality_rows(mother_age="int64")))
+    op, context = predict_on_int64_mother_age(spec, model, "manual__type_refused", "2026-11-23")
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(context)
     name = deferred.value.trigger.job_name
@@ -173,17 +182,12 @@ def test_a_local_job_refused_for_a_type_ends_with_the_column_and_types(model, tm
     """The local backend (SageMaker flavor) runs the scoring server's own request handling in a child
     process; its error leads with the server's reason, before the job's last lines."""
     from mlbatch.errors import RemoteJobError
-    from mlbatch.operators.predict import PredictOperator
     from mlbatch.spec.loader import load_spec, with_overrides
 
     spec = with_overrides(load_spec(REPO / "include" / "pipelines" / "natality_sagemaker.yaml"), {
         "predict.backend": "local", "predict.local.flavor": "sagemaker",
         "output.uri": str(tmp_path / "out" / "ds={{ ds }}")})
-    context = task_context("manual__local_type_refused", "2026-11-24", model)
-    op = PredictOperator(task_id="predict", spec=spec)
-    prepared = Path(op.run_paths(context, spec).prepared)
-    prepared.mkdir(parents=True, exist_ok=True)
-    (prepared / "part-00000.parquet").write_bytes(parquet(natality_rows(mother_age="int64")))
+    op, context = predict_on_int64_mother_age(spec, model, "manual__local_type_refused", "2026-11-24")
     with pytest.raises(RemoteJobError) as failed:
         op.execute(context)
     first = str(failed.value).splitlines()[0]

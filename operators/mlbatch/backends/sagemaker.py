@@ -188,9 +188,9 @@ def write_request_files(spec: PipelineSpec, storage: Storage, prepared: str, tar
             sink = io.BytesIO()
             # ParquetFile: read_table on a file object can abort the process at exit (apache/arrow#50482)
             table = pq.ParquetFile(fh).read(columns=features)
+            name = path.rpartition("/")[2]
+            _within_rows_per_request(spec, name, table.num_rows)  # before encoding a request it refuses
             pq.write_table(table, sink)
-        name = path.rpartition("/")[2]
-        _within_rows_per_request(spec, name, table.num_rows)
         if sink.tell() > limit:
             raise BackendConfigError(f"{spec.name}: {name} is {sink.tell()} bytes as a request, over "
                                      f"predict.sagemaker.max_payload_mb ({spec.predict.sagemaker.max_payload_mb} MB); "
