@@ -112,10 +112,10 @@ class Backend:
         try:
             require_success_event(request.spec.name, label, event, handle.get("console_url", ""))
         except RemoteJobError as failed:
-            raise self._with_reason(failed, handle) from None
+            raise self._with_reason(request.spec.name, failed, handle) from None
         state = self.describe(handle)
         if state.phase != "succeeded":
-            raise self._with_reason(RemoteJobError(
+            raise self._with_reason(request.spec.name, RemoteJobError(
                 f"{request.spec.name}: the trigger reported success but {label} is {state.detail}; see "
                 f"{handle.get('console_url', '')}"), handle)
         return self.result(request, handle, state)
@@ -125,7 +125,7 @@ class Backend:
         errors file, job messages): "" when it says nothing more than the job's state."""
         return ""
 
-    def _with_reason(self, failed: RemoteJobError, handle: Handle) -> RemoteJobError:
+    def _with_reason(self, spec_name: str, failed: RemoteJobError, handle: Handle) -> RemoteJobError:
         """`failed` with the job's own reason put first (`failure_reason`), so that the task log's last
         line, the CLI and the alert show it; unchanged when there is none or it cannot be read."""
         try:
@@ -135,8 +135,7 @@ class Backend:
             return failed
         if not reason:
             return failed
-        spec_name, _, rest = str(failed).partition(": ")
-        return with_reason(spec_name, reason, rest)
+        return with_reason(spec_name, reason, str(failed).removeprefix(f"{spec_name}: "))
 
     def cancel(self, handle: Handle) -> None:
         return None
