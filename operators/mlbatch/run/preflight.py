@@ -15,7 +15,7 @@ from typing import Any
 from mlbatch.errors import ConnectionNotFoundError, StorageError
 from mlbatch.spec.connections import Need, needed_connections
 from mlbatch.storage.connections import check_endpoint, lookup, reach
-from mlbatch.storage.layer import Storage, join
+from mlbatch.storage.layer import Storage, bucket, join
 
 
 def connection_problems(spec: Any, find=lookup, probe: bool = True) -> list[Exception]:
@@ -44,9 +44,9 @@ def require_reachable(spec: Any, rendered: dict[str, list[str]], find=lookup) ->
     checked: set[tuple[str, str]] = set()
     for need in needed_connections(spec):
         for uri in rendered.get(need.purpose, [need.uri]):
-            bucket = uri.partition("://")[2].split("/", 1)[0]
-            if bucket and "{{" not in bucket and (need.conn_id, bucket) not in checked:
-                checked.add((need.conn_id, bucket))
+            name = bucket(uri)
+            if name and "{{" not in name and (need.conn_id, name) not in checked:
+                checked.add((need.conn_id, name))
                 _bucket_exists(need, uri)
 
 

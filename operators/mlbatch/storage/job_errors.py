@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 from mlbatch.errors import (BucketNotFoundError, RemoteJobError, StorageAccessDeniedError, StorageCredentialsError,
                             StorageError, StorageUnreachableError)
-from mlbatch.storage.layer import Storage, scheme
+from mlbatch.storage.layer import Storage, bucket, scheme
 from mlbatch.storage.translate import (AWS_BUCKET_CODES, AWS_CREDENTIAL_CODES, AWS_DENIED_CODES, FIX_BUCKET,
                                        FIX_CREDENTIALS, FIX_DENIED, FIX_UNREACHABLE)
 
@@ -109,8 +109,7 @@ def _kind(line: str) -> tuple[str | None, type[StorageError], str]:
 def _named_uri(line: str, remote: list[str], kind: str) -> str:
     """The job's URI whose bucket the line names; else its first on the store of that kind."""
     for uri in remote:
-        bucket = uri.partition("://")[2].split("/", 1)[0]
-        if re.search(rf"(?<![\w.-]){re.escape(bucket)}(?![\w.-])", line):
+        if re.search(rf"(?<![\w.-]){re.escape(bucket(uri))}(?![\w.-])", line):
             return uri
     on_kind = [u for u in remote if scheme(u) == kind] if kind else []
     return (on_kind or remote)[0]
@@ -123,11 +122,7 @@ def _no_input(line: str, remote: list[str], storage: Storage) -> StorageError | 
     if not match or scheme(match.group("uri")) not in ("s3", "gs"):
         return None
     uri = match.group("uri")
-    try:
-        fs, path = storage.fs(uri)
-        missing = not fs.exists(path.split("/", 1)[0])
-    except Exception:  # no right to look at the bucket: the job's own error stands
-        return None
+    missing = storage.bucket_absent(uri)  # None: no right to look at the bucket; the job's own error stands
     return BucketNotFoundError(uri, storage.conn_id(uri), FIX_BUCKET, _cause(line)) if missing else None
 
 

@@ -52,6 +52,12 @@ def name(uri: str) -> str:
     return uri.rstrip("/").rpartition("/")[2]
 
 
+def bucket(uri: str) -> str:
+    """The bucket of a gs:// or s3:// URI ("" for a local path)."""
+    head, sep, rest = uri.partition("://")
+    return rest.split("/", 1)[0] if sep and head != "file" else ""
+
+
 def is_hidden(uri: str) -> bool:
     return name(uri).startswith(("_", "."))
 
@@ -90,11 +96,13 @@ class Storage:
     def bucket_missing(self, uri: str) -> bool | None:
         """Whether the bucket of a gs:// URI is missing (None: the store would not say). S3 names a
         missing bucket in its own error (NoSuchBucket), so it is never asked."""
-        if scheme(uri) != "gs":
-            return None
+        return self.bucket_absent(uri) if scheme(uri) == "gs" else None
+
+    def bucket_absent(self, uri: str) -> bool | None:
+        """Whether the bucket of a gs:// or s3:// URI does not exist (None: the store would not say)."""
         try:
-            fs, path = self.fs(uri)
-            return not fs.exists(path.split("/", 1)[0])
+            fs, _ = self.fs(uri)
+            return not fs.exists(bucket(uri))
         except Exception:  # no right to look at the bucket: keep the original error
             return None
 
