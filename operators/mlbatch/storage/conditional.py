@@ -50,7 +50,12 @@ def read_versioned(storage: Storage, uri: str) -> tuple[bytes | None, Version]:
         if blob is None:
             return None, None
         generation = blob.generation
-        return blob.download_as_bytes(if_generation_match=generation), generation
+        from google.api_core.exceptions import NotFound
+
+        try:
+            return blob.download_as_bytes(if_generation_match=generation), generation
+        except NotFound:  # deleted between the look-up and the download (a holder releasing): absent
+            return None, None
     if kind == "s3":
         client, bucket, key = _s3(storage, uri)
         try:
