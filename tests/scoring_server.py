@@ -25,6 +25,7 @@ from emulators import free_port
 class ScoringServer:
     url: str  # http://127.0.0.1:PORT
     model_uri: str
+    pid: int = 0  # the `mlflow models serve` process (its uvicorn workers are its descendants)
 
     def invocations(self, body: bytes, content_type: str):
         import requests
@@ -50,20 +51,21 @@ def wait_for_ping(url: str, process: subprocess.Popen, deadline_s: float = 120) 
 
 
 @contextmanager
-def serve_model(model_uri: str, log_path: Path, env: dict | None = None):
-    """`mlflow models serve -m <model_uri> --env-manager local` on 127.0.0.1, until the block ends."""
+def serve_model(model_uri: str, log_path: Path, env: dict | None = None, workers: int = 1):
+    """`mlflow models serve -m <model_uri> --env-manager local -w <workers>` on 127.0.0.1, until the block
+    ends (the bench's live endpoint runs one worker per core)."""
     port = free_port()
     bin_dir = str(Path(sys.executable).parent)
     env = {**(env or os.environ), "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+         "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_ping(url, process)
-        yield ScoringServer(url=url, model_uri=model_uri)
+        yield ScoringServer(url=url, model_uri=model_uri, pid=process.pid)
     finally:
         stop(process)
         log.close()
