@@ -46,16 +46,7 @@ def read_versioned(storage: Storage, uri: str) -> tuple[bytes | None, Version]:
     """(content, version) of one object; (None, None) when it does not exist."""
     kind = scheme(uri)
     if kind == "gs":
-        blob = _gcs_bucket(storage, uri).get_blob(_key(uri))
-        if blob is None:
-            return None, None
-        generation = blob.generation
-        from google.api_core.exceptions import NotFound
-
-        try:
-            return blob.download_as_bytes(if_generation_match=generation), generation
-        except NotFound:  # deleted between the look-up and the download (a holder releasing): absent
-            return None, None
+        return _gcs_read(_gcs_bucket(storage, uri), _key(uri))
     if kind == "s3":
         client, bucket, key = _s3(storage, uri)
         try:
@@ -141,6 +132,25 @@ def _key(uri: str) -> str:
 
 def _gcs_bucket(storage: Storage, uri: str):
     return _client("gs", storage.gcp_conn_id, _conn_env(storage.gcp_conn_id)).bucket(uri.split("://", 1)[1].split("/", 1)[0])
+
+
+def _gcs_read(bucket, key: str, tries: int = 5) -> tuple[bytes | None, Version]:
+    """The object and the generation it was read at. The look-up and the download are two requests;
+    if the object is deleted or replaced in between (a holder releasing or renewing its lease), the
+    download of that generation fails (404 for a generation gone, 412 for its precondition) and the
+    reader looks again: content and version always belong together, and absent means absent."""
+    from google.api_core.exceptions import NotFound, PreconditionFailed as GenerationMoved
+
+    for _ in range(tries):
+        blob = bucket.get_blob(key)
+        if blob is None:
+            return None, None
+        generation = blob.generation  # the download resets it from its response headers
+        try:
+            return blob.download_as_bytes(if_generation_match=generation), generation
+        except (NotFound, GenerationMoved):
+            continue
+    raise PreconditionFailed(f"gs://{bucket.name}/{key} changed on each of {tries} reads")
 
 
 def _s3(storage: Storage, uri: str):

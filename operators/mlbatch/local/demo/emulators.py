@@ -27,17 +27,19 @@ def free_port() -> int:
 
 
 def honour_gcs_preconditions() -> None:
-    """gcp-storage-emulator ignores `ifGenerationMatch`; real GCS refuses a write or delete whose
+    """gcp-storage-emulator ignores `ifGenerationMatch`; real GCS refuses a write, delete or read whose
     precondition fails with 412 `conditionNotMet` (cloud.google.com/storage/docs/request-preconditions,
     listed in tests/dataplane/SOURCES.md). The partition lease relies on exactly that, so the emulator's
-    insert and delete handlers are wrapped to check it, one request at a time as GCS does per object."""
+    insert, delete and download handlers are wrapped to check it, one request at a time as GCS does per
+    object."""
     from gcp_storage_emulator import server
     from gcp_storage_emulator.handlers import objects
 
     if getattr(objects, "_mlbatch_preconditions", False):
         return
     lock = threading.Lock()
-    wrapped = {objects.insert: _checked(objects.insert, lock), objects.delete: _checked(objects.delete, lock)}
+    wrapped = {handler: _checked(handler, lock)
+               for handler in (objects.insert, objects.delete, objects.download, objects.get)}
     for _, handlers in server.HANDLERS:
         for method, handler in list(handlers.items()):
             if handler in wrapped:
@@ -56,7 +58,7 @@ def _object_name(request) -> str:
 
 def _checked(handler, lock: threading.Lock):
     """`handler` answering 412 when the request's ifGenerationMatch differs from the object's generation
-    (0: no object; a DELETE of a missing object is left to the handler's own 404)."""
+    (0: no object; a DELETE or read of a missing object is left to the handler's own 404)."""
     from http import HTTPStatus
 
     from gcp_storage_emulator.exceptions import NotFound
@@ -71,7 +73,7 @@ def _checked(handler, lock: threading.Lock):
                               .get("generation") or 0)
             except NotFound:
                 current = 0
-            if current != int(wanted[0]) and not (current == 0 and request.method == "DELETE"):
+            if current != int(wanted[0]) and not (current == 0 and request.method in ("DELETE", "GET")):
                 response.status = HTTPStatus.PRECONDITION_FAILED
                 response.json({"error": {"code": 412, "message": "At least one of the pre-conditions you "
                                          "specified did not hold.", "errors": [{"reason": "conditionNotMet"}]}})
