@@ -129,3 +129,28 @@ def test_find_attempt_waits_out_a_stopping_job_then_moves_on():
     assert (attempt.number, attempt.verdict, looks["n"]) == (2, "absent", 3)
     with pytest.raises(RuntimeError, match="still stopping after 0 s"):
         find_attempt(lambda n: f"j-{n}", lambda name: ("ending", None), ending_wait_s=0, poll_s=0.01)
+
+
+MLFLOW_ENDPOINT = {"kind": "mlflow", "url": "http://scoring.internal:5000"}
+
+
+@pytest.mark.parametrize(("overrides", "backend", "why"), [
+    ({"input.expected_rows": 10_000}, "endpoint", "small partition"),
+    ({"input.expected_rows": None}, "dataflow", "direct model"),              # size unknown: the batch rule
+    ({"input.expected_rows": 10_000_000}, "dataflow", "direct model"),        # large: the batch rule
+    ({"input.expected_rows": 10_000_000, "predict.endpoint": {**MLFLOW_ENDPOINT, "serves_source_of_truth": True}},
+     "endpoint", "source of truth"),
+    ({"input.expected_rows": 10, "predict.endpoint": None}, "dataflow", "direct model"),  # no endpoint
+])
+def test_auto_scores_through_a_configured_endpoint_when_small_or_the_source_of_truth(overrides, backend, why):
+    spec = auto_spec(**{"predict.endpoint": MLFLOW_ENDPOINT, **overrides})
+    assert spec.predict.backend == backend
+    assert why in spec.predict.auto_reason
+
+
+def test_the_endpoint_threshold_is_inclusive():
+    from mlbatch.spec.backend_choice import ENDPOINT_MAX_ROWS
+
+    at = auto_spec(**{"predict.endpoint": MLFLOW_ENDPOINT, "input.expected_rows": ENDPOINT_MAX_ROWS})
+    over = auto_spec(**{"predict.endpoint": MLFLOW_ENDPOINT, "input.expected_rows": ENDPOINT_MAX_ROWS + 1})
+    assert (at.predict.backend, over.predict.backend) == ("endpoint", "dataflow")

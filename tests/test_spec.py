@@ -59,7 +59,7 @@ def test_env_interpolation_default_and_missing(tmp_path, monkeypatch):
     ("edit", "expected"),
     [
         (lambda d: d["predict"].update(backend="gpu"),
-         r"predict\.backend = 'gpu': expected one of 'local', 'dataflow', 'sagemaker', 'vertex' or 'auto'"),
+         r"predict\.backend = 'gpu': expected one of 'local', 'dataflow', 'sagemaker', 'vertex', 'endpoint' or 'auto'"),
         (lambda d: d["input"]["features"][1].update(type="decimal"),
          r"input\.features\.1\.type = 'decimal': expected one of 'int', 'float', 'bool' or 'string'"),
         (lambda d: d["output"].update(fromat="csv"),

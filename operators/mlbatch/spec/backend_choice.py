@@ -10,6 +10,12 @@ default. A managed batch-prediction job is worth its start-up cost only when
 The managed service is the one of the input's cloud (s3:// -> sagemaker, gs:// -> vertex), else the
 one whose block is filled in.
 
+A live endpoint (`predict.endpoint`, the seed's third way) comes first when it is configured and either
+  - the spec says it is the model of record (`serves_source_of_truth: true`): scoring elsewhere could
+    disagree with what the endpoint answers online, or
+  - the partition is small (`input.expected_rows` <= ENDPOINT_MAX_ROWS): below that, the endpoint,
+    already up, beats starting a job that loads the model (bench/results.md, "three ways").
+
 `resolve_backend` is the named step that applies the rule: the spec loader calls it after validation
 and gets a new spec whose `predict.backend` is concrete and whose `predict.auto_reason` says why (the
 DAG's tag, `mlbatch validate` and the predict log show both). The spec models themselves never change
@@ -24,10 +30,21 @@ if TYPE_CHECKING:
     from mlbatch.spec.models import PipelineSpec
 
 MANAGED_BY_SCHEME = {"s3": "sagemaker", "gs": "vertex"}
+# Rows up to which the endpoint is faster end to end than the direct model: the crossover of `make bench`'s
+# "three ways" section (bench/results.md).
+ENDPOINT_MAX_ROWS = 100_000
 
 
-def choose_backend(input_uri: str, input_format: str, predict: Any) -> tuple[str, str]:
+def choose_backend(input_uri: str, input_format: str, predict: Any,
+                   expected_rows: int | None = None) -> tuple[str, str]:
     """(backend, why) for a spec whose `predict.backend` is `auto`."""
+    endpoint = predict.endpoint
+    if endpoint is not None and endpoint.kind is not None:
+        if endpoint.serves_source_of_truth:
+            return "endpoint", f"the {endpoint.kind} endpoint serves the source of truth"
+        if expected_rows is not None and expected_rows <= ENDPOINT_MAX_ROWS:
+            return "endpoint", (f"small partition ({expected_rows:,} expected rows <= {ENDPOINT_MAX_ROWS:,}): "
+                                f"the {endpoint.kind} endpoint is up already")
     scheme = input_uri.split("://", 1)[0] if "://" in input_uri else ""
     in_cloud_storage = scheme in MANAGED_BY_SCHEME
     if in_cloud_storage and input_format == "jsonl":
@@ -52,7 +69,7 @@ def resolve_backend(spec: PipelineSpec) -> PipelineSpec:
     again, so the chosen backend's own checks apply); any other spec is returned as it is."""
     if spec.predict.backend != "auto":
         return spec
-    backend, why = choose_backend(spec.input.uri, spec.input.format, spec.predict)
+    backend, why = choose_backend(spec.input.uri, spec.input.format, spec.predict, spec.input.expected_rows)
     data = spec.model_dump()
     data["predict"].update(backend=backend, auto_reason=why)
     return type(spec).model_validate(data)

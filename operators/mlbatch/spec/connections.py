@@ -3,7 +3,8 @@ connections (`storage.aws_conn_id`, `storage.gcp_conn_id`) unless the step names
 
 The steps that may name their own: `wait.aws_conn_id` / `wait.gcp_conn_id` (the wait for the input),
 `predict.dataflow.gcp_conn_id`, `predict.sagemaker.aws_conn_id`, `predict.vertex.gcp_conn_id` (the
-backend's API calls and staging). A field left out of the spec file takes the `storage:` value when the
+backend's API calls and staging), `predict.endpoint.aws_conn_id` / `gcp_conn_id` (a SageMaker or Vertex
+endpoint's calls). A field left out of the spec file takes the `storage:` value when the
 spec is validated; `needed_connections` lists which connection each URI of a spec is reached through,
 and which field named it, for the checks of `mlbatch validate --connections` and of the first task
 (`mlbatch.run.preflight`). No import beyond the standard library: the DAG processor loads this.
@@ -21,6 +22,8 @@ INHERITED = {
     ("predict.dataflow", "gcp_conn_id"): "gcp_conn_id",
     ("predict.sagemaker", "aws_conn_id"): "aws_conn_id",
     ("predict.vertex", "gcp_conn_id"): "gcp_conn_id",
+    ("predict.endpoint", "aws_conn_id"): "aws_conn_id",
+    ("predict.endpoint", "gcp_conn_id"): "gcp_conn_id",
 }
 KIND = {"s3": "aws", "gs": "gcp"}
 
@@ -41,7 +44,7 @@ def inherit_connections(spec: Any) -> None:
     """Fill the step connection fields the spec file left out with the `storage:` values."""
     for (block, name), storage_name in INHERITED.items():
         model = _block(spec, block)
-        if name not in model.model_fields_set:
+        if model is not None and name not in model.model_fields_set:
             object.__setattr__(model, name, getattr(spec.storage, storage_name))
 
 
@@ -50,7 +53,8 @@ def without_inherited(spec: Any, data: dict) -> dict:
     re-validation with an overridden `storage.*_conn_id` fills them again from the new value (a trigger
     param, `mlbatch run --set`); a step's own connection from the spec file stays."""
     for (block, name), _ in INHERITED.items():
-        if name not in _block(spec, block).model_fields_set:
+        model = _block(spec, block)
+        if model is not None and name not in model.model_fields_set:
             node = data
             for part in block.split("."):
                 node = node[part]
@@ -101,10 +105,15 @@ def _backend_needs(spec: Any, add) -> None:
             "predict.sagemaker")
     elif backend == "vertex":
         add(spec.predict.vertex.gcs_staging_uri or "gs://", "predict.vertex.gcs_staging_uri", "predict.vertex")
+    elif backend == "endpoint" and spec.predict.dataflow.runner == "dataflow":
+        add(spec.predict.dataflow.temp_location or "gs://", "predict.dataflow.temp_location", "predict.dataflow")
 
 
 def _block(spec: Any, dotted: str) -> Any:
+    """The block at `dotted`; None for an optional block the spec leaves out (`predict.endpoint`)."""
     node = spec
     for part in dotted.split("."):
         node = getattr(node, part)
+        if node is None:
+            return None
     return node

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, model_validator
 from mlbatch.spec.base import DataFormat, SpecModel
 from mlbatch.spec.output import Output
 from mlbatch.spec.predict import Predict
+from mlbatch.spec.quality import Quality
 
 FeatureType = Literal["int", "float", "bool", "string"]
 
@@ -97,6 +98,9 @@ class Input(SpecModel):
         default=None, description="File that must exist before the run starts, e.g. a _SUCCESS marker "
                                   "(the default target of `wait`)."
     )
+    expected_rows: int | None = Field(default=None, ge=1, description=(
+        "About how many rows one partition holds; `backend: auto` scores a small one through a configured "
+        "endpoint (mlbatch.spec.backend_choice)."))
 
     @model_validator(mode="after")
     def _unique_columns(self) -> Input:
@@ -232,6 +236,17 @@ class PipelineSpec(SpecModel):
     trigger_params: dict[str, TriggerParam] = {}
     tasks: Tasks = Tasks()
     wait: Wait = Wait()
+    quality: Quality | None = Field(default=None, description="The gate between predict and publish "
+                                    "(docs/quality.md); absent: no gate.")
+
+    @model_validator(mode="after")
+    def _quality_features_exist(self) -> PipelineSpec:
+        names = [f.name for f in self.input.features]
+        listed = self.quality.features if self.quality and self.quality.features != "all" else []
+        unknown = [n for n in listed if n not in names]
+        if unknown:
+            raise ValueError(f"quality.features: {unknown} are not input features (those are {names})")
+        return self
 
     @model_validator(mode="after")
     def _one_schedule(self) -> PipelineSpec:

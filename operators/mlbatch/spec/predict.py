@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from mlbatch.spec import accelerators
 from mlbatch.spec.base import SpecModel
 
-Backend = Literal["local", "dataflow", "sagemaker", "vertex", "auto"]
+Backend = Literal["local", "dataflow", "sagemaker", "vertex", "endpoint", "auto"]
+# Each service's request payload limit (bytes): SageMaker InvokeEndpoint 6 MB, Vertex AI online
+# prediction 1.5 MB. `predict.endpoint.max_bytes_per_request` may only lower it.
+ENDPOINT_PAYLOAD_LIMITS = {"sagemaker": 6 * 1024 * 1024, "vertex": 1_572_864}
+ENDPOINT_LIMIT_NAMES = {"sagemaker": "InvokeEndpoint, 6 MB", "vertex": "online prediction, 1.5 MB"}
+MLFLOW_DEFAULT_REQUEST_BYTES = 6 * 1024 * 1024  # an MLflow scoring server has no documented limit
 
 
 class Compute(SpecModel):
@@ -123,6 +128,50 @@ class VertexBackend(SpecModel):
     health_route: str = "/ping"
 
 
+class EndpointBackend(SpecModel):
+    """A live model endpoint that scores the partition request by request (`backend: endpoint`); the Beam
+    job is mlbatch_beam.endpoint_score, the glue mlbatch.backends.endpoint (docs/endpoint.md)."""
+
+    kind: Literal["mlflow", "sagemaker", "vertex"] | None = Field(default=None, description=(
+        "mlflow: any MLflow-compatible /invocations URL; sagemaker: a real-time endpoint (InvokeEndpoint); "
+        "vertex: a Vertex AI endpoint (:predict)."))
+    url: str | None = Field(default=None, description="mlflow: the scoring server's /invocations URL.")
+    http_conn_id: str | None = Field(default=None, description=(
+        "mlflow: Airflow HTTP connection for auth: extra {\"Authorization\": ...} is sent as it is; else "
+        "login + password -> Basic; else the password alone -> Bearer token."))
+    endpoint_name: str | None = Field(default=None, description="sagemaker: the endpoint's name.")
+    endpoint_id: str | None = Field(default=None, description="vertex: the endpoint's id (a number).")
+    project: str | None = Field(default=None, description="vertex: the endpoint's project.")
+    region: str | None = Field(default=None, description="sagemaker, vertex: the endpoint's region.")
+    aws_conn_id: str = Field(default="aws_default", description="sagemaker; default: `storage.aws_conn_id`.")
+    gcp_conn_id: str = Field(default="google_cloud_default",
+                             description="vertex; default: `storage.gcp_conn_id`.")
+    max_rows_per_request: int = Field(default=1000, ge=1, description=(
+        "Rows per request (micro-batch); bench/results.md 'three ways' has the sweep."))
+    max_bytes_per_request: int | None = Field(default=None, ge=1, description=(
+        "Bytes per request body; default and ceiling: the service's limit (SageMaker 6 MB, Vertex 1.5 MB)."))
+    max_in_flight: int = Field(default=4, ge=1, description="Requests in flight per worker.")
+    timeout_s: float = Field(default=60.0, gt=0, description="Per request.")
+    max_retries: int = Field(default=5, ge=0, description="Per request, on 429/5xx/timeouts, with backoff.")
+    serves_source_of_truth: bool = Field(default=False, description=(
+        "The endpoint is the model of record: `backend: auto` scores through it at any partition size."))
+
+    @field_validator("max_bytes_per_request")
+    @classmethod
+    def _within_service_limit(cls, value: int | None, info: ValidationInfo) -> int | None:
+        kind = info.data.get("kind")
+        limit = ENDPOINT_PAYLOAD_LIMITS.get(kind or "")
+        if limit and value and value > limit:
+            raise ValueError(f"at most {limit} bytes, the {kind} request limit ({ENDPOINT_LIMIT_NAMES[kind]}): "
+                             "the spec may only lower it")
+        return value
+
+    def request_bytes(self) -> int:
+        """The body size a request may reach: the spec's, else the service's limit."""
+        return self.max_bytes_per_request or ENDPOINT_PAYLOAD_LIMITS.get(self.kind or "",
+                                                                         MLFLOW_DEFAULT_REQUEST_BYTES)
+
+
 class Predict(SpecModel):
     backend: Backend = "local"
     compute: Compute = Compute()
@@ -131,6 +180,8 @@ class Predict(SpecModel):
     dataflow: DataflowBackend = DataflowBackend()
     sagemaker: SageMakerBackend = SageMakerBackend()
     vertex: VertexBackend = VertexBackend()
+    endpoint: EndpointBackend | None = Field(default=None, description=(
+        "A live model endpoint: scores with `backend: endpoint`, and `backend: auto` may choose it."))
     labels: dict[str, str] = Field(
         default={}, description="Cloud labels/tags of remote jobs and models (plus pipeline and run).")
     auto_reason: str | None = Field(

@@ -24,7 +24,7 @@ SAGEMAKER_PAYLOAD_LIMIT_MB = 100  # CreateTransformJob: MaxConcurrentTransforms 
 def backend_problems(spec: PipelineSpec, backend: str | None = None) -> list[SpecProblem]:
     """What `backend` (default: the spec's own) lacks in this spec; empty when it can build a job."""
     backend = backend or spec.predict.backend
-    check = {"sagemaker": _sagemaker, "vertex": _vertex, "dataflow": _dataflow}.get(backend)
+    check = {"sagemaker": _sagemaker, "vertex": _vertex, "dataflow": _dataflow, "endpoint": _endpoint}.get(backend)
     return check(spec) if check else []
 
 
@@ -100,6 +100,28 @@ def _dataflow(spec: PipelineSpec) -> list[SpecProblem]:
         problems += _missing("dataflow", cfg, ("project", "region", "temp_location"), "dataflow (runner dataflow)")
         problems += _scheme("predict.dataflow.temp_location", cfg.temp_location, "gs://", "dataflow")
     return problems + _gpu_on("dataflow", spec)
+
+
+ENDPOINT_FIELDS = {"mlflow": ("url",), "sagemaker": ("endpoint_name", "region"),
+                   "vertex": ("endpoint_id", "project", "region")}
+
+
+def _endpoint(spec: PipelineSpec) -> list[SpecProblem]:
+    """The endpoint's kind and the fields that kind needs; the job runs like the direct-model job
+    (`predict.dataflow.runner`), so the runner's own needs apply too."""
+    cfg = spec.predict.endpoint
+    if cfg is None or cfg.kind is None:
+        return [SpecProblem("predict.endpoint.kind", None,
+                            f"one of {list(ENDPOINT_FIELDS)}: backend endpoint needs the endpoint it scores through")]
+    problems = _missing("endpoint", cfg, ENDPOINT_FIELDS[cfg.kind], f"endpoint (kind {cfg.kind})")
+    if cfg.kind == "mlflow" and cfg.url and not cfg.url.startswith(("http://", "https://")):
+        problems.append(SpecProblem("predict.endpoint.url", cfg.url, "an http:// or https:// URL (the /invocations route)"))
+    if spec.predict.compute.accelerator_count:
+        problems.append(SpecProblem("predict.compute.accelerator_type", spec.predict.compute.accelerator_type,
+                                    "no GPU on backend endpoint (the endpoint's own machines score)"))
+    if spec.predict.dataflow.runner == "dataflow":
+        problems += _dataflow(spec)
+    return problems
 
 
 def _gpu_on(backend: str, spec: PipelineSpec) -> list[SpecProblem]:
