@@ -354,12 +354,12 @@ Per task: wall s / CPU s / peak RSS MB (the task process or its job process, whi
 """
 
 
-def write_section(text: str, path: Path) -> None:
-    """Replace the whole-run section of results.md (or append it), leaving the scoring section."""
+def write_section(text: str, path: Path, start: str = START_MARK, end: str = END_MARK) -> None:
+    """Replace one section of results.md between its markers (or append it), leaving the others."""
     old = path.read_text() if path.exists() else ""
-    if START_MARK in old and END_MARK in old:
-        head, rest = old.split(START_MARK, 1)
-        new = head + text.rstrip("\n") + rest.split(END_MARK, 1)[1]
+    if start in old and end in old:
+        head, rest = old.split(start, 1)
+        new = head + text.rstrip("\n") + rest.split(end, 1)[1]
     else:
         new = old.rstrip("\n") + "\n\n" + text
     path.write_text(new)
