@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-cloud demo-alert test bench bench-whole-run bench-slack venv lock validate clean-demo up down
+.PHONY: demo demo-cloud demo-alert test bench bench-whole-run bench-three-ways bench-slack venv lock validate clean-demo up down
 
 demo: $(STAMP)
 	$(BIN)/python -m mlbatch.local.demo
@@ -25,14 +25,22 @@ test: $(STAMP)
 
 # Time every way of scoring the same data with the same model (bench/results.md, bench/results.png),
 # then the whole natality_daily DAG run against the raw limit of the same work (bench/whole_run.py).
-# Data and models are generated once into .bench/ and reused. Then the Slack acknowledgement benchmark.
+# Data and models are generated once into .bench/ and reused. Then the Slack acknowledgement benchmark,
+# then seed 004's three ways (bench/three_ways.py).
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/slack_ack.py
+	$(BIN)/python bench/three_ways.py
 
 # Only the whole-run section of bench/results.md (e.g. SIZES=1k,1m for a quicker look).
 bench-whole-run: $(STAMP)
 	$(BIN)/python bench/whole_run.py $(if $(SIZES),--sizes $(SIZES))
+
+# Seed 004's three ways on natality 10K/100K/1M rows, end to end (~10 min): direct model, prep + batch
+# prediction (SageMaker transform emulator, real scoring server), live endpoint with a micro-batch sweep.
+# Its section of bench/results.md, README's Measured line and the line `three-ways: direct <A>x faster ...`.
+bench-three-ways: $(STAMP)
+	$(BIN)/python bench/three_ways.py $(if $(SIZES),--sizes $(SIZES))
 
 # 100 concurrent signed /mlops commands against the live API server of `make up`'s stack (~3 min): its
 # section of bench/results.md and the line `slack-ack: p99 <P> ms at 100 concurrent, <N> over 3 s`.
