@@ -23,8 +23,9 @@ LAYERS = [
     {"operators"},  # task lifecycle: execute -> link -> XCom -> defer -> execute_complete
     {"backends", "sensors", "triggers", "alerts", "slack_commands"},  # services, each on its own
     {"hooks"},  # one hook per cloud service: connection and API calls
+    {"quality"},  # the quality gate's baselines and verdict: reads runs' statistics through storage
     {"run"},  # a run's bookkeeping: paths, commit and lease, counts, statistics, job processes
-    {"spec", "storage", "redaction", "retry_button", "remote_logs", "quality"},  # what everything stands on
+    {"spec", "storage", "redaction", "retry_button", "approval_buttons", "remote_logs", "quality"},  # what everything stands on
     {"errors", "__init__"},  # every exception, in one place
 ]
 SERVICES = 2

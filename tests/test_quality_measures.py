@@ -13,9 +13,10 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import norm, wasserstein_distance
 
-from mlbatch.errors import StatisticsError
-from mlbatch.quality import measures, statistics
-from mlbatch.quality.numeric import BINS
+from mlbatch_beam.quality import StatisticsError
+from mlbatch.quality import measures
+from mlbatch_beam.quality import statistics
+from mlbatch_beam.quality.numeric import BINS
 
 RNG = np.random.default_rng(25)
 N = 20_000

@@ -23,6 +23,7 @@ import apache_beam as beam
 from mlbatch_beam.arrow_io import INPUT_FORMATS, WriteArrowBatches, match_paths
 from mlbatch_beam.options import pipeline_options
 from mlbatch_beam.prep import read_and_validate
+from mlbatch_beam.quality.combine import RunStatistics, add_statistics_arguments, read_edges
 from mlbatch_beam.results import counter_totals, run_to_completion, write_result
 from mlbatch_beam.schema import FeatureSchema
 from mlbatch_beam.score import ScoreBatches, add_scoring_arguments, checked, model_handler_from_args
@@ -37,6 +38,7 @@ def parse_args(argv=None):
     parser.add_argument("--schema-json", required=True, help="FeatureSchema as JSON text")
     parser.add_argument("--dead-letter-dir", required=True)
     add_scoring_arguments(parser)  # --batch-rows: rows per read batch and per model call
+    add_statistics_arguments(parser)
     return checked(parser, *parser.parse_known_args(argv))
 
 
@@ -47,16 +49,21 @@ def run(argv=None) -> dict:
     handler = model_handler_from_args(args)
     options = pipeline_options(beam_args)  # also sets up the filesystems (S3 endpoint) for the match below
     match_paths(args.input)  # fail fast, before starting workers
+    edges = read_edges(args.statistics_edges)
     pipeline = beam.Pipeline(options=options)
-    _ = (read_and_validate(pipeline, args, schema)
-         | "Score" >> ScoreBatches(handler)
-         | "Write" >> WriteArrowBatches(args.output_dir, args.output_format, prefix="predictions"))
+    valid = read_and_validate(pipeline, args, schema)
+    scored = valid | "Score" >> ScoreBatches(handler)
+    _ = scored | "Write" >> WriteArrowBatches(args.output_dir, args.output_format, prefix="predictions")
+    if args.statistics_file:  # the quality gate's statistics, from the same pass (mlbatch_beam.quality)
+        _ = (valid, scored) | "Statistics" >> RunStatistics(
+            args.statistics_file, handler.feature_columns, args.id_column, edges)
     result = run_to_completion(pipeline, "validate_and_score")
     # rows_in is counted by both prep's and score's first steps: prep's is the input's.
     counts = {**counter_totals(result, ["rows_in", "rows_valid", "rows_rejected"], step="Prepare"),
               **counter_totals(result, ["rows_scored", "model_loads"])}
     return write_result(args.result_file, {
-        **counts, "output_dir": args.output_dir, "dead_letter_dir": args.dead_letter_dir})
+        **counts, "output_dir": args.output_dir, "dead_letter_dir": args.dead_letter_dir,
+        **({"statistics_uri": args.statistics_file} if args.statistics_file else {})})
 
 
 if __name__ == "__main__":

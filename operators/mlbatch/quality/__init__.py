@@ -1,4 +1,12 @@
-"""Data quality: per-column statistics of one run (`statistics`, with `sketch` for a run that has no
-baseline yet) and the drift measures between two of them (`measures`, with the default thresholds).
-The gate that acts on them is not built yet (docs/quality.md). Imports nothing of mlbatch but errors;
-numpy and pyarrow only, no Beam (a Beam CombineFn wraps `ColumnSummary`, see `statistics`)."""
+"""Data quality: the drift measures between two runs' column statistics (`measures`, with the default
+thresholds) and the gate's verdict (`gate`). The statistics themselves are computed by the jobs, in
+the Beam package (`mlbatch_beam.quality`: Dataflow workers install only that package). Baselines
+(`baseline`) are read through the storage layer and MLflow, imported inside the functions."""
+
+
+def log_model_baseline(frame, model_name: str, version=None, run_id=None, predictions=(), tracking_uri=None) -> str:
+    """Log `frame`'s statistics with a model version's MLflow run (`quality.baseline.model: true`);
+    see mlbatch.quality.baseline.log_model_baseline."""
+    from mlbatch.quality.baseline import log_model_baseline as log
+
+    return log(frame, model_name, version, run_id, predictions, tracking_uri)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlbatch.quality.numeric import NumericSummary
-from mlbatch.quality import batches
-from mlbatch.quality.statistics import Summary
+from mlbatch_beam.quality.numeric import NumericSummary
+from mlbatch_beam.quality import batches
+from mlbatch_beam.quality.statistics import Summary
 
 # PSI's proportion for an empty cell, on either side (log(0) otherwise): Evidently's `get_binned_data`
 # puts the same 0.0001 in empty cells (src/evidently/calculations/stattests/utils.py).

@@ -55,11 +55,15 @@ def new_attempt(run_key: str) -> str:
 
 
 def commit(storage: Storage, output: Partition, dead_letter: Partition, attempt: str, record: dict,
-           before_step: Callable[[str], None] = lambda step: None, **lease_options) -> dict:
+           before_step: Callable[[str], None] = lambda step: None, sidecars: dict[str, tuple[str, bytes]] | None = None,
+           **lease_options) -> dict:
     """Publish the staged output and dead letters as one run; returns the commit record.
 
     The holder of the partition's lease is `record["run_id"]`; `lease_options` go to `PartitionLease`
-    (expiry, wait, clock). `before_step(name)` is called before each step (crash injection in tests)."""
+    (expiry, wait, clock). `before_step(name)` is called before each step (crash injection in tests).
+    `sidecars` ({record key: (file name, bytes)}): files kept with the attempt but not data (the run's
+    statistics): written into the attempt beside its files, named in the record under their key, not
+    in `files` nor `_manifest`."""
     before_step("lease")
     output_pointers = [join(output.uri, FILE_LIST), join(output.uri, RECORD)]
     dead_pointers = [join(dead_letter.uri, FILE_LIST), join(dead_letter.uri, RECORD)]
@@ -69,6 +73,9 @@ def commit(storage: Storage, output: Partition, dead_letter: Partition, attempt:
         lease.renew()
         files = storage.copy_tree(output.staging, output.attempt_uri(attempt))
         rejected = storage.copy_tree(dead_letter.staging, dead_letter.attempt_uri(attempt))
+        for key, (file_name, data) in (sidecars or {}).items():
+            record = {**record, key: join(output.attempt_uri(attempt), file_name)}
+            storage.write_bytes(record[key], data)
         record = {**record, "attempt": attempt, "files": files,
                   "dead_letter": {"uri": dead_letter.uri, "files": rejected}}
         before_step("file_list")

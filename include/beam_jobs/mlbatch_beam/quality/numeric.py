@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from mlbatch.errors import StatisticsError
-from mlbatch.quality import batches, sketch
+from mlbatch_beam.quality import StatisticsError
+from mlbatch_beam.quality import batches, sketch
 
 # 20 equal-mass bins (5 % of the baseline each): fine enough that a shift of a third of a standard
 # deviation moves PSI past 0.1, coarse enough that no bin holds so little baseline mass that PSI's

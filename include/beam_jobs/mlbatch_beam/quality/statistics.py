@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from mlbatch.errors import StatisticsError
-from mlbatch.quality import batches
-from mlbatch.quality.numeric import NumericSummary
+from mlbatch_beam.quality import StatisticsError
+from mlbatch_beam.quality import batches
+from mlbatch_beam.quality.numeric import NumericSummary
 
 # Distinct values kept per categorical column: TFDV's rank histogram default
 # (tfdv.StatsOptions(num_rank_histogram_buckets=1000)). Merges are exact while the union of the

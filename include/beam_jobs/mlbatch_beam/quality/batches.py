@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlbatch.errors import StatisticsError
+from mlbatch_beam.quality import StatisticsError
 
 VERSION = 1
 
