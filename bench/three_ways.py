@@ -105,15 +105,23 @@ def tree_cpu_s(pid: int) -> float:
 
 
 def setup(ds: datasets.Dataset) -> Setup:
-    """The sagemaker example's schema with the bench model's column types (what resolve_model passes prep)."""
-    from mlbatch.operators.resolve_model import check_signature
     from mlbatch.spec.loader import load_spec
-    from mlbatch.spec.prep_contract import prepared_file_rows, schema_json
+    from mlbatch.spec.prep_contract import prepared_file_rows
 
     spec = load_spec(SPEC)
-    types = check_signature(spec, {"artifact_uri": ds.artifact_uri, "uri": ds.model_uri})
-    return Setup(ds, schema_json(spec, {"input_types": types}), prepared_file_rows(spec),
+    return Setup(ds, model_schema(ds.artifact_uri, ds.model_uri), prepared_file_rows(spec),
                  spec.predict.compute.batch_rows)
+
+
+def model_schema(artifact_uri: str, model_uri: str) -> str:
+    """The sagemaker example's feature schema with the model's column types, as resolve_model gives prep."""
+    from mlbatch.operators.resolve_model import check_signature
+    from mlbatch.spec.loader import load_spec
+    from mlbatch.spec.prep_contract import schema_json
+
+    spec = load_spec(SPEC)
+    types = check_signature(spec, {"artifact_uri": artifact_uri, "uri": model_uri})
+    return schema_json(spec, {"input_types": types})
 
 
 def _job(module: str, args: list[str], name: str) -> tuple[float, float, dict]:
