@@ -358,7 +358,7 @@ Measured here (wall: spawn to exit of each step, summed; CPU: the steps' process
 
 Seed 004 on Google Cloud (n1-standard-1 workers, autoscaling; end to end, vCPU-hours), beside ours:
 
-{seed_table(sorted({{r.rows for r in results}}))}
+{seed_table(sorted(set(r.rows for r in results)))}
 
 Service start-up is not in our figures: in seed 004 the batch prediction job alone took
 {SEED_004_JOB[10_000]} for 10K rows and {SEED_004_JOB[100_000]} for 100K (AI Platform provisioning its
@@ -368,15 +368,15 @@ rows (Dataflow's worker start-up). Locally the equivalents are seconds: the job 
 (Python, Beam, the model) and, for (b), the container's start ({prep_steps['container start'][0]:.1f} s at 1M rows).
 
 Ordering by wall time, per size: {ordering(results)}. Seed 004 has the direct model ahead of prep + batch
-prediction at every size ({seed_table_ratio()}); here the direct model is {b.wall_s / a.wall_s:.1f}x faster at
-1M rows: the same order, for a different reason at small sizes — no provisioning locally, so (b) pays a
-second job (prep writes and re-reads the data) and the container start instead of minutes of machines.
+prediction at every size ({seed_table_ratio()}); {agreement(results)}. The reason differs at small
+sizes: no provisioning locally, so (b) pays a second job (prep writes the data and the transform reads it
+back) and the container's start instead of minutes of machines. CPU: {cpu_sentence(results)}.
 The endpoint pays HTTP and JSON per row: {per_row_c * 1e6:.1f} s per 1M rows of wall time against the direct
 model's {per_row_a * 1e6:.1f} s (the model's own predict is the same work; encoding rows as JSON, parsing
 them into a DataFrame on the server and back is not), and micro-batching is what keeps that cost
 bounded: {sweep_sentence(found)}. Seed 004 saw the same lever on its HTTP endpoint (streaming, 50 msg/s:
-9m34s -> 7m44s with 1 s micro-batches) and did not run its endpoint on batch data at all, as one request
-per row "creates a very large volume of HTTP requests".
+9m34s -> 7m44s with 1 s micro-batches) and did not run its endpoint on batch data at all: one request per data point "makes the volume of HTTP
+requests very large" (its batch section, translated).
 
 **{cross}** (fits of wall time over the sizes measured: {cross_detail}; the endpoint's fixed cost has no
 model load and no server start, the endpoint being up; `backend: auto` uses this figure).
@@ -389,18 +389,42 @@ Micro-batch sweep of the endpoint (rows per request = `max_rows_per_request`; ea
 """
 
 
+def _label(rows: int) -> str:
+    return f"{rows // 1_000_000}M" if rows >= 1_000_000 else f"{rows // 1000}K"
+
+
 def seed_table_ratio() -> str:
     out = []
     for rows, ((bt, _), (dt, _)) in SEED_004.items():
         secs = [int(t.split("m")[0]) * 60 + int(t.split("m")[1][:-1]) for t in (bt, dt)]
-        out.append(f"{secs[0] / secs[1]:.1f}x at {rows // 1000:,}K")
+        out.append(f"{secs[0] / secs[1]:.1f}x at {_label(rows)}")
     return ", ".join(out)
+
+
+def agreement(results: list[Figures]) -> str:
+    by = {(r.way, r.rows): r for r in results}
+    sizes = sorted({r.rows for r in results})
+    ahead = [n for n in sizes if by[("direct", n)].wall_s < by[("batch", n)].wall_s]
+    ratios = ", ".join(f"{by[('batch', n)].wall_s / by[('direct', n)].wall_s:.1f}x at {_label(n)}" for n in sizes)
+    if len(ahead) == len(sizes):
+        return f"here too, at every size measured ({ratios})"
+    return f"here only at {', '.join(_label(n) for n in ahead) or 'no size'} ({ratios}): the order differs"
+
+
+def cpu_sentence(results: list[Figures]) -> str:
+    by = {(r.way, r.rows): r for r in results}
+    a, b, c = (by[(w, 1_000_000)] for w in WAYS)
+    (_, seed_b), (_, seed_a) = SEED_004[1_000_000]
+    return (f"at 1M rows seed 004's direct model used {seed_a / seed_b:.1f}x the vCPU-hours of prep + batch "
+            f"prediction (Dataflow's autoscaled workers, billed while the run lasts); here (a) uses "
+            f"{a.cpu_s:.1f} s, (b) {b.cpu_s:.1f} s and (c) {c.cpu_s:.1f} s of CPU ({a.cpu_s / b.cpu_s:.2f}x and "
+            f"{a.cpu_s / c.cpu_s:.2f}x): a local process is not billed for idle time, so only the work counts")
 
 
 def sweep_sentence(found) -> str:
     first, best = found[0], min(found, key=lambda f: f[3])
     return (f"one row per request would take ~{first[3]:.0f} s for 1M rows, {best[0]:,} rows per request "
-            f"~{best[3]:.0f} s ({first[3] / best[3]:.0f}x less)")
+            f"~{best[3]:.0f} s ({first[3] / best[3]:.1f}x less)")
 
 
 def measure(sizes: list[int], in_flight: int) -> tuple[list[Figures], list, int]:
