@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cloud_backends import aws_conn  # noqa: F401 - the moto server, through aws_default
 
 from mlbatch.errors import SpecError
 from mlbatch.local.cli import main as cli_main
@@ -97,3 +98,170 @@ def test_the_trigger_form_can_switch_a_spec_to_and_from_the_endpoint(tmp_path):
 def test_a_run_override_to_the_endpoint_without_one_configured_is_refused():
     with pytest.raises(SpecError, match=r"predict\.endpoint\.kind: expected one of"):
         with_overrides(load_spec(DAILY), {"predict.backend": "endpoint"})
+
+
+# --- credentials: what reaches the job, from the spec's Airflow connections ------------------------------
+
+@pytest.mark.parametrize(("connection", "header"), [
+    ({"conn_type": "http", "extra": {"Authorization": "Token abc"}, "login": "u", "password": "p"}, "Token abc"),
+    ({"conn_type": "http", "login": "user", "password": "pw"}, "Basic dXNlcjpwdw=="),
+    ({"conn_type": "http", "password": "s3cret-token"}, "Bearer s3cret-token"),
+])
+def test_an_http_connection_becomes_one_authorization_header(monkeypatch, connection, header):
+    import json
+
+    from mlbatch.backends.endpoint import http_authorization
+
+    monkeypatch.setenv("AIRFLOW_CONN_ENDPOINT_HTTP", json.dumps(connection))
+    assert http_authorization("endpoint_http") == header
+
+
+def test_an_http_connection_without_credentials_is_refused_naming_it(monkeypatch):
+    import json
+
+    from mlbatch.backends.endpoint import http_authorization
+    from mlbatch.errors import BackendConfigError
+
+    monkeypatch.setenv("AIRFLOW_CONN_ENDPOINT_HTTP", json.dumps({"conn_type": "http", "host": "x"}))
+    with pytest.raises(BackendConfigError, match=r"HTTP connection 'endpoint_http' \(predict.endpoint.http_conn_id\) "
+                                                  "carries no credentials"):
+        http_authorization("endpoint_http")
+
+
+def test_the_jobs_arguments_carry_no_secret(tmp_path):
+    import json
+
+    from mlbatch.backends.endpoint import endpoint_json
+
+    spec = load_spec(spec_file(tmp_path, {**KINDS["sagemaker"], "max_rows_per_request": 50}))
+    sent = json.loads(endpoint_json(spec.predict.endpoint, "http://127.0.0.1:1"))
+    assert sent == {"kind": "sagemaker", "endpoint_name": "natality", "region": "eu-west-1",
+                    "endpoint_url": "http://127.0.0.1:1", "max_rows_per_request": 50,
+                    "max_bytes_per_request": 6 * 1024 * 1024, "max_in_flight": 4, "timeout_s": 60.0, "max_retries": 5}
+    mlflow = load_spec(spec_file(tmp_path, {"kind": "mlflow", "url": "http://h:5000/invocations"})).predict.endpoint
+    assert json.loads(endpoint_json(mlflow))["url"] == "http://h:5000"  # the job adds /invocations
+
+
+# --- the served version, before scoring -------------------------------------------------------------------
+
+PINNED = {"name": "natality_weight", "version": 3, "alias": "champion", "uri": "models:/natality_weight/3",
+          "artifact_uri": "/nowhere"}
+
+
+def sagemaker_endpoint(aws_conn, endpoint: str, variants: dict[str, str | None]) -> None:
+    """An endpoint on moto whose production variants serve Models tagged `mlbatch-model` = the value
+    given (no tag for None), as backend sagemaker tags the Models it creates."""
+    sm = aws_conn.client("sagemaker")
+    for variant, tag in variants.items():
+        sm.create_model(ModelName=f"{endpoint}-{variant}", ExecutionRoleArn="arn:aws:iam::123456789012:role/x",
+                        PrimaryContainer={"Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/m:1"},
+                        Tags=[{"Key": "mlbatch-model", "Value": tag}] if tag else [])
+    sm.create_endpoint_config(EndpointConfigName=f"{endpoint}-config", ProductionVariants=[
+        {"VariantName": variant, "ModelName": f"{endpoint}-{variant}", "InitialInstanceCount": 1,
+         "InstanceType": "ml.m5.large"} for variant in variants])
+    sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=f"{endpoint}-config")
+
+
+def endpoint_spec(tmp_path, kind: str, **fields):
+    return load_spec(spec_file(tmp_path, {**KINDS[kind], **fields}))
+
+
+def test_sagemaker_served_version_is_read_from_the_endpoints_model_tags(aws_conn, tmp_path):  # noqa: F811
+    from mlbatch.backends.served_version import check_served_version
+    from mlbatch.errors import ServedVersionError
+
+    region = aws_conn.region
+    sagemaker_endpoint(aws_conn, "ep-same", {"AllTraffic": "natality_weight/3"})
+    served = check_served_version(endpoint_spec(tmp_path, "sagemaker", endpoint_name="ep-same", region=region), PINNED)
+    assert served.version == 3 and "variant AllTraffic: model ep-same-AllTraffic" in served.how
+
+    sagemaker_endpoint(aws_conn, "ep-other", {"AllTraffic": "natality_weight/2"})
+    with pytest.raises(ServedVersionError, match=r"serves natality_weight v2 .* but the run pinned v3 \(alias "
+                                                 r"'champion'\); nothing was scored"):
+        check_served_version(endpoint_spec(tmp_path, "sagemaker", endpoint_name="ep-other", region=region), PINNED)
+
+    sagemaker_endpoint(aws_conn, "ep-mixed", {"blue": "natality_weight/3", "green": None})
+    with pytest.raises(ServedVersionError, match=r"cannot tell .*variant blue: model ep-mixed-blue: v3; "
+                                                 r"variant green: model ep-mixed-green: no mlbatch-model version"):
+        check_served_version(endpoint_spec(tmp_path, "sagemaker", endpoint_name="ep-mixed", region=region), PINNED)
+
+
+class FakeEndpointService:
+    """EndpointServiceClient behind EndpointServiceHook: GetEndpoint on real protos (no emulator exists)."""
+
+    def __init__(self, endpoints: dict):
+        from google.cloud.aiplatform_v1.services.endpoint_service import EndpointServiceClient
+
+        self.paths, self.endpoints = EndpointServiceClient, endpoints
+
+    def endpoint_path(self, project, location, endpoint):
+        return self.paths.endpoint_path(project, location, endpoint)
+
+    def get_endpoint(self, request, retry=None, timeout=None, metadata=()):
+        from google.cloud.aiplatform_v1.types import GetEndpointRequest
+
+        return self.endpoints[GetEndpointRequest(request).name]
+
+
+class FakeModelService:
+    def __init__(self, models: dict):
+        from google.cloud.aiplatform_v1.services.model_service import ModelServiceClient
+
+        self.paths, self.models = ModelServiceClient, models
+
+    def model_path(self, project, location, model):
+        return self.paths.model_path(project, location, model)
+
+    def get_model(self, request, retry=None, timeout=None, metadata=()):
+        from google.cloud.aiplatform_v1.types import GetModelRequest
+
+        return self.models[GetModelRequest(request).name]
+
+
+@pytest.fixture
+def vertex_control_plane(monkeypatch):
+    """A Vertex endpoint `123` (project p, europe-west4) and its deployed Models, set by the test."""
+    import json
+
+    from airflow.providers.google.cloud.hooks.vertex_ai.endpoint_service import EndpointServiceHook
+    from airflow.providers.google.cloud.hooks.vertex_ai.model_service import ModelServiceHook
+    from google.cloud.aiplatform_v1.types import DeployedModel, Endpoint, Model
+
+    monkeypatch.setenv("AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT", json.dumps(
+        {"conn_type": "google_cloud_platform", "extra": {"project": "p", "is_anonymous": True}}))
+    endpoints, models = {}, {}
+    monkeypatch.setattr(EndpointServiceHook, "get_endpoint_service_client",
+                        lambda self, region=None: FakeEndpointService(endpoints))
+    monkeypatch.setattr(ModelServiceHook, "get_model_service_client",
+                        lambda self, region=None: FakeModelService(models))
+
+    def deploy(displays: dict[str, str], traffic: dict[str, int] | None = None, endpoint_id: str = "123"):
+        base = "projects/p/locations/europe-west4"
+        deployed = []
+        for i, (deployed_id, display) in enumerate(displays.items()):
+            models[f"{base}/models/{500 + i}"] = Model(name=f"{base}/models/{500 + i}", display_name=display)
+            deployed.append(DeployedModel(id=deployed_id, model=f"{base}/models/{500 + i}@1"))
+        endpoints[f"{base}/endpoints/{endpoint_id}"] = Endpoint(
+            name=f"{base}/endpoints/{endpoint_id}", deployed_models=deployed, traffic_split=traffic or {})
+
+    return deploy
+
+
+def test_vertex_served_version_is_read_from_the_deployed_models(vertex_control_plane, tmp_path):
+    from mlbatch.backends.served_version import check_served_version
+    from mlbatch.errors import ServedVersionError
+
+    spec = endpoint_spec(tmp_path, "vertex")
+    vertex_control_plane({"d1": "mlb-natality_weight-v3-0a1b2c3d", "d2": "mlb-natality_weight-v2-0a1b2c3d"},
+                         traffic={"d1": 100, "d2": 0})  # v2 deployed but given no traffic: not served
+    assert check_served_version(spec, PINNED).version == 3
+
+    vertex_control_plane({"d1": "mlb-natality_weight-v2-0a1b2c3d"})
+    with pytest.raises(ServedVersionError, match=r"vertex endpoint serves natality_weight v2 \(deployed model d1: "
+                                                 r"mlb-natality_weight-v2-0a1b2c3d\) but the run pinned v3"):
+        check_served_version(spec, PINNED)
+
+    vertex_control_plane({"d1": "my-own-model"})
+    with pytest.raises(ServedVersionError, match=r"cannot tell which version .*deployed model d1: my-own-model: "
+                                                 r"no mlbatch-model version"):
+        check_served_version(spec, PINNED)

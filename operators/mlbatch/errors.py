@@ -95,6 +95,11 @@ class ModelMismatchError(PermanentError, ValueError):
     """The spec's features do not fit the model's signature."""
 
 
+class ServedVersionError(PermanentError, RuntimeError):
+    """`backend: endpoint`: the endpoint serves another model version than the run pinned, or cannot
+    tell which one it serves; found before any row is scored (mlbatch.backends.served_version)."""
+
+
 class RemoteJobError(RuntimeError):
     """A Beam or batch-prediction job ended in failure. Retried: the job's state alone does not say why
     (preemption, an internal error, a killed worker look the same)."""

@@ -23,6 +23,7 @@ BACKEND_CLASSES = {
     "dataflow": "mlbatch.backends.dataflow.DataflowBackend",
     "sagemaker": "mlbatch.backends.sagemaker.SageMakerBackend",
     "vertex": "mlbatch.backends.vertex.VertexBackend",
+    "endpoint": "mlbatch.backends.endpoint.EndpointBackend",
 }
 
 

@@ -55,6 +55,14 @@ class LocalJobBackend(Backend):
         """The module to run, the arguments before the common ones (`local_job`'s) and after them."""
         raise NotImplementedError
 
+    def model_args(self, request: JobRequest) -> list[str]:
+        """The job's model: the pinned version's artifacts (a job that loads the model)."""
+        return ["--model-uri", request.model["artifact_uri"]]
+
+    def job_secrets(self, request: JobRequest) -> dict[str, str]:
+        """Environment variables beyond the storage layer's (secrets never go on the command line)."""
+        return {}
+
     def submit(self, request: JobRequest) -> Submission:
         spec, paths, model = request.spec, request.paths, request.model
         result_file = paths.result_file(request.task_id)
@@ -64,12 +72,13 @@ class LocalJobBackend(Backend):
         for folder in folders:
             storage.rm(folder)
         common = [
-            "--model-uri", model["artifact_uri"],
+            *self.model_args(request),
             "--id-column", spec.input.id_column,
             "--feature-columns", ",".join(f.name for f in spec.input.features),
             "--output-dir", folders[0],
         ]
         env, storage_args = storage.job_env([paths.input_pattern, paths.work, model["artifact_uri"]])
+        env.update(self.job_secrets(request))
         module, leading, args = self.job_args(request)
         self._job = JobProcess(module, leading + common + args + storage_args, result_file, env=env)
         try:

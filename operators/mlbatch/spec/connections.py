@@ -105,8 +105,6 @@ def _backend_needs(spec: Any, add) -> None:
             "predict.sagemaker")
     elif backend == "vertex":
         add(spec.predict.vertex.gcs_staging_uri or "gs://", "predict.vertex.gcs_staging_uri", "predict.vertex")
-    elif backend == "endpoint" and spec.predict.dataflow.runner == "dataflow":
-        add(spec.predict.dataflow.temp_location or "gs://", "predict.dataflow.temp_location", "predict.dataflow")
 
 
 def _block(spec: Any, dotted: str) -> Any:

@@ -143,6 +143,10 @@ class EndpointBackend(SpecModel):
     endpoint_id: str | None = Field(default=None, description="vertex: the endpoint's id (a number).")
     project: str | None = Field(default=None, description="vertex: the endpoint's project.")
     region: str | None = Field(default=None, description="sagemaker, vertex: the endpoint's region.")
+    api_endpoint: str | None = Field(default=None, description=(
+        "vertex: the API's address when it is not https://{region}-aiplatform.googleapis.com (a Private "
+        "Service Connect endpoint, an emulator). SageMaker's comes from the AWS connection "
+        "(service_config sagemaker-runtime endpoint_url)."))
     aws_conn_id: str = Field(default="aws_default", description="sagemaker; default: `storage.aws_conn_id`.")
     gcp_conn_id: str = Field(default="google_cloud_default",
                              description="vertex; default: `storage.gcp_conn_id`.")

@@ -46,6 +46,8 @@ def schema_json(spec: PipelineSpec, model: dict | None = None) -> str:
 
 def prep_runs_in_predict(spec: PipelineSpec) -> bool:
     """The direct-model job on the local runner validates and scores in one pass
-    (mlbatch_beam.validate_and_score): no prepared copy is needed, so the prep step leaves its work to
-    predict. On Google Dataflow prep stays its own job (its prepared files are the predict job's input)."""
-    return spec.predict.backend == "dataflow" and spec.predict.dataflow.runner == "local"
+    (mlbatch_beam.validate_and_score), and so does the endpoint job (mlbatch_beam.endpoint_score): no
+    prepared copy is needed, so the prep step leaves its work to predict. On Google Dataflow prep stays
+    its own job (its prepared files are the predict job's input)."""
+    return spec.predict.backend == "endpoint" or (
+        spec.predict.backend == "dataflow" and spec.predict.dataflow.runner == "local")

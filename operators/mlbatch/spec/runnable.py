@@ -120,7 +120,9 @@ def _endpoint(spec: PipelineSpec) -> list[SpecProblem]:
         problems.append(SpecProblem("predict.compute.accelerator_type", spec.predict.compute.accelerator_type,
                                     "no GPU on backend endpoint (the endpoint's own machines score)"))
     if spec.predict.dataflow.runner == "dataflow":
-        problems += _dataflow(spec)
+        problems.append(SpecProblem("predict.dataflow.runner", "dataflow", (
+            "'local' with backend endpoint: its job runs on this machine, its credentials passed as "
+            "environment variables of a child process (docs/endpoint.md; Dataflow workers would need their own)")))
     return problems
 
 
