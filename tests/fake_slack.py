@@ -48,7 +48,7 @@ class FakeSlack:
         self.clock = clock  # stamps `Call.at` (and decides outages): a test's simulated clock, or real time
         self.calls: list[Call] = []
         self.messages: list[dict] = []  # accepted chat.postMessage arguments, with "ts" and "channel" id
-        self.files: dict[str, dict] = {}  # file id -> {"content", "filename", "channel_id", "thread_ts", ...}
+        self.files: dict[str, dict] = {}  # file id -> {"content", "raw" (bytes), "filename", "channel_id", ...}
         self.webhook_posts: list[dict] = []
         self.delay_s = 0.0
         self.held = 0  # requests that arrived while held and are waiting for release()
@@ -210,6 +210,7 @@ class FakeSlack:
         if file_id not in self.files:
             return self._reply(req, 404, text="unknown upload url")
         self.files[file_id]["content"] = raw.decode("utf-8", errors="replace")
+        self.files[file_id]["raw"] = raw
         self.calls.append(Call("upload", {"file_id": file_id, "bytes": len(raw)}, headers, self.clock()))
         self._reply(req, 200, text=f"OK - {len(raw)}")
 

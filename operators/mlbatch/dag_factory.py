@@ -1,4 +1,4 @@
-"""Spec -> Airflow DAG: wait_for_data >> resolve_model >> prep >> predict >> publish >> record.
+"""Spec -> Airflow DAG: wait_for_data >> resolve_model >> prep >> predict [>> quality_gate] >> publish >> record.
 
 Imports only `airflow.sdk`, pydantic, PyYAML and the bundle's own light modules: this runs in the DAG
 processor on every parse. A broken spec does not take the other pipelines down: it becomes a placeholder DAG
@@ -25,7 +25,7 @@ from mlbatch.operators.record import RecordRunOperator
 from mlbatch.operators.resolve_model import ResolveModelOperator
 from mlbatch.operators.wait_for_data import WaitForInputOperator
 from mlbatch.run.assets import output_asset, upstream_schedule
-from mlbatch.run.steps import STEP_IDS
+from mlbatch.run.steps import PUBLISH, QUALITY_GATE, STEP_IDS
 from mlbatch.spec.broken import broken_dag_id, broken_spec_dag
 from mlbatch.spec.loader import load_spec
 from mlbatch.spec.models import PipelineSpec, TriggerParam
@@ -61,7 +61,7 @@ def build_dag(spec: PipelineSpec, spec_path: Path | None = None,
     )
     previous = None
     callbacks = pipeline_callbacks(spec)  # Slack alerts on failure (and retry, if asked), log tap
-    for task_id, operator in STEPS:
+    for task_id, operator in steps(spec):
         last = task_id == STEPS[-1][0] and spec.alerts.on_success
         success = {"on_success_callback": [success_callback(spec)]} if last else {}
         task = operator(task_id=task_id, spec=spec, dag=dag, **callbacks, **success)
@@ -71,6 +71,17 @@ def build_dag(spec: PipelineSpec, spec_path: Path | None = None,
             previous >> task
         previous = task
     return dag
+
+
+def steps(spec: PipelineSpec) -> list[tuple[str, Any]]:
+    """The steps of this spec's DAG: `STEPS`, with the quality gate before publish when the spec has a
+    `quality:` block (imported only then: it brings the standard provider's HITL operator)."""
+    if getattr(spec, "quality", None) is None:
+        return list(STEPS)
+    from mlbatch.operators.quality_gate import QualityGateOperator
+
+    at = STEP_IDS.index(PUBLISH)
+    return [*STEPS[:at], (QUALITY_GATE, QualityGateOperator), *STEPS[at:]]
 
 
 def trigger_form(spec: PipelineSpec) -> dict[str, Param]:
@@ -171,5 +182,5 @@ def _doc_md(spec: PipelineSpec, spec_path: Path | None) -> str:
         f"| output | `{spec.output.uri}` ({spec.output.format}), column `{spec.output.prediction_column}` |",
         f"| alerts | {spec.alerts.slack_channel or '-'} {spec.alerts.mention or ''} |",
         "",
-        "Steps: wait_for_data -> resolve_model -> prep -> predict -> publish -> record.",
+        "Steps: " + " -> ".join(task_id for task_id, _ in steps(spec)) + ".",
     ])

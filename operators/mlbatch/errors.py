@@ -132,6 +132,11 @@ class StatisticsError(PermanentError, ValueError):
     that is not one. The message names the column and both sides."""
 
 
+class GateRejectedError(PermanentError, RuntimeError):
+    """The quality gate's decision was Reject (in Slack, the Airflow UI, the REST API, or the spec's
+    `quality.on_timeout` when nobody answered): nothing is published. The message says who and why."""
+
+
 class ConnectionNotFoundError(PermanentError, LookupError):
     """A spec needs an Airflow connection that does not exist (and the environment cannot stand in
     for it): the message names the connection id, the spec field naming it and the URI it is for."""

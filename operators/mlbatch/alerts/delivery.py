@@ -349,14 +349,17 @@ class SlackDelivery:
         return SendResult("sent", ts=ts, channel_id=channel_id)
 
     def _attach(self, client: Any, entry: OutboxEntry, channel_id: str, thread_ts: str, deadline: Deadline) -> None:
-        """The full log as a file in the alert's thread (files.getUploadURLExternal flow)."""
+        """The full log (text) or the gate's chart (PNG bytes) as a file in the alert's thread
+        (files.getUploadURLExternal flow)."""
         if deadline.remaining() < 0.5:
             self.outbox.note(entry.id, "full log not attached: out of time budget")
             return
         try:
             client.files_upload_v2(channel=channel_id, thread_ts=thread_ts, content=entry.attachment,
                                    filename=entry.attachment_name or "task.log", title=entry.attachment_name,
-                                   initial_comment="Full task log of this try (secrets masked).")
+                                   initial_comment="Baseline vs today of the column that drifted most."
+                                   if isinstance(entry.attachment, bytes) else
+                                   "Full task log of this try (secrets masked).")
         except Exception as exc:
             log.warning("Alert %s sent, but the full log could not be attached: %s", entry.id, exc)
             self.outbox.note(entry.id, f"full log not attached: {type(exc).__name__}: {exc}")

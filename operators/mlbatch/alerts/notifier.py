@@ -67,47 +67,23 @@ class PipelineAlertNotifier(BaseNotifier):
             log.exception("Slack %s notification of %s failed before sending", self.kind, self.pipeline)
 
     def _notify(self, context: Any):
-        from mlbatch.alerts.delivery import DEFAULT_BUDGET_S, SlackDelivery, slack_connection_status
-        from mlbatch.alerts.message import as_text, blocks
-        from mlbatch.alerts.outbox import Outbox
+        from mlbatch.alerts.delivery import DEFAULT_BUDGET_S
+        from mlbatch.alerts.message import blocks
         from mlbatch.redaction import redact_text
 
         raised = time.monotonic()
         alert, full_log = self._alert(context)
         payload = redact_payload({"text": alert.fallback_text(), "blocks": blocks(alert),
                                   "unfurl_links": False, "unfurl_media": False}, redact_text)
-        outbox = Outbox(self.outbox_dir)
         ti = context["ti"]
-        try:
-            why_local = slack_connection_status(self.slack_conn_id)
-        except Exception as exc:  # not "no connection": keep the alert pending, the delivery says why
-            log.warning("Looking up Slack connection %r failed: %s", self.slack_conn_id, exc)
-            why_local = None
-        entry_id = outbox.add(
-            kind=self.kind, channel=self.channel, payload=payload,
-            thread_key=f"{ti.dag_id}.{ti.task_id}.{getattr(ti, 'map_index', -1)}" if self.kind == "failure" else None,
-            attachment=redact_text(full_log) if full_log else None,
-            attachment_name=_file_name(ti) if full_log else None,
-            status="local" if why_local else "pending",
-            conn_id=self.slack_conn_id, webhook_conn_id=self.webhook_conn_id)
-        if why_local:
-            log.warning("Slack alert kept locally in %s (local mode: %s):\n%s", outbox.path, why_local,
-                        as_text(payload["blocks"], payload["text"]))
-            return {"status": "local", "entry_id": entry_id, "outbox": str(outbox.path), "seconds":
-                    time.monotonic() - raised}
         budget = self.budget_s if self.budget_s is not None else float(
             os.environ.get("MLBATCH_ALERT_BUDGET_SECONDS", DEFAULT_BUDGET_S))
-        delivery = SlackDelivery(outbox, conn_id=self.slack_conn_id, webhook_conn_id=self.webhook_conn_id,
-                                 thread_window_s=self.thread_window_minutes * 60)
-        result = delivery.send_within(entry_id, budget)
-        seconds = time.monotonic() - raised
-        if result.status == "sent":
-            log.info("Slack %s alert sent to %s (ts %s) in %.2f s", self.kind, result.channel_id, result.ts, seconds)
-        else:
-            log.warning("Slack %s alert not sent (%s); kept in outbox %s as entry %s", self.kind, result.detail,
-                        outbox.path, entry_id)
-        return {"status": result.status, "entry_id": entry_id, "outbox": str(outbox.path), "seconds": seconds,
-                "ts": result.ts}
+        return post(payload, kind=self.kind, channel=self.channel, slack_conn_id=self.slack_conn_id,
+                    webhook_conn_id=self.webhook_conn_id, outbox_dir=self.outbox_dir, budget_s=budget,
+                    thread_key=f"{ti.dag_id}.{ti.task_id}.{getattr(ti, 'map_index', -1)}" if self.kind == "failure"
+                    else None, thread_window_s=self.thread_window_minutes * 60,
+                    attachment=redact_text(full_log) if full_log else None,
+                    attachment_name=_file_name(ti) if full_log else None, raised=raised)
 
     def _alert(self, context: Any):
         from mlbatch.alerts.message import Alert, Link
@@ -147,7 +123,7 @@ class PipelineAlertNotifier(BaseNotifier):
             alert.links.append(Link("Airflow task log", alert.log_url))
         if self.kind == "failure":
             self._remote(ti, alert)
-        alert.links.extend(_mlflow_links(ti))
+        alert.links.extend(mlflow_links(ti))
         if self.kind == "failure":
             from mlbatch.alerts.outbox import Outbox
 
@@ -176,6 +152,44 @@ class PipelineAlertNotifier(BaseNotifier):
         alert.remote_log = redact_text("\n".join(tail)).splitlines()
 
 
+def post(payload: dict, *, kind: str, channel: str | None, slack_conn_id: str, webhook_conn_id: str | None,
+         outbox_dir: str | None, budget_s: float, thread_key: str | None = None, thread_window_s: float = 0,
+         attachment: str | bytes | None = None, attachment_name: str | None = None,
+         raised: float | None = None) -> dict:
+    """Queue a message in the outbox, then send it within `budget_s` (what is not sent stays pending for
+    the flusher); without a Slack token it stays local and is printed. Returns what happened."""
+    from mlbatch.alerts.delivery import SlackDelivery, slack_connection_status
+    from mlbatch.alerts.message import as_text
+    from mlbatch.alerts.outbox import Outbox
+
+    raised = time.monotonic() if raised is None else raised
+    outbox = Outbox(outbox_dir)
+    try:
+        why_local = slack_connection_status(slack_conn_id)
+    except Exception as exc:  # not "no connection": keep the alert pending, the delivery says why
+        log.warning("Looking up Slack connection %r failed: %s", slack_conn_id, exc)
+        why_local = None
+    entry_id = outbox.add(kind=kind, channel=channel, payload=payload, thread_key=thread_key, attachment=attachment,
+                          attachment_name=attachment_name, status="local" if why_local else "pending",
+                          conn_id=slack_conn_id, webhook_conn_id=webhook_conn_id)
+    if why_local:
+        log.warning("Slack alert kept locally in %s (local mode: %s):\n%s", outbox.path, why_local,
+                    as_text(payload["blocks"], payload["text"]))
+        return {"status": "local", "entry_id": entry_id, "outbox": str(outbox.path), "seconds":
+                time.monotonic() - raised}
+    delivery = SlackDelivery(outbox, conn_id=slack_conn_id, webhook_conn_id=webhook_conn_id,
+                             thread_window_s=thread_window_s)
+    result = delivery.send_within(entry_id, budget_s)
+    seconds = time.monotonic() - raised
+    if result.status == "sent":
+        log.info("Slack %s alert sent to %s (ts %s) in %.2f s", kind, result.channel_id, result.ts, seconds)
+    else:
+        log.warning("Slack %s alert not sent (%s); kept in outbox %s as entry %s", kind, result.detail,
+                    outbox.path, entry_id)
+    return {"status": result.status, "entry_id": entry_id, "outbox": str(outbox.path), "seconds": seconds,
+            "ts": result.ts, "channel_id": result.channel_id}
+
+
 def redact_payload(node: Any, redact: Any) -> Any:
     """Every string of the message through the redactor (defence in depth: fields were redacted already)."""
     if isinstance(node, str):
@@ -198,10 +212,10 @@ def _success_facts(ti: Any):
     model = _safe("the pinned model", lambda: ti.xcom_pull(task_ids=RESOLVE_MODEL)) or {}
     if isinstance(model, dict) and model.get("uri"):
         facts["Model"] = f"{model['uri']}" + (f" (alias {model['alias']})" if model.get("alias") else "")
-    return facts, _mlflow_links(ti)
+    return facts, mlflow_links(ti)
 
 
-def _mlflow_links(ti: Any) -> list:
+def mlflow_links(ti: Any) -> list:
     """MLflow links when the tracking server has a web UI (http/https tracking URI)."""
     from mlbatch.alerts.message import Link
 

@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS alerts (
     thread_key TEXT,
     channel TEXT,
     payload TEXT NOT NULL,          -- chat.postMessage arguments (text, blocks, ...), already redacted
-    attachment TEXT,                -- full task log for the thread, already redacted
+    attachment TEXT,                -- full task log for the thread, already redacted (or PNG bytes: the gate chart)
     attachment_name TEXT,
     status TEXT NOT NULL,           -- pending | sent | local
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -84,7 +84,7 @@ class OutboxEntry:
     thread_key: str | None
     channel: str | None
     payload: dict
-    attachment: str | None
+    attachment: str | bytes | None  # text (a task log) or PNG bytes (the quality gate's chart)
     attachment_name: str | None
     status: str
     attempts: int
@@ -137,7 +137,7 @@ class Outbox:
         return db
 
     def add(self, *, kind: str, channel: str | None, payload: dict, thread_key: str | None = None,
-            attachment: str | None = None, attachment_name: str | None = None, status: str = "pending",
+            attachment: str | bytes | None = None, attachment_name: str | None = None, status: str = "pending",
             conn_id: str | None = None, webhook_conn_id: str | None = None) -> int:
         """Queue an alert; `conn_id`/`webhook_conn_id`: the Slack connections it goes through (None: the
         sender's default), so a flusher sends every pipeline's alerts through that pipeline's connection."""

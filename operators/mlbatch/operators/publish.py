@@ -19,7 +19,7 @@ from mlbatch.run.paths import RunPaths, run_key
 from mlbatch.run.prediction_stats import prediction_stats
 from mlbatch.run.row_counts import count_rows
 from mlbatch.run.staged_files import clean_up_after_commit, sweep_abandoned_runs
-from mlbatch.run.steps import PREDICT, PREP, RESOLVE_MODEL
+from mlbatch.run.steps import PREDICT, PREP, QUALITY_GATE, RESOLVE_MODEL
 from mlbatch.spec.models import PipelineSpec
 from mlbatch.storage.layer import Storage, join, write_table
 
@@ -38,12 +38,14 @@ class PublishOperator(PipelineStepOperator):
         counts = self._reconcile(storage, spec, paths, output_staging, rejected_staging)
         version = produced_by(context, model)  # the version that produced the rows, as predict found it
         stats = published_stats(storage, spec, output_staging)
+        gate = gate_facts(context)
         record = commit(
             storage, Partition(paths.output, output_staging), Partition(paths.dead_letter, rejected_staging),
             new_attempt(run_key(context["run_id"])),
             {**counts, "pipeline": spec.name, "run_id": context["run_id"],
              "model": model["uri"] if version == model["version"] else f"models:/{model['name']}/{version}",
-             "model_version": version, "input": paths.input_pattern, "format": spec.output.format},
+             "model_version": version, "input": paths.input_pattern, "format": spec.output.format,
+             **gate},
         )
         self.log.info("Committed attempt %s: %s (%d rows in %d files) and %s (%d rows)", record["attempt"],
                       paths.output, counts["rows_scored"], len(record["files"]), paths.dead_letter,
@@ -51,7 +53,7 @@ class PublishOperator(PipelineStepOperator):
         self._clean_up(context, storage, spec, paths, [output_staging, rejected_staging])
         published = {**counts, "output_uri": paths.output, "dead_letter_uri": paths.dead_letter,
                      "input_uri": paths.input_pattern, "stats": stats, "attempt": record["attempt"],
-                     "commit_record": join(paths.output, "_SUCCESS"), "files": len(record["files"])}
+                     "commit_record": join(paths.output, "_SUCCESS"), "files": len(record["files"]), **gate}
         self._asset_event(context, spec, published)
         return published
 
@@ -150,3 +152,15 @@ def produced_by(context: Any, model: dict) -> int:
     """The model version predict reports for its rows (read from the remote job), else the pinned one."""
     predicted = context["ti"].xcom_pull(task_ids=PREDICT) or {}
     return int(predicted.get("model_version") or model["version"])
+
+
+def gate_facts(context: Any) -> dict:
+    """What the quality gate decided, for the commit record: the verdict's level, and who approved a
+    held run (a Slack user or an Airflow user) with their reason. Nothing when the DAG has no gate."""
+    if QUALITY_GATE not in getattr(context.get("dag"), "task_ids", ()):
+        return {}
+    gate = context["ti"].xcom_pull(task_ids=QUALITY_GATE) or {}
+    facts = {"quality": gate.get("level")}
+    if gate.get("approved_by"):
+        facts.update(approved_by=gate["approved_by"], approval_reason=gate.get("reason") or "")
+    return facts

@@ -55,6 +55,8 @@ class RecordRunOperator(PipelineStepOperator):
             "dead_letter_uri": published["dead_letter_uri"],
             "logical_date": context["ds"],
         }
+        gate = {k: published[k] for k in ("quality", "approved_by", "approval_reason") if published.get(k) is not None}
+        params.update({f"quality_gate.{k}": v for k, v in gate.items()})  # the gate's verdict and approver
         mlflow_run_id = _mlflow_run(client, experiment_id, context, spec, model, version, params, published)
         try:
             now = int(time.time() * 1000)
@@ -93,6 +95,8 @@ def _mlflow_run(client: Any, experiment_id: str, context: Any, spec: PipelineSpe
         "model.version": str(version),
         "mlbatch.attempt_key": attempt_key,
     }
+    if published.get("approved_by"):
+        tags["mlbatch.approved_by"] = published["approved_by"]
     if earlier:
         tags["mlbatch.attempt"] = str(len(earlier) + 1)
         tags["mlbatch.previous_run_id"] = earlier[-1].info.run_id

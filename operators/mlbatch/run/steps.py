@@ -7,6 +7,7 @@ WAIT_FOR_DATA = "wait_for_data"
 RESOLVE_MODEL = "resolve_model"
 PREP = "prep"
 PREDICT = "predict"
+QUALITY_GATE = "quality_gate"  # between predict and publish, only in pipelines with a `quality:` block
 PUBLISH = "publish"
 RECORD = "record"
 

@@ -3,7 +3,8 @@
 Authentication: a fixed JWT (`MLBATCH_AIRFLOW_TOKEN`), or a username and password exchanged for a JWT
 at `POST /auth/token` (Airflow's simple auth manager; other auth managers issue tokens their own way)
 and exchanged again when Airflow answers 401. The service account needs permission to read DAGs, runs,
-task instances and logs, trigger runs and clear task instances (simple auth manager role `user`).
+task instances and logs, trigger runs, clear task instances and answer Human-in-the-loop requests (simple
+auth manager role `user`).
 """
 
 from __future__ import annotations
@@ -98,6 +99,26 @@ class AirflowClient:
                                   f"clear failed tasks of {dag_id}/{run_id}", json=body)
         return result["task_instances"]
 
+    # -- the quality gate: Airflow's Human-in-the-loop request of a task instance -------------------
+    async def hitl_detail(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict | None:
+        """The request (subject, options, defaults, response), or None when the task made none."""
+        return await self._get(_hitl_path(dag_id, run_id, task_id, map_index),
+                               f"read the request of {dag_id}/{run_id}/{task_id}", missing_ok=True)
+
+    async def answer_hitl(self, dag_id: str, run_id: str, task_id: str, option: str, params_input: dict,
+                          map_index: int = -1) -> dict:
+        """Answer it (409 when already answered); Airflow resumes the waiting task at once."""
+        return await self._send("PATCH", _hitl_path(dag_id, run_id, task_id, map_index),
+                                f"answer the request of {dag_id}/{run_id}/{task_id}",
+                                json={"chosen_options": [option], "params_input": params_input})
+
+    async def xcom(self, dag_id: str, run_id: str, task_id: str, key: str) -> Any:
+        """An XCom value as stored (None when absent)."""
+        body = await self._get(f"/api/v2/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/taskInstances/{_q(task_id)}"
+                               f"/xcomEntries/{_q(key)}", f"read XCom {key} of {dag_id}/{run_id}/{task_id}",
+                               missing_ok=True)
+        return None if body is None else body.get("value")
+
     # -- plumbing ------------------------------------------------------------------------------------
     async def _get(self, path: str, what: str, *, missing_ok: bool = False, **kwargs) -> Any:
         try:
@@ -140,6 +161,10 @@ class AirflowClient:
                                           f"log in as {self._username!r} at {self.base_url}/auth/token")
                 self._token = response.json()["access_token"]
         return self._token
+
+
+def _hitl_path(dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
+    return f"/api/v2/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/taskInstances/{_q(task_id)}/{map_index}/hitlDetails"
 
 
 def _q(part: str) -> str:

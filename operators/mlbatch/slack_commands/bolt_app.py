@@ -33,12 +33,13 @@ from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
+from mlbatch.approval_buttons import DECISIONS, GATE_ACTIONS_BLOCK, GATE_HOW_BLOCK, GATE_MESSAGE_XCOM, decode_gate_value
 from mlbatch.retry_button import RETRY_ACTION_ID, decode_retry_value
 from mlbatch.slack_commands.assembly import build_router
 from mlbatch.slack_commands.audit import audit
 from mlbatch.slack_commands.commands import Command, RunRef
 from mlbatch.slack_commands.policy import Actor
-from mlbatch.slack_commands.router import Reply, SlackRequest
+from mlbatch.slack_commands.router import Decision, Reply, SlackRequest
 from mlbatch.slack_commands.settings import Settings
 from mlbatch.slack_commands.signature import MemoryReplayGuard, RedisReplayGuard, RequestVerifier, UnverifiedRequest
 
@@ -97,7 +98,12 @@ class SlackCommandsApp:
             process_before_response=True,
         )
         self.app.command(ANY, middleware=[authorised])(command)
+        async def gate_button(ack, req, body, action, respond):
+            await self._gate_button(ack, _source(req), body, action, respond)
+
         self.app.action(RETRY_ACTION_ID)(retry_button)
+        for action_id in DECISIONS:  # the quality gate's Approve / Reject
+            self.app.action(action_id)(gate_button)
         self.app.action(ANY)(_ack)  # the alert's URL buttons: Slack needs only the ack
         self.app.event(ANY)(_ack)  # events this app did not subscribe to: ack so Slack does not resend
 
@@ -132,11 +138,62 @@ class SlackCommandsApp:
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
+    async def _gate_button(self, ack, source: str, body, action, respond):
+        """Approve / Reject on the gate's message: parsed and authorised (the `approve` grant) before the
+        ack, so a refusal is the ack's answer. Slack shows no text of a button's ack, so the refusal is also
+        posted to the response_url, visible to the presser only. The answer to Airflow runs after the ack."""
+        actor = _button_actor(body)
+        channel = (body.get("channel") or {}).get("id", "")
+        try:
+            target = decode_gate_value(action.get("value") or "")
+        except ValueError as exc:
+            await ack()
+            audit(actor, DECISIONS[action["action_id"]], "rejected", source=source, detail=f"bad button value: {exc}")
+            request = SlackRequest(actor=actor, text="gate (button)", response_url=body.get("response_url"),
+                                   channel_id=channel, source=source, button=Command("help"))
+            await self._post(request, Reply(f"⚠️ This button cannot be used: {exc}"), respond)
+            return
+        command = Command(DECISIONS[action["action_id"]], run=RunRef(target.run_id, target.dag_id),
+                          task_id=target.task_id, map_index=target.map_index)
+        request = SlackRequest(actor=actor, text=f"{command.action} {target.dag_id}/{target.run_id}",
+                               response_url=body.get("response_url"), channel_id=channel, source=source,
+                               button=command)
+        reply, command = await self.router.acknowledge(request)
+        if command is None:
+            await ack(text=reply.text, response_type="ephemeral")
+            await self._post(request, reply, respond)
+            return
+        await ack()
+        self._spawn(self._work(request, command, respond, original=body.get("message")))
+
+    async def _gate_message_updated(self, decision: Decision, original: dict | None, respond) -> None:
+        """The gate's message with its buttons replaced by the decision: through the button's response_url
+        (`replace_original`), or, for `/mlops approve|reject`, chat.update of the message the gate task
+        recorded in XCom. Best effort: the decision is already Airflow's, the reply says it."""
+        try:
+            if original is not None:
+                await respond(text=original.get("text") or decision.line(), replace_original=True,
+                              blocks=decided_blocks(original.get("blocks") or [], decision))
+                return
+            sent = await self.router.airflow.xcom(decision.dag_id, decision.run_id, decision.task_id,
+                                                  GATE_MESSAGE_XCOM)
+            if isinstance(sent, str):
+                import json
+
+                sent = json.loads(sent)
+            if not isinstance(sent, dict) or not sent.get("ts"):
+                log.info("Gate message of %s/%s not updated: no message was recorded", decision.dag_id,
+                         decision.run_id)
+                return
+            await self.app.client.chat_update(channel=sent["channel_id"], ts=sent["ts"], text=sent.get("text", ""),
+                                              blocks=decided_blocks(sent.get("blocks") or [], decision))
+        except Exception as exc:
+            log.error("Gate message of %s/%s not updated with %s: %s", decision.dag_id, decision.run_id,
+                      decision.line(), exc)
+
     async def _retry_button(self, source: str, body, action, respond):
         """A press on an alert's Retry button: a `retry` of that task instance, authorised like the command."""
-        user, team = body.get("user") or {}, body.get("team") or {}
-        actor = Actor(user_id=user.get("id", ""), user_name=user.get("username") or user.get("name", ""),
-                      team_id=team.get("id", ""))
+        actor = _button_actor(body)
         request = SlackRequest(actor=actor, text="retry (button)", response_url=body.get("response_url"),
                                channel_id=(body.get("channel") or {}).get("id", ""), source=source)
         try:
@@ -152,7 +209,7 @@ class SlackCommandsApp:
                                source=request.source, button=command)
         await self._work(request, command, respond)
 
-    async def _work(self, request: SlackRequest, command: Command, respond) -> None:
+    async def _work(self, request: SlackRequest, command: Command, respond, original: dict | None = None) -> None:
         timeout = self.settings.work_timeout_seconds
         await self._after_acks()
         if self._slots is None:
@@ -168,6 +225,8 @@ class SlackCommandsApp:
             log.exception("Slack command %s by %s failed", command.action, request.actor)
             reply = Reply(f"⚠️ `{command.action}` failed with an internal error (logged on the server).")
         await self._post(request, reply, respond)
+        if reply.decided is not None:
+            await self._gate_message_updated(reply.decided, original, respond)
 
     # -- acks first ----------------------------------------------------------------------------------
     def _ack_started(self) -> None:
@@ -227,6 +286,20 @@ class SlackCommandsApp:
 
 async def _ack(ack):
     await ack()
+
+
+def _button_actor(body) -> Actor:
+    user, team = body.get("user") or {}, body.get("team") or {}
+    return Actor(user_id=user.get("id", ""), user_name=user.get("username") or user.get("name", ""),
+                 team_id=team.get("id", ""))
+
+
+def decided_blocks(blocks: list[dict], decision: Decision) -> list[dict]:
+    """The gate's message once answered: its buttons (and the line on how to answer) replaced by who
+    decided what."""
+    kept = [b for b in blocks if b.get("block_id") not in (GATE_ACTIONS_BLOCK, GATE_HOW_BLOCK)]
+    return [*kept, {"type": "section", "block_id": GATE_ACTIONS_BLOCK,
+                    "text": {"type": "mrkdwn", "text": decision.line()[:3000]}}]
 
 
 def _source(req) -> str:

@@ -7,6 +7,8 @@ Grammar (values may be quoted; Slack's curly quotes are accepted):
     list
     logs <run id> [task]
     retry <run id> [task]
+    approve <run id>
+    reject <run id> [reason ...]
     help
 A run id may be written `<pipeline>/<run id>` when the same id exists in several pipelines.
 """
@@ -23,7 +25,8 @@ TASK = re.compile(r"^[A-Za-z0-9_.-]+$")
 RUN_ID = re.compile(r"^[A-Za-z0-9_.~:+-]+$")  # Airflow's default [scheduler] allowed_run_id_pattern
 
 READ_ONLY_ACTIONS = ("status", "list", "logs")
-ACTIONS = ("run", "status", "list", "logs", "retry", "help")
+ACTIONS = ("run", "status", "list", "logs", "retry", "approve", "reject", "help")
+GRANTED_BY = {"reject": "approve"}  # the policy grant an action needs, where it is another action's
 
 USAGE = {
     "run": "run <pipeline> [key=value ...]",
@@ -31,6 +34,8 @@ USAGE = {
     "list": "list",
     "logs": "logs <run id> [task]",
     "retry": "retry <run id> [task]",
+    "approve": "approve <run id>",
+    "reject": "reject <run id> [reason ...]",
     "help": "help",
 }
 
@@ -59,6 +64,12 @@ class Command:
     task_id: str | None = None  # logs, retry
     map_index: int = -1  # the Retry button names one mapped task instance
     params: dict[str, str] = field(default_factory=dict)  # run
+    reason: str = ""  # reject
+
+    @property
+    def grant(self) -> str:
+        """The policy action this command needs (`reject` is granted with `approve`)."""
+        return GRANTED_BY.get(self.action, self.action)
 
 
 def parse_command(text: str, command_name: str = "/mlops") -> Command:
@@ -154,6 +165,14 @@ def _logs_or_retry(action: str):
     return parse
 
 
+def _decision(action: str):
+    def parse(args: list[str]) -> Command:
+        _expect(args, 1, 1 if action == "approve" else 1 + 200, "the run id")
+        return Command(action, run=parse_run_ref(args[0]), reason=" ".join(args[1:])[:500])
+
+    return parse
+
+
 def _help(args: list[str]) -> Command:
     return Command("help")
 
@@ -164,6 +183,8 @@ _PARSERS = {
     "list": _list,
     "logs": _logs_or_retry("logs"),
     "retry": _logs_or_retry("retry"),
+    "approve": _decision("approve"),
+    "reject": _decision("reject"),
     "help": _help,
 }
 
@@ -176,5 +197,7 @@ def help_text(command_name: str = "/mlops") -> str:
         f"• `{command_name} list` pipelines with their last run",
         f"• `{command_name} logs <run id> [task]` the end of a task's log (the failed task by default)",
         f"• `{command_name} retry <run id> [task]` clear the failed tasks of a run so they run again",
+        f"• `{command_name} approve <run id>` publish a run the quality gate holds",
+        f"• `{command_name} reject <run id> [reason]` reject it: nothing is published, the run fails",
         "Write `<pipeline>/<run id>` when a run id exists in several pipelines.",
     ])

@@ -7,9 +7,10 @@
         usergroups: [S0MLONCALL]    # Slack user group ids (membership read with the bot token)
         users: [U0ALICE]            # Slack user ids
         pipelines: ["*"]            # names or shell-style patterns
-        actions: [run, retry, status, list, logs]
+        actions: [run, retry, status, list, logs, approve]
 
-`run` and `retry` are allowed only by a grant that names them; `help` is always allowed. A missing or
+`run`, `retry` and `approve` (answering the quality gate: the Approve / Reject buttons and `/mlops
+approve|reject`) are allowed only by a grant that names them; `help` is always allowed. A missing or
 broken policy file refuses everything (and says why in the log), it never falls back to "allow".
 """
 
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mlbatch.slack_commands.commands import READ_ONLY_ACTIONS
 
-Action = Literal["run", "retry", "status", "list", "logs"]
+Action = Literal["run", "retry", "status", "list", "logs", "approve"]
 
 
 class PolicyError(ValueError):

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from mlbatch.approval_buttons import OPTION, REASON_PARAM, SLACK_USER_PARAM
+from mlbatch.run.steps import QUALITY_GATE
 from mlbatch.spec.broken import BROKEN_TAG
 from mlbatch.slack_commands.airflow_api import AirflowApiError, AirflowClient, AirflowUnavailable
 from mlbatch.slack_commands.audit import audit, retry_note, trigger_note
@@ -49,7 +51,7 @@ class SlackRequest:
     command_name: str = "/mlops"
     channel_id: str = ""
     source: str = "http"  # "http" | "socket" (audit)
-    button: Command | None = None  # set for a Retry button press instead of `text`
+    button: Command | None = None  # set for a button press (Retry, Approve, Reject) instead of `text`
 
     @classmethod
     def from_slash_command(cls, form: dict[str, str], source: str) -> SlackRequest:
@@ -60,11 +62,28 @@ class SlackRequest:
                    source=source)
 
 
+@dataclass(frozen=True)
+class Decision:
+    """A quality gate answered from Slack: the app updates the gate's message with it."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    action: str  # "approve" | "reject"
+    user_id: str
+    reason: str = ""
+
+    def line(self) -> str:
+        verb = "✅ Approved" if self.action == "approve" else "🚫 Rejected"
+        return f"{verb} by <@{self.user_id}>" + (f": {self.reason}" if self.reason else "")
+
+
 @dataclass
 class Reply:
     text: str
     ephemeral: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    decided: Decision | None = None
 
     def to_slack(self) -> dict[str, Any]:
         return {"response_type": "ephemeral" if self.ephemeral else "in_channel", "text": self.text,
@@ -82,7 +101,7 @@ class Router:
     async def acknowledge(self, request: SlackRequest) -> tuple[Reply, Command | None]:
         """The immediate answer, and the command still to execute (None when the answer is final)."""
         try:
-            command = parse_command(request.text, request.command_name)
+            command = request.button or parse_command(request.text, request.command_name)
         except CommandError as exc:
             audit(request.actor, "?", "rejected", source=request.source, detail=_one_line(str(exc)))
             return Reply(f"⚠️ {exc}"), None
@@ -92,13 +111,13 @@ class Router:
         pipeline = command.pipeline or (command.run.pipeline if command.run else None)
         try:
             if pipeline is not None:
-                self._authorise(actor, command.action, pipeline)
-            elif self.policy_problem or not self.policy.allows_somewhere(actor, command.action):
-                self._authorise(actor, command.action, None)
+                self._authorise(actor, command.grant, pipeline)
+            elif self.policy_problem or not self.policy.allows_somewhere(actor, command.grant):
+                self._authorise(actor, command.grant, None)
         except _Refused as exc:
             audit(actor, command.action, "refused", source=request.source, pipeline=pipeline)
             reply = Reply(f"⛔ {exc}")
-            reply.ephemeral = self.policy.ephemeral(command.action)
+            reply.ephemeral = self.policy.ephemeral(command.grant)
             return reply, None
         return Reply(f"⏳ Working on `{request.command_name} {request.text.strip()}` …"), command
 
@@ -138,7 +157,7 @@ class Router:
             audit(actor, command.action, "error", source=request.source, detail=_one_line(str(exc)))
             reply = Reply(f"⚠️ Airflow refused the request ({exc.status}): {exc.detail}")
         if command.action != "help":
-            reply.ephemeral = self.policy.ephemeral(command.action)
+            reply.ephemeral = self.policy.ephemeral(command.grant)
         return reply
 
     # -- commands ------------------------------------------------------------------------------------
@@ -275,6 +294,41 @@ class Router:
         return Reply(f"🔁 Cleared {names} of `{dag_id}` run `{run_id}`; the run is queued again.\n"
                      f"<{self._run_link(dag_id, run_id)}|Open the run in Airflow>")
 
+    async def _approve(self, request: SlackRequest, actor: Actor, command: Command) -> Reply:
+        return await self._decide(request, actor, command)
+
+    async def _reject(self, request: SlackRequest, actor: Actor, command: Command) -> Reply:
+        return await self._decide(request, actor, command)
+
+    async def _decide(self, request: SlackRequest, actor: Actor, command: Command) -> Reply:
+        """Answer the run's quality gate (Airflow's Human-in-the-loop request) as the actor decided; the
+        Slack user goes into the answer's `slack_user` field (the REST call is the service account's)."""
+        run = await self._find_run(actor, command.grant, command.run)
+        dag_id, run_id = run["dag_id"], run["dag_run_id"]
+        task_id = command.task_id or QUALITY_GATE
+        detail = await self.airflow.hitl_detail(dag_id, run_id, task_id, command.map_index)
+        if detail is None:
+            raise CommandError(f"Run `{run_id}` of `{dag_id}` has no quality gate waiting for a decision "
+                               f"(run state: {run.get('state')}).")
+        if detail.get("response_received"):
+            raise CommandError(_already_decided(dag_id, run_id, detail))
+        reason = command.reason or ("rejected with the Slack button" if command.action == "reject" else "")
+        who = f"{actor.user_name} ({actor.user_id})" if actor.user_name else actor.user_id
+        try:
+            await self.airflow.answer_hitl(dag_id, run_id, task_id, OPTION[command.action],
+                                           {REASON_PARAM: reason, SLACK_USER_PARAM: who}, command.map_index)
+        except AirflowApiError as exc:
+            if exc.status == 409:  # someone answered between our read and our write
+                raise CommandError(f"Run `{run_id}` of `{dag_id}` was decided already: {exc.detail}") from None
+            raise
+        audit(actor, command.action, "answered", source=request.source, pipeline=dag_id, run_id=run_id,
+              detail=reason)
+        decision = Decision(dag_id, run_id, task_id, command.action, actor.user_id, reason)
+        outcome = ("it publishes now" if command.action == "approve"
+                   else "nothing is published and the run fails")
+        return Reply(f"{decision.line()} — `{dag_id}` run `{run_id}`: {outcome}.\n"
+                     f"<{self._run_link(dag_id, run_id)}|Open the run in Airflow>", decided=decision)
+
     # -- helpers -------------------------------------------------------------------------------------
     def _authorise(self, actor: Actor, action: str, pipeline: str | None) -> None:
         """`pipeline` None: may the actor do `action` on any pipeline at all."""
@@ -367,6 +421,14 @@ def _nothing_to_retry(run: dict, tasks: list[dict], command: Command, command_na
     if run.get("state") == "success":
         return f"Nothing failed: `{dag_id}` run `{run_id}` succeeded; {again}."
     return f"Nothing to retry: no task of `{dag_id}` run `{run_id}` has failed (run state: {run.get('state')})."
+
+
+def _already_decided(dag_id: str, run_id: str, detail: dict) -> str:
+    chosen = ", ".join(detail.get("chosen_options") or []) or "?"
+    user = (detail.get("responded_by_user") or {}).get("name") or "the timeout's default"
+    slack_user = (detail.get("params_input") or {}).get(SLACK_USER_PARAM)
+    by = f"{slack_user} in Slack" if slack_user else user
+    return f"Run `{run_id}` of `{dag_id}` was decided already: {chosen} by {by} at {detail.get('responded_at')}."
 
 
 def _conf_args(conf: Any) -> str:
