@@ -24,6 +24,7 @@ from mlbatch_beam.model_handler import DEFAULT_BATCH_ROWS, MLflowPyfuncModelHand
 from mlbatch_beam.options import pipeline_options
 from mlbatch_beam.outputs import PredictionOutput
 from mlbatch_beam.progress import ProgressReporter
+from mlbatch_beam.quality.combine import RunStatistics, add_statistics_arguments, read_edges
 from mlbatch_beam.results import NAMESPACE, counter_totals, run_to_completion, write_result
 
 
@@ -84,6 +85,7 @@ def parse_args(argv=None):
                         help="pattern(s) of prepared files (mlbatch_beam.shards passes files)")
     parser.add_argument("--input-format", default="parquet", choices=INPUT_FORMATS)
     add_scoring_arguments(parser)
+    add_statistics_arguments(parser)
     return checked(parser, *parser.parse_known_args(argv))
 
 
@@ -131,16 +133,19 @@ def run(argv=None) -> dict:
     handler = model_handler_from_args(args)
     options = pipeline_options(beam_args)  # also sets up the filesystems (S3 endpoint) for the match below
     match_paths(args.input)  # fail fast, before starting workers
+    edges = read_edges(args.statistics_edges)
     pipeline = beam.Pipeline(options=options)
-    _ = (
-        pipeline
-        | "Read" >> ReadArrowBatches(args.input, args.input_format, args.batch_rows)
-        | "Score" >> ScoreBatches(handler)
-        | "Write" >> WriteArrowBatches(args.output_dir, args.output_format, prefix="predictions")
-    )
+    batches = pipeline | "Read" >> ReadArrowBatches(args.input, args.input_format, args.batch_rows)
+    scored = batches | "Score" >> ScoreBatches(handler)
+    _ = scored | "Write" >> WriteArrowBatches(args.output_dir, args.output_format, prefix="predictions")
+    if args.statistics_file:  # the quality gate's statistics, from the same pass (mlbatch_beam.quality)
+        _ = (batches, scored) | "Statistics" >> RunStatistics(
+            args.statistics_file, handler.feature_columns, args.id_column, edges)
     result = run_to_completion(pipeline, "score")
     counts = counter_totals(result, ["rows_in", "rows_scored", "model_loads"])
-    return write_result(args.result_file, {**counts, "output_dir": args.output_dir})
+    return write_result(args.result_file, {
+        **counts, "output_dir": args.output_dir,
+        **({"statistics_uri": args.statistics_file} if args.statistics_file else {})})
 
 
 if __name__ == "__main__":

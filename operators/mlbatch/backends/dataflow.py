@@ -41,6 +41,7 @@ API calls in `mlbatch.hooks.dataflow`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any
 
@@ -54,9 +55,10 @@ from mlbatch.backends.failure_reasons import job_messages_reason
 from mlbatch.backends.job_names import files_fingerprint, find_attempt, job_name, result_identity, short_hash
 from mlbatch.errors import BackendConfigError, RemoteJobError
 from mlbatch.hooks.dataflow import FAILED, SUCCEEDED, DataflowJobsHook
+from mlbatch.quality.baseline import STATISTICS_FILE, edges_args
 from mlbatch.run.paths import RunPaths, run_key
 from mlbatch.spec.models import PipelineSpec
-from mlbatch.storage.layer import Storage, join, scheme
+from mlbatch.storage.layer import Storage, join, parent, scheme
 
 BACKEND = "dataflow"
 MODULES = {"prep": "mlbatch_beam.prep", "predict": "mlbatch_beam.score"}
@@ -113,7 +115,7 @@ def gcs_storage(spec: PipelineSpec) -> Storage:
 
 
 def launch_variables(spec: PipelineSpec, name: str, *, input_uri: str, model_uri: str, output_uri: str,
-                     result_file: str) -> dict:
+                     result_file: str, statistics_args: list[str] = ()) -> dict:
     """BeamHook `variables` for `python -m mlbatch_beam.score`: the job's own arguments, then the
     DataflowRunner flags of `dataflow_pipeline_args` (BeamHook adds `--runner` itself)."""
     compute = spec.predict.compute
@@ -123,7 +125,7 @@ def launch_variables(spec: PipelineSpec, name: str, *, input_uri: str, model_uri
                   "--output-dir", output_uri, "--output-format", spec.output.format,
                   *prediction_output_args(spec),
                   "--batch-rows", str(compute.batch_rows), *model_sharing_args(spec),
-                  "--result-file", result_file]
+                  "--result-file", result_file, *statistics_args]
     return _variables(spec, name, score_args, model_workers=True)
 
 
@@ -282,9 +284,12 @@ class DataflowBackend(Backend):
                     raise FileNotFoundError(f"{spec.name}: no prepared files under {paths.prepared}")
             else:
                 log.info("Reading the prepared input of the Dataflow prep job: %s", input_uri)
+            statistics = edges_args(gcs_storage(spec), spec, dataclasses.replace(paths, work=staging),
+                                    request.model["version"])  # the quality gate's, beside the job's output
             variables = launch_variables(spec, name, input_uri=input_uri,
                                          model_uri=staged_model_uri(spec, request.model),
-                                         output_uri=join(staging, "output"), result_file=result_file)
+                                         output_uri=join(staging, "output"), result_file=result_file,
+                                         statistics_args=statistics)
         job_id = hook.launch(MODULES[request.kind], variables)
         log.info("Launched Dataflow job %s: %s", name, job_id or "(id not seen in the launcher log)")
         if job_id is not None:
@@ -315,8 +320,10 @@ class DataflowBackend(Backend):
         if not files:
             raise RemoteJobError(f"{request.spec.name}: Dataflow job {handle['job_id']} succeeded but wrote "
                                  f"nothing under {handle['output_uri']}")
+        statistics = join(parent(handle["output_uri"]), STATISTICS_FILE) if request.spec.quality else None
         return {"backend": BACKEND, "model_version": request.model["version"], "job_id": handle["job_id"],
-                "output_uri": handle["output_uri"], "output_files": len(files)}
+                "output_uri": handle["output_uri"], "output_files": len(files),
+                **({"statistics_uri": statistics} if statistics else {})}
 
     def cancel(self, handle: Handle) -> None:
         """Ask Dataflow to cancel the job; the hook skips jobs that already ended."""

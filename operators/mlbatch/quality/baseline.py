@@ -168,7 +168,7 @@ def column_edges(summaries: list) -> list[float] | None:
 
 
 def on_edges(summary, edges: list[float] | None):
-    """A numeric summary on `edges`: itself, a first run's sketch re-binned (to 1 %), or None."""
+    """A numeric summary on `edges`: itself, a first run's sketch re-binned (to 0.1 %), or None."""
     from mlbatch_beam.quality.numeric import NumericSummary
 
     if edges is None or summary.edges == edges:
@@ -225,3 +225,35 @@ def log_model_baseline(frame, model_name: str, version: int | str | None = None,
         sides[side][column] = summary(column, kind_of(values.type)).add_batch(values).to_json()
     client.log_text(run_id, document_bytes(sides).decode(), MODEL_ARTIFACT)
     return run_id
+
+
+def sidecars(storage: Storage, spec: Any, paths: Any, predict_result: dict | None) -> dict:
+    """Today's statistics to keep with the committed attempt (`mlbatch.run.commit.commit`'s sidecars,
+    recorded as the record's `statistics`); none when the job wrote none."""
+    if getattr(spec, "quality", None) is None:
+        return {}
+    uri = today_uri(paths, predict_result)
+    try:
+        return {"statistics": (COMMITTED_FILE, storage.read_bytes(uri))}
+    except FileNotFoundError:
+        return {}
+
+
+def log_run_statistics(client: Any, run_id: str, storage: Storage, uri: str) -> None:
+    """The committed run's statistics in its MLflow run: the document (artifact `MODEL_ARTIFACT`, the
+    same path a model's baseline uses) and per column its null fraction and, when numeric, its mean."""
+    import time
+
+    from mlflow.entities import Metric
+
+    text = storage.read_bytes(uri).decode()
+    stats, now = parse(json.loads(text), uri), int(time.time() * 1000)
+    client.log_text(run_id, text, MODEL_ARTIFACT)
+    metrics = []
+    for role in ROLES:
+        for column, s in stats.role(role).items():
+            if s.count:
+                metrics.append(Metric(f"quality.{column}.null_fraction", s.nulls / s.count, now, 0))
+            if s.kind == "numeric" and s.finite:
+                metrics.append(Metric(f"quality.{column}.mean", s.mean, now, 0))
+    client.log_batch(run_id, metrics=metrics)

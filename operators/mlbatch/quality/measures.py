@@ -146,7 +146,7 @@ def _numeric(b: NumericSummary, t: NumericSummary, out: Comparison) -> None:
     out.measures.update(psi=psi(p, q), jensen_shannon=jensen_shannon(p, q),
                         wasserstein=wasserstein(px, p, qx, q) / norm)
     if b.edges is None:
-        out.notes.append("baseline has no bins yet (first run): binned on its sketch's quantiles, to 1 %")
+        out.notes.append("baseline has no bins yet (first run): binned on its sketch's quantiles, to 0.1 %")
 
 
 def _categorical(b, t, out: Comparison) -> None:

@@ -106,18 +106,19 @@ class NumericSummary:
 
     def quantile_edges(self, bins: int = BINS) -> list[float] | None:
         """The edges the runs after this one bin on: this summary's own, else `bins` equal-mass
-        bins from the sketch (duplicates dropped: a column with few distinct values gets fewer bins)."""
+        bins from the sketch, each edge on a sketch bucket's upper bound (duplicates dropped: a column
+        with few distinct values gets fewer bins)."""
         if self.edges is not None:
             return self.edges
         if not self.finite:
             return None
-        inner = sketch.quantiles(self.sketch, np.linspace(0, 1, bins + 1)[1:-1])
+        inner = sketch.quantiles(self.sketch, np.linspace(0, 1, bins + 1)[1:-1], bounds=True)
         edges = np.unique(np.clip(np.concatenate([[self.min], inner, [self.max]]), self.min, self.max))
         return edges.tolist() if edges.size > 1 else [self.min - 0.5, self.min + 0.5]
 
     def binned(self, edges: list[float]) -> tuple[np.ndarray, np.ndarray]:
         """(counts, positions) over [below, bin 1..n, above]: each cell's mass and where it sits (its
-        values' mean; the cell's middle when empty). A sketch-only summary is re-binned, to 1 %."""
+        values' mean; the cell's middle when empty). A sketch-only summary is re-binned, to 0.1 %."""
         if self.edges is None:
             values, counts = sketch.points(self.sketch)
             source = NumericSummary(self.column, edges)

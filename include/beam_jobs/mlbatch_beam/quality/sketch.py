@@ -4,8 +4,11 @@ from one streamed pass.
 Fixed bins can only come from values already seen; the first run of a pipeline has none. Values go to
 logarithmic buckets (DDSketch's scheme: bucket k holds |x| in (gamma^(k-1), gamma^k]) that depend on
 nothing but the value, so shards count into the same buckets and merge by adding counts, in any order.
-Any quantile read back is within `ALPHA` (1 %) relative error. Memory: about 2,100 buckets per sign
-for magnitudes from 1e-9 to 1e9, usually a few hundred for one feature.
+Any quantile read back is within `ALPHA` (0.1 %) relative error. Why 0.1 % and not DDSketch's usual
+1 %: the second run compares with the first's sketch, re-binned, and 1 % of a value far from zero is
+a lot of its spread (1 % of 39 gestation weeks is 0.18 of their standard deviation, a Wasserstein
+distance over the 0.1 warning on an unchanged day); 0.1 % keeps that under 0.02. Memory: about 21,000
+buckets per sign for magnitudes from 1e-9 to 1e9; a feature spanning 10 to 60 takes about 900.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import math
 
 import numpy as np
 
-ALPHA = 0.01  # relative accuracy of a quantile
+ALPHA = 0.001  # relative accuracy of a quantile
 GAMMA = (1 + ALPHA) / (1 - ALPHA)
 ZERO = 1e-9  # |x| below this counts as zero
 
@@ -57,8 +60,23 @@ def points(buckets: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
     return values[order], counts[order]
 
 
-def quantiles(buckets: dict[str, int], qs: np.ndarray) -> np.ndarray:
+def upper_bound(key: str) -> float:
+    """The smallest edge above every value bucket `key` holds (bins are closed on the left, a positive
+    bucket on the right: its top value, e.g. 1.0 = GAMMA**0, must fall below the edge)."""
+    if key == "0":
+        return ZERO
+    return float(np.nextafter(GAMMA ** int(key[1:]), np.inf)) if key[0] == "+" else -GAMMA ** (int(key[1:]) - 1)
+
+
+def quantiles(buckets: dict[str, int], qs: np.ndarray, bounds: bool = False) -> np.ndarray:
+    """The `qs` quantiles, within ALPHA; `bounds`: the upper bound of each quantile's bucket instead of
+    its representative value (bin edges: no bucket straddles one, so re-binning this sketch and binning
+    the exact values agree, even for discrete values such as whole weeks)."""
     values, counts = points(buckets)
     cumulative = np.cumsum(counts)
     ranks = np.clip(np.ceil(qs * cumulative[-1]).astype(np.int64), 1, cumulative[-1])
-    return values[np.searchsorted(cumulative, ranks)]
+    index = np.searchsorted(cumulative, ranks)
+    if not bounds:
+        return values[index]
+    keys = sorted(buckets, key=value_of)
+    return np.array([upper_bound(keys[i]) for i in index])
