@@ -23,6 +23,7 @@ from mlbatch.backends.dataflow_options import (
     local_job, local_runner_args, model_sharing_args, prediction_output_args)
 from mlbatch.backends.failure_reasons import job_output_reason
 from mlbatch.errors import RemoteJobError
+from mlbatch.quality.baseline import edges_args
 from mlbatch.run.job_process import JobProcess, stop_leftover_job
 from mlbatch.spec.prep_contract import schema_json
 from mlbatch.storage.job_errors import job_storage_errors
@@ -138,4 +139,5 @@ class DirectModelBackend(LocalJobBackend):
             "--batch-rows", str(spec.predict.compute.batch_rows),
             *model_sharing_args(spec),
             *local_runner_args(spec),
+            *edges_args(Storage.for_spec(spec), spec, paths, request.model["version"]),  # the quality gate's
         ]

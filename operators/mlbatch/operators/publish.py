@@ -13,6 +13,7 @@ from typing import Any
 
 from mlbatch.errors import CountMismatchError, TooManyRejectedError
 from mlbatch.operators.base import PipelineStepOperator
+from mlbatch.quality.baseline import sidecars
 from mlbatch.run.assets import event_extra, output_asset
 from mlbatch.run.commit import Partition, commit, new_attempt
 from mlbatch.run.paths import RunPaths, run_key
@@ -39,6 +40,7 @@ class PublishOperator(PipelineStepOperator):
         version = produced_by(context, model)  # the version that produced the rows, as predict found it
         stats = published_stats(storage, spec, output_staging)
         gate = gate_facts(context)
+        statistics = sidecars(storage, spec, paths, context["ti"].xcom_pull(task_ids=PREDICT))  # quality gate's
         record = commit(
             storage, Partition(paths.output, output_staging), Partition(paths.dead_letter, rejected_staging),
             new_attempt(run_key(context["run_id"])),
@@ -46,6 +48,7 @@ class PublishOperator(PipelineStepOperator):
              "model": model["uri"] if version == model["version"] else f"models:/{model['name']}/{version}",
              "model_version": version, "input": paths.input_pattern, "format": spec.output.format,
              **gate},
+            sidecars=statistics,
         )
         self.log.info("Committed attempt %s: %s (%d rows in %d files) and %s (%d rows)", record["attempt"],
                       paths.output, counts["rows_scored"], len(record["files"]), paths.dead_letter,
@@ -53,7 +56,8 @@ class PublishOperator(PipelineStepOperator):
         self._clean_up(context, storage, spec, paths, [output_staging, rejected_staging])
         published = {**counts, "output_uri": paths.output, "dead_letter_uri": paths.dead_letter,
                      "input_uri": paths.input_pattern, "stats": stats, "attempt": record["attempt"],
-                     "commit_record": join(paths.output, "_SUCCESS"), "files": len(record["files"]), **gate}
+                     "commit_record": join(paths.output, "_SUCCESS"), "files": len(record["files"]), **gate,
+                     **({"statistics": record["statistics"]} if "statistics" in record else {})}
         self._asset_event(context, spec, published)
         return published
 

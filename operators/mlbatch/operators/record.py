@@ -16,10 +16,12 @@ from typing import Any
 
 from mlbatch.operators.base import RESOURCES_KEY, PipelineStepOperator
 from mlbatch.operators.links import MlflowRunLink
+from mlbatch.quality.baseline import log_run_statistics
 from mlbatch.run.mlflow_experiments import ensure_experiment
 from mlbatch.run.paths import RunPaths
 from mlbatch.run.steps import PREDICT, PUBLISH, RECORD, RESOLVE_MODEL, STEP_IDS
 from mlbatch.spec.models import PipelineSpec
+from mlbatch.storage.layer import Storage
 
 MEASURED_STEPS = STEP_IDS[:STEP_IDS.index(RECORD)]  # every step before this one
 
@@ -64,6 +66,8 @@ class RecordRunOperator(PipelineStepOperator):
                              metrics=[Metric(k, float(v), now, 0)
                                       for k, v in _metrics(ti, published, predicted).items()])
             _log_artifacts(client, mlflow_run_id, spec, model, published, predicted)
+            if published.get("statistics"):  # the committed run's column statistics (the quality gate's)
+                log_run_statistics(client, mlflow_run_id, Storage.for_spec(spec), published["statistics"])
         except BaseException:
             client.set_terminated(mlflow_run_id, status="FAILED")
             raise
