@@ -270,3 +270,36 @@ def test_a_baseline_logged_with_the_model_version(tmp_path, registered_model):
     assert verdict.level == "block" and verdict.findings[0].column == "mother_age"
     assert "baseline from training data: no row count comparison" in verdict.notes
     assert not [f for f in verdict.findings if f.role == "rows"]
+
+
+def test_the_endpoint_job_computes_the_statistics_of_the_direct_model_job(tmp_path, model, scoring_server):
+    """backend: endpoint (mlbatch_beam.endpoint_score, through the real scoring server) computes the same
+    statistics in its pass as the direct-model job on the same rows and edges (one shared PTransform)."""
+    from mlbatch_beam import endpoint_score
+
+    from mlbatch.spec.prep_contract import schema_json
+
+    spec = load_spec(spec_file(tmp_path))
+    day(tmp_path, "2026-11-01", rows=1500, seed=4)
+    paths = paths_for(tmp_path, "2026-11-01")
+    Path(paths.work).mkdir(parents=True)
+    edges = Path(paths.work, "edges.json")
+    edges.write_text(json.dumps({"gestation_weeks": [30.0, 35, 38, 40, 42], "prediction": [5.0, 6, 7, 8, 9]}))
+    stats = ("--statistics-edges", str(edges))
+    direct = score(spec, paths, model, ["--statistics-file", f"{tmp_path}/direct.json", *stats])
+    served = endpoint_score.run([
+        "--input", paths.input_pattern, "--input-format", "parquet", "--schema-json", schema_json(spec),
+        "--dead-letter-dir", f"{tmp_path}/endpoint-rejected", "--id-column", "id",
+        "--feature-columns", ",".join(FEATURES), "--output-dir", f"{tmp_path}/endpoint-out",
+        "--output-format", "parquet", "--batch-rows", "700", "--result-file", f"{tmp_path}/endpoint-result.json",
+        "--endpoint-json", json.dumps({"kind": "mlflow", "url": scoring_server.url, "max_rows_per_request": 250}),
+        "--runner=FnApiRunner", "--statistics-file", f"{tmp_path}/endpoint.json", *stats])
+    assert served["rows_scored"] == direct["rows_scored"] and served["statistics_uri"] == f"{tmp_path}/endpoint.json"
+    mine, theirs = (json.loads(Path(tmp_path, f).read_text()) for f in ("endpoint.json", "direct.json"))
+    exact = ("count", "nulls", "values", "other", "counts", "below", "above", "sketch", "edges")
+    for side in ("features", "predictions"):
+        assert sorted(mine[side]) == sorted(theirs[side])
+        for column, a in mine[side].items():
+            b = theirs[side][column]
+            assert {k: a.get(k) for k in exact} == {k: b.get(k) for k in exact}, (side, column)
+            assert a.get("mean", 0) == pytest.approx(b.get("mean", 0), rel=1e-9)

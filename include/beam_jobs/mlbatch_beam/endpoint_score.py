@@ -47,6 +47,7 @@ from mlbatch_beam.model_handler import DEFAULT_BATCH_ROWS
 from mlbatch_beam.options import pipeline_options
 from mlbatch_beam.outputs import PredictionOutput
 from mlbatch_beam.prep import read_and_validate
+from mlbatch_beam.quality.combine import RunStatistics, add_statistics_arguments, read_edges
 from mlbatch_beam.results import NAMESPACE, counter_totals, run_to_completion, write_result
 from mlbatch_beam.schema import FeatureSchema
 from mlbatch_beam.validate import _json_safe
@@ -167,6 +168,7 @@ def parse_args(argv=None):
     parser.add_argument("--endpoint-json", required=True,
                         help="mlbatch_beam.endpoint_handler.EndpointConfig as JSON (no secrets)")
     parser.add_argument("--result-file", required=True)
+    add_statistics_arguments(parser)
     return parser.parse_known_args(argv)
 
 
@@ -183,9 +185,12 @@ def run(argv=None) -> dict:
     options = pipeline_options(beam_args)  # also sets up the filesystems (S3 endpoint) for the match below
     match_paths(args.input)  # fail fast, before starting workers
     served_file = FileSystems.join(args.dead_letter_dir, f"_endpoint_served-{uuid.uuid4().hex}.json")
+    edges = read_edges(args.statistics_edges)
     pipeline = beam.Pipeline(options=options)
-    predictions, failed, served = (read_and_validate(pipeline, args, schema)
-                                   | "Score" >> ScoreThroughEndpoint(config, args.id_column, features, output))
+    valid = read_and_validate(pipeline, args, schema)
+    predictions, failed, served = valid | "Score" >> ScoreThroughEndpoint(config, args.id_column, features, output)
+    if args.statistics_file:  # the quality gate's statistics, from the same pass (mlbatch_beam.quality)
+        _ = (valid, predictions) | "Statistics" >> RunStatistics(args.statistics_file, features, args.id_column, edges)
     _ = predictions | "Write" >> WriteArrowBatches(args.output_dir, args.output_format, prefix="predictions")
     _ = failed | "WriteFailed" >> DeadLetterWrite(args.dead_letter_dir, prefix="endpoint-failed")
     _ = (served | "AllServed" >> beam.combiners.ToList()
@@ -196,7 +201,8 @@ def run(argv=None) -> dict:
     throttled = counter_totals(result, ["cumulativeThrottlingSeconds"])["cumulativeThrottlingSeconds"]
     return write_result(args.result_file, {
         **counts, "throttled_ms": throttled * 1000, "endpoint_model": _served(served_file),
-        "output_dir": args.output_dir, "dead_letter_dir": args.dead_letter_dir})
+        "output_dir": args.output_dir, "dead_letter_dir": args.dead_letter_dir,
+        **({"statistics_uri": args.statistics_file} if args.statistics_file else {})})
 
 
 def _served(path: str):

@@ -32,6 +32,7 @@ from mlbatch.backends.base import JobRequest, JobState, Handle, Submission, requ
 from mlbatch.backends.dataflow_options import local_job, local_runner_args, prediction_output_args
 from mlbatch.backends.local import LocalJobBackend
 from mlbatch.errors import BackendConfigError
+from mlbatch.quality.baseline import edges_args
 from mlbatch.spec.prep_contract import schema_json
 from mlbatch.storage.layer import Storage
 
@@ -149,6 +150,7 @@ class EndpointBackend(LocalJobBackend):
             *prediction_output_args(spec),
             "--endpoint-json", endpoint_json(spec.predict.endpoint, self._runtime_url),
             *local_runner_args(spec),
+            *edges_args(Storage.for_spec(spec), spec, paths, request.model["version"]),  # the quality gate's
         ]
 
     def result(self, request: JobRequest, handle: Handle, state: JobState) -> dict:
