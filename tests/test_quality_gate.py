@@ -303,3 +303,34 @@ def test_the_endpoint_job_computes_the_statistics_of_the_direct_model_job(tmp_pa
             b = theirs[side][column]
             assert {k: a.get(k) for k in exact} == {k: b.get(k) for k in exact}, (side, column)
             assert a.get("mean", 0) == pytest.approx(b.get("mean", 0), rel=1e-9)
+
+
+def test_the_prep_job_computes_the_feature_statistics_for_batch_prediction_backends(tmp_path):
+    """Backends whose service scores later (local, sagemaker, vertex) get the features' statistics from
+    prep's pass (mlbatch_beam.prep), equal to those of the rows it prepared; the gate says predictions
+    were not compared."""
+    from mlbatch_beam import prep
+
+    from mlbatch.spec.prep_contract import schema_json
+
+    spec = load_spec(spec_file(tmp_path))
+    day(tmp_path, "2026-11-01", seed=6)
+    paths = paths_for(tmp_path, "2026-11-01")
+    args = baseline.edges_args(Storage(), spec, paths, 1)
+    result = prep.run(["--input", paths.input_pattern, "--input-format", "parquet", "--schema-json",
+                       schema_json(spec), "--output-dir", paths.prepared, "--output-format", "parquet",
+                       "--dead-letter-dir", paths.rejected_staging, "--result-file", f"{paths.work}/prep.json",
+                       "--batch-rows", "700", "--runner=FnApiRunner", *args])
+    job = baseline.read(Storage(), result["statistics_uri"])
+    prepared = pq.read_table(paths.prepared)
+    assert job.predictions == {} and sorted(job.features) == sorted(FEATURES)
+    for column in FEATURES:
+        mine, theirs = job.features[column].to_json(), direct(prepared.column(column), None, column).to_json()
+        assert {k: mine[k] for k in ("count", "nulls")} == {k: theirs[k] for k in ("count", "nulls")}
+        assert mine.get("sketch", mine.get("values")) == theirs.get("sketch", theirs.get("values"))
+    assert job.features["mother_age"].count == result["rows_valid"]
+    publish(spec, paths, {**result, "statistics_uri": result["statistics_uri"]}, "2026-11-01")
+    tomorrow = paths_for(tmp_path, "2026-11-02")
+    verdict = gate.evaluate(spec, tomorrow, write_today(tomorrow, make_frame(ROWS, seed=8)) | {"rows_in": None})
+    assert any("predictions not compared" in n for n in verdict.notes)
+    assert any("rejected fraction not compared" in n for n in verdict.notes)

@@ -21,6 +21,7 @@ from mlbatch_beam.arrow_io import (
 )
 from mlbatch_beam.options import pipeline_options
 from mlbatch_beam.progress import ProgressReporter
+from mlbatch_beam.quality.combine import RunStatistics, add_statistics_arguments, read_edges
 from mlbatch_beam.results import NAMESPACE, counter_totals, run_to_completion, write_result
 from mlbatch_beam.schema import FeatureSchema
 from mlbatch_beam.validate import split_valid
@@ -86,8 +87,11 @@ def read_and_validate(pipeline, args, schema: FeatureSchema):
 
 
 def build(pipeline, args, schema: FeatureSchema) -> None:
-    _ = read_and_validate(pipeline, args, schema) | "WriteValid" >> WriteArrowBatches(
-        args.output_dir, args.output_format, prefix="part")
+    valid = read_and_validate(pipeline, args, schema)
+    _ = valid | "WriteValid" >> WriteArrowBatches(args.output_dir, args.output_format, prefix="part")
+    if getattr(args, "statistics_file", None):  # the quality gate's feature statistics, in this pass
+        _ = (valid,) | "Statistics" >> RunStatistics(args.statistics_file, [f.name for f in schema.features],
+                                                     schema.id_column, read_edges(args.statistics_edges))
 
 
 def parse_args(argv=None):
@@ -101,6 +105,7 @@ def parse_args(argv=None):
     parser.add_argument("--dead-letter-dir", required=True)
     parser.add_argument("--result-file", required=True)
     parser.add_argument("--batch-rows", type=int, default=65536)
+    add_statistics_arguments(parser)
     return parser.parse_known_args(argv)
 
 
@@ -118,6 +123,7 @@ def run(argv=None) -> dict:
         **counts,
         "output_dir": args.output_dir,
         "dead_letter_dir": args.dead_letter_dir,
+        **({"statistics_uri": args.statistics_file} if args.statistics_file else {}),
     })
 
 

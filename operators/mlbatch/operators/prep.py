@@ -20,6 +20,7 @@ from mlbatch.run.job_process import JobProcess, stop_leftover_job
 from mlbatch.operators.links import RemoteJobConsoleLink
 from mlbatch.operators.base import PipelineStepOperator, effective_spec
 from mlbatch.operators.remote_job import RESOLVE_MODEL_TASK_ID, BackendJobMixin
+from mlbatch.quality.baseline import edges_args
 from mlbatch.spec.prep_contract import prep_runs_in_predict, prepared_file_rows, prepared_format, schema_json
 from mlbatch.run.rejections import check_prep
 from mlbatch.run.paths import RunPaths
@@ -58,15 +59,17 @@ class BeamPrepOperator(BackendJobMixin, PipelineStepOperator):
             result = self.run_backend(context, self.job_request(context, spec, paths))  # returns if already done
             check_prep(spec, result, paths.rejected_staging, storage)
             return result
+        model = context["ti"].xcom_pull(task_ids=RESOLVE_MODEL_TASK_ID)
         args = [
             "--input", paths.input_pattern,
             "--input-format", spec.input.format,
-            "--schema-json", schema_json(spec, context["ti"].xcom_pull(task_ids=RESOLVE_MODEL_TASK_ID)),
+            "--schema-json", schema_json(spec, model),
             "--output-dir", paths.prepared,
             "--output-format", prepared_format(spec),
             "--dead-letter-dir", paths.rejected_staging,
             "--batch-rows", str(prepared_file_rows(spec)),
             *beam_runner_args(spec),
+            *edges_args(storage, spec, paths, (model or {}).get("version")),  # the quality gate's features
         ]
         env, storage_args = storage.job_env([paths.input_pattern, paths.work])
         module, leading = local_job(spec, "mlbatch_beam.prep")

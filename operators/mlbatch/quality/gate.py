@@ -113,6 +113,9 @@ def evaluate(spec: Any, paths: Any, predict_result: dict) -> Verdict:
             table[f"{ROLE[role]}:{column}"] = values
             notes += [f"{ROLE[role]} {column}: {n}" for n in comparison.notes if "rows" not in n]
             findings += [_finding(column, ROLE[role], k, v, limits) for k, v in values.items()]
+    if spec.quality.predictions and not today.predictions:
+        notes.append(f"predictions not compared: the {spec.predict.backend} backend's predictions are read only "
+                     "at publish; today's statistics (prep's pass) hold the features")
     findings += _run_findings(spec, today, base, predict_result, limits, notes, table)
     kept = sorted((f for f in findings if f.level != "pass"), key=_severity, reverse=True)
     level = max((f.level for f in kept), key=LEVELS.index, default="pass")
@@ -170,7 +173,11 @@ def _run_findings(spec, today, base, predict_result, limits, notes, table) -> li
     else:
         notes.append("baseline from training data: no row count comparison")
     rejected = None
-    if today.rows_in is not None and base.rows_in is not None:
+    if today.rows_in is None or base.rows_in is None:
+        notes.append("rejected fraction not compared: " + ("the predict result has no rows_in/rows_rejected "
+                     "(prep ran as its own step: merge its counts in)" if today.rows_in is None else
+                     "the baseline has no row counts"))
+    else:
         rejected = measures.rejected_fraction_delta(base.rows_rejected, base.rows_in, today.rows_rejected,
                                                     today.rows_in)
         out.append(_finding("rows", "rows", "rejected_fraction_delta", rejected, limits))

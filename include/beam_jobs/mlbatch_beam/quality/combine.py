@@ -59,21 +59,23 @@ class ColumnStatistics(beam.CombineFn):
 
 
 class RunStatistics(beam.PTransform):
-    """(feature batches, scored batches) -> `path` holding both sides' statistics as one JSON."""
+    """(feature batches, scored batches) -> `path` holding both sides' statistics as one JSON; given
+    (feature batches,) alone (the prep job: a batch-prediction service scores later), the features'."""
 
     def __init__(self, path: str, features: list[str], id_column: str, edges: dict[str, list[float]]):
         super().__init__()
         self._path, self._features, self._id, self._edges = path, features, id_column, edges
 
     def expand(self, pcolls):
-        features, scored = pcolls
+        features, scored = pcolls[0], pcolls[1] if len(pcolls) > 1 else None
         sides = (
             features | "FeatureStatistics" >> beam.CombineGlobally(ColumnStatistics(self._features, self._edges))
             | "TagFeatures" >> beam.Map(lambda doc: ("features", doc)),
-            scored | "PredictionStatistics" >> beam.CombineGlobally(
-                ColumnStatistics(None, self._edges, skip=(self._id,)))
-            | "TagPredictions" >> beam.Map(lambda doc: ("predictions", doc)),
         )
+        if scored is not None:
+            sides += (scored | "PredictionStatistics" >> beam.CombineGlobally(
+                ColumnStatistics(None, self._edges, skip=(self._id,)))
+                | "TagPredictions" >> beam.Map(lambda doc: ("predictions", doc)),)
         path = self._path
         return (sides | "BothSides" >> beam.Flatten()
                 | "OneDocument" >> beam.combiners.ToDict()
