@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-cloud demo-alert test bench bench-whole-run bench-three-ways bench-slack venv lock validate clean-demo up down
+.PHONY: demo demo-cloud demo-alert demo-gate test bench bench-whole-run bench-three-ways bench-slack venv lock validate clean-demo up down
 
 demo: $(STAMP)
 	$(BIN)/python -m mlbatch.local.demo
@@ -19,6 +19,11 @@ demo-cloud: $(STAMP)
 # A deliberately failing pipeline; prints its Slack alert as text (local outbox unless a token is set).
 demo-alert: $(STAMP)
 	$(BIN)/python -m mlbatch.local.demo.alert
+
+# Three normal days, then one with a shifted feature: prints the quality gate's Slack message as text
+# (what drifted, chart, Approve / Reject); local outbox unless a token is set (docs/quality.md, "The gate").
+demo-gate: $(STAMP)
+	$(BIN)/python -m mlbatch.local.demo.gate
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
