@@ -25,12 +25,14 @@ from airflow.sdk import Param
 from mlbatch.approval_buttons import (APPROVE, GATE_MESSAGE_XCOM, OPTION, REASON_PARAM, REJECT, SLACK_USER_PARAM,
                                       GateTarget)
 from mlbatch.errors import GateRejectedError
-from mlbatch.operators.base import PipelineStepOperator
+from mlbatch.operators.base import PipelineStepOperator, effective_spec
 from mlbatch.run.paths import RunPaths
 from mlbatch.run.steps import PREDICT
 from mlbatch.spec.models import PipelineSpec
 
 VERDICT_KEY = "verdict"  # XCom: the verdict's JSON (the Slack app and reviewers read it)
+HELD_BUDGET_S = 20.0  # a held run waits for people anyway: time for the message and its chart (a loaded
+# worker spends the alerts' 4 s on the Slack connection and the message; the chart is not sent later)
 
 
 class QualityGateOperator(PipelineStepOperator, HITLOperator):
@@ -39,15 +41,21 @@ class QualityGateOperator(PipelineStepOperator, HITLOperator):
 
     def __init__(self, *, spec: PipelineSpec, **kwargs: Any):
         quality = spec.quality
+        form = {REASON_PARAM: Param("", type=["string", "null"], title="Reason",
+                                    description="Why (shown in the run's failure when rejected)."),
+                SLACK_USER_PARAM: Param("", type=["string", "null"], title="Slack user",
+                                        description="Filled by the Slack app; leave empty here.")}
         super().__init__(
             spec=spec, subject=f"{spec.name}: drift holds the run. Publish it?", options=[APPROVE, REJECT],
             defaults=[OPTION[quality.on_timeout]], multiple=False,
             response_timeout=timedelta(minutes=quality.timeout_minutes),
-            params={REASON_PARAM: Param("", type=["string", "null"], title="Reason",
-                                        description="Why (shown in the run's failure when rejected)."),
-                    SLACK_USER_PARAM: Param("", type=["string", "null"], title="Slack user",
-                                            description="Filled by the Slack app; leave empty here.")},
-            **kwargs)
+            params={**(kwargs.pop("params", None) or {}), **form}, **kwargs)
+
+    @property
+    def serialized_params(self) -> dict[str, dict[str, Any]]:
+        """The request's form: only the reason and the Slack user. The task's params also hold the DAG's
+        trigger params (Airflow merges them in; the steps read this run's overrides from them)."""
+        return {k: self.params.get_param(k).serialize() for k in (REASON_PARAM, SLACK_USER_PARAM)}
 
     def run(self, context: Any, spec: PipelineSpec, paths: RunPaths) -> dict:
         from mlbatch.quality.gate import evaluate
@@ -62,6 +70,9 @@ class QualityGateOperator(PipelineStepOperator, HITLOperator):
         sent = self._post(context, spec, paths, verdict, lines)
         if verdict.level == "warn":
             return {"level": "warn", "decision": "publish", "slack": sent.get("status")}
+        # this run's spec (a trigger param may override quality.*): what the request waits for and defaults to
+        self.response_timeout = timedelta(minutes=spec.quality.timeout_minutes)
+        self.defaults = [OPTION[spec.quality.on_timeout]]
         self.body = "\n".join(["**What drifted (worst first)**", "", *(f"- `{line}`" for line in lines), "",
                                f"Baseline: {verdict.baseline}",
                                f"No answer within {_minutes(spec.quality.timeout_minutes)}: "
@@ -73,7 +84,7 @@ class QualityGateOperator(PipelineStepOperator, HITLOperator):
         answer = HITLOperator.execute_complete(self, context, event)
         params = answer["params_input"] or {}
         reason = str(params.get(REASON_PARAM) or "").strip()
-        quality = self.spec.quality
+        quality = effective_spec(self.spec, context["params"]).quality
         if event.get("timedout"):
             who = f"nobody within {_minutes(quality.timeout_minutes)} (quality.on_timeout: {quality.on_timeout})"
         else:
@@ -112,7 +123,8 @@ class QualityGateOperator(PipelineStepOperator, HITLOperator):
         message = payload(notice)
         sent = post(message, kind=f"gate_{verdict.level}", channel=a.slack_channel,
                     slack_conn_id=a.slack_conn_id, webhook_conn_id=a.webhook_conn_id, outbox_dir=None,
-                    budget_s=float(os.environ.get("MLBATCH_ALERT_BUDGET_SECONDS", DEFAULT_BUDGET_S)),
+                    budget_s=max(float(os.environ.get("MLBATCH_ALERT_BUDGET_SECONDS", DEFAULT_BUDGET_S)),
+                                 HELD_BUDGET_S if verdict.level == "block" else 0),
                     attachment=chart or None, attachment_name=f"{spec.name}_drift.png" if chart else None)
         if sent.get("ts"):
             ti.xcom_push(key=GATE_MESSAGE_XCOM, value={"channel_id": sent.get("channel_id"), "ts": sent["ts"],

@@ -44,8 +44,10 @@ def make_frame(rows: int, seed: int = 0, bad_fraction: float = 0.001, id_offset:
     return frame
 
 
-def write_partition(folder: Path, rows: int, files: int = 4, seed: int = 0, row_group_rows: int = 131_072):
-    """Write `rows` rows as Parquet files plus a `_SUCCESS` marker (written last, as producers do)."""
+def write_partition(folder: Path, rows: int, files: int = 4, seed: int = 0, row_group_rows: int = 131_072,
+                    shift: dict[str, float] | None = None):
+    """Write `rows` rows as Parquet files plus a `_SUCCESS` marker (written last, as producers do).
+    `shift`: feature -> amount added to every value (a drifted day, for the quality gate)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -56,6 +58,8 @@ def write_partition(folder: Path, rows: int, files: int = 4, seed: int = 0, row_
         if n <= 0:
             break
         frame = make_frame(n, seed=seed + i, id_offset=i * per_file).drop(columns=[LABEL])
+        for column, amount in (shift or {}).items():
+            frame[column] += amount
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), folder / f"part-{i:05d}.parquet",
                        row_group_size=row_group_rows)
     (folder / "_SUCCESS").write_text("")
