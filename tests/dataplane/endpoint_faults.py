@@ -31,13 +31,21 @@ class _Fault:
     kind: str
     status: int = 0
     count: int | None = None
-    until: float | None = None
+    seconds: float | None = None
     seconds_each: float = 0.0
+    started: float | None = None
 
-    def active(self) -> bool:
-        if self.until is not None:
-            return time.monotonic() < self.until
-        return self.count is None or self.count > 0
+    def take(self) -> bool:
+        """Whether this request meets the fault (and count it)."""
+        if self.seconds is not None:
+            now = time.monotonic()
+            self.started = self.started if self.started is not None else now
+            return now < self.started + self.seconds
+        if self.count is None or self.count > 0:
+            if self.count is not None:
+                self.count -= 1
+            return True
+        return False
 
 
 @dataclass
@@ -48,20 +56,18 @@ class Faults:
     die_at: int | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _add(self, fault: _Fault, seconds: float | None) -> None:
-        if seconds is not None:
-            fault.until = time.monotonic() + seconds
+    def _add(self, fault: _Fault) -> None:
         with self._lock:
             self.faults.append(fault)
 
     def refuse(self, status: int, count: int | None = None, seconds: float | None = None) -> None:
-        self._add(_Fault("refuse", status=status, count=count), seconds)
+        self._add(_Fault("refuse", status=status, count=count, seconds=seconds))
 
     def stall(self, seconds_each: float, count: int | None = None, seconds: float | None = None) -> None:
-        self._add(_Fault("stall", count=count, seconds_each=seconds_each), seconds)
+        self._add(_Fault("stall", count=count, seconds=seconds, seconds_each=seconds_each))
 
     def malformed(self, count: int | None = None, seconds: float | None = None) -> None:
-        self._add(_Fault("malformed", count=count), seconds)
+        self._add(_Fault("malformed", count=count, seconds=seconds))
 
     def die_after(self, requests: int) -> None:
         with self._lock:
@@ -79,12 +85,7 @@ class Faults:
             self.bodies.append(body_size)
             if self.die_at is not None and self.requests > self.die_at:
                 return _Fault("die")
-            for fault in self.faults:
-                if fault.active():
-                    if fault.count is not None:
-                        fault.count -= 1
-                    return fault
-            return None
+            return next((fault for fault in self.faults if fault.take()), None)
 
     def apply(self, orders: dict) -> None:
         """POST /__faults: {"refuse": {...}, "stall": {...}, "malformed": {...}, "die_after": {...}, "clear": {}}."""

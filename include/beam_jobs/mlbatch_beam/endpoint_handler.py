@@ -289,14 +289,15 @@ class _SageMakerClient(_Client):
                                                   max_pool_connections=config.max_in_flight))
 
     def call(self, body):
-        from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, ReadTimeoutError
+        from botocore.exceptions import ClientError, HTTPClientError, ReadTimeoutError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
 
         try:
             answer = self.runtime.invoke_endpoint(EndpointName=self.config.endpoint_name, Body=body,
                                                   ContentType="application/json", Accept="application/json")
         except ReadTimeoutError as exc:
             raise Transient(Failure("timeout", f"no answer within {self.config.timeout_s:g} s: {exc}")) from None
-        except BotoConnectionError as exc:
+        except (BotoConnectionError, HTTPClientError) as exc:  # refused, reset, closed before the answer
             raise Transient(Failure("connection", _one_line(exc))) from None
         except ClientError as exc:
             error, status = exc.response.get("Error", {}), exc.response["ResponseMetadata"].get("HTTPStatusCode", 0)
@@ -351,6 +352,8 @@ class EndpointModelHandler(RemoteModelHandler[MicroBatch, PredictionResult, _Cli
                     state["done"][(m.key, m.index)] = exc.failure
             except Permanent as exc:
                 state["done"][(m.key, m.index)] = exc.failure
+            except Exception as exc:  # noqa: BLE001 - one request's surprise must not sink its neighbours' answers
+                state["done"][(m.key, m.index)] = Failure("error", _one_line(f"{type(exc).__name__}: {exc}"))
         if retry is not None:
             raise retry  # RemoteModelHandler waits (backoff) and calls request again
         with model.lock:
