@@ -265,3 +265,255 @@ def test_vertex_served_version_is_read_from_the_deployed_models(vertex_control_p
     with pytest.raises(ServedVersionError, match=r"cannot tell which version .*deployed model d1: my-own-model: "
                                                  r"no mlbatch-model version"):
         check_served_version(spec, PINNED)
+
+
+# --- end to end: the DAG's steps through dag.test(), the emulators in front of the real scoring server -------
+
+DATE = "2026-11-22"
+ROWS = 3_000
+
+
+class AuthCheckingProxy:
+    """The MLflow proxy (tests/dataplane/endpoint_faults.MLflowProxy) that refuses a request without the
+    expected Authorization header with 401, as an authenticating gateway in front of a scoring server."""
+
+    def __new__(cls, scoring_url: str, expected: str):
+        from dataplane.endpoint_faults import MLflowProxy
+
+        class Proxy(MLflowProxy):
+            seen: list[str] = []
+
+            def invoke(self, path, headers, body):
+                self.seen.append(headers.get("Authorization") or "")
+                if headers.get("Authorization") != expected:
+                    return self.error(401, "missing or wrong Authorization")
+                return super().invoke(path, headers, body)
+
+        return Proxy(scoring_url)
+
+
+def token_server():
+    """An OAuth token endpoint on loopback for a service-account key whose token_uri points here: the
+    google provider's hook gets a real access token through google-auth without the internet."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from emulators import free_port
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b'{"access_token": "ya29.endpoint-test", "expires_in": 3600, "token_type": "Bearer"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    port = free_port()
+    http = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    return http, f"http://127.0.0.1:{port}/token"
+
+
+def service_account_key(token_uri: str) -> dict:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    return {"type": "service_account", "project_id": "p", "private_key_id": "k1", "private_key": pem,
+            "client_email": "scorer@p.iam.gserviceaccount.com", "client_id": "1", "token_uri": token_uri}
+
+
+@pytest.fixture
+def partition(tmp_path):
+    from mlbatch.local.demo.natality import write_partition
+
+    folder = write_partition(tmp_path / "data" / "natality" / f"ds={DATE}", ROWS, files=2, seed=23,
+                             row_group_rows=1_000)
+    import pandas as pd
+
+    return pd.concat(pd.read_parquet(f) for f in sorted(folder.glob("*.parquet")))
+
+
+def endpoint_dag(tmp_path, monkeypatch, endpoint: dict, name: str = "endpoint_e2e", retries: int = 0):
+    """The natality pipeline with `backend: endpoint`, in a pipelines folder of its own."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    doc = yaml.safe_load(DAILY.read_text())
+    doc.update(name=name, vars={"data_root": str(tmp_path / "data")}, trigger_params={}, environments={})
+    doc.pop("alerts", None)
+    doc["tasks"] = {"retries": retries}
+    doc["predict"].update(backend="endpoint", endpoint=endpoint)
+    doc["output"]["uri"] = f"${{vars.data_root}}/predictions/{name}/ds={{{{ ds }}}}"
+    folder = tmp_path / "pipelines"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    monkeypatch.setenv("MLBATCH_PIPELINES_DIR", str(folder))
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    return bag.dags[name]
+
+
+def run_dag(dag):
+    from datetime import datetime, timezone
+
+    return dag.test(logical_date=datetime.fromisoformat(DATE).replace(tzinfo=timezone.utc))
+
+
+def committed(tmp_path, name: str = "endpoint_e2e"):
+    import json
+
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "data" / "predictions" / name / f"ds={DATE}"
+    record = json.loads((out / "_SUCCESS").read_text())
+    return record, pq.read_table(record["files"], partitioning=None).to_pandas()
+
+
+@pytest.fixture
+def kind_setup(request, scoring_server, registered_model, monkeypatch, tmp_path):
+    """Per kind: the endpoint block and the emulator in front of the real scoring server."""
+    import json
+
+    version = registered_model["version"]
+    kind = request.param
+    if kind == "mlflow":
+        proxy = AuthCheckingProxy(scoring_server.url, "Bearer tok-123").start()
+        monkeypatch.setenv("AIRFLOW_CONN_ENDPOINT_HTTP", json.dumps({"conn_type": "http", "password": "tok-123"}))
+        yield kind, {"kind": "mlflow", "url": proxy.url, "http_conn_id": "endpoint_http"}, proxy
+        proxy.stop()
+    elif kind == "sagemaker":
+        from dataplane.sagemaker_runtime import SageMakerRuntime
+
+        aws = request.getfixturevalue("aws_conn")
+        runtime = SageMakerRuntime(scoring_server.url, "natality-live", region=aws.region).start()
+        sagemaker_endpoint(aws, f"natality-live", {"AllTraffic": f"natality_weight/{version}"})
+        monkeypatch.setenv("AIRFLOW_CONN_AWS_ENDPOINT", json.dumps({
+            "conn_type": "aws", "login": "testing", "password": "testing",
+            "extra": {"endpoint_url": aws.endpoint_url, "region_name": aws.region,
+                      "service_config": {"sagemaker-runtime": {"endpoint_url": runtime.url}}}}))
+        yield kind, {"kind": "sagemaker", "endpoint_name": "natality-live", "region": aws.region,
+                     "aws_conn_id": "aws_endpoint"}, runtime
+        runtime.stop()
+        aws.client("sagemaker").delete_endpoint(EndpointName="natality-live")
+    else:
+        from dataplane.vertex_endpoint import VertexEndpoint
+
+        deploy = request.getfixturevalue("vertex_control_plane")
+        deploy({"987654321": f"mlb-natality_weight-v{version}-0a1b2c3d"})
+        http, token_uri = token_server()
+        monkeypatch.setenv("AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT", json.dumps(
+            {"conn_type": "google_cloud_platform",
+             "extra": {"project": "p", "keyfile_dict": json.dumps(service_account_key(token_uri))}}))
+        endpoint = VertexEndpoint(scoring_server.url, "p", "europe-west4", "123").start()
+        yield kind, {**KINDS["vertex"], "api_endpoint": endpoint.api_endpoint}, endpoint
+        endpoint.stop()
+        http.shutdown()
+
+
+@pytest.mark.parametrize("kind_setup", ["mlflow", "sagemaker", "vertex"], indirect=True)
+def test_a_partition_scored_through_each_endpoint_kind_matches_the_direct_model(
+        kind_setup, partition, registered_model, airflow_db, tmp_path, monkeypatch):
+    import mlflow
+
+    from cloud_backends import direct_model_predictions
+
+    kind, endpoint, server = kind_setup
+    dagrun = run_dag(endpoint_dag(tmp_path, monkeypatch, {**endpoint, "max_rows_per_request": 250}))
+    assert dagrun.state == "success", kind
+    record, table = committed(tmp_path)
+    version = registered_model["version"]
+    assert record["rows_in"] == ROWS == record["rows_scored"] + record["rows_rejected"] + record["rows_failed"]
+    assert record["rows_failed"] == 0 and record["rows_rejected"] > 0
+    assert record["model_version"] == version
+    expected_how = {"mlflow": "probe of 20 rows matched", "sagemaker": "variant AllTraffic",
+                    "vertex": "deployed model 987654321"}[kind]
+    assert expected_how in record["served_version"]
+    assert server.faults.requests >= ROWS // 250 - 1  # micro-batches of at most 250 rows reached the endpoint
+
+    features = [f.name for f in load_spec(DAILY).input.features]
+    direct = direct_model_predictions(partition[partition.id.isin(table.id)],
+                                      f"models:/natality_weight/{version}", features, tmp_path / "direct")
+    scored = table.set_index("id")["predicted_weight_pounds"].sort_index()
+    assert len(scored) == record["rows_scored"] and scored.index.is_unique
+    assert (scored - direct.sort_index()).abs().max() < 1e-9
+
+    steps = {ti.task_id: ti.xcom_pull(task_ids=ti.task_id) for ti in dagrun.get_task_instances()}
+    assert steps["prep"] == {"runs_in": "predict"}
+    assert steps["predict"]["requests"] >= 1 and steps["predict"]["model_version"] == version
+    runs = mlflow.search_runs(experiment_names=["mlbatch/endpoint_e2e"], output_format="list")
+    latest = max(runs, key=lambda r: r.info.start_time)
+    assert latest.data.params["backend"] == "endpoint"
+    assert expected_how in latest.data.params["endpoint_served_version"]
+    assert latest.data.metrics["rows_failed"] == 0
+    if kind == "mlflow":  # the connection's token reached the endpoint on every request, the probe's too
+        assert server.seen and set(server.seen) == {"Bearer tok-123"}
+
+
+def test_an_endpoint_serving_another_version_fails_before_scoring(aws_conn, scoring_server, registered_model,
+                                                                   partition, airflow_db, tmp_path, monkeypatch,
+                                                                   capfd):
+    import json
+
+    from dataplane.sagemaker_runtime import SageMakerRuntime
+
+    version = registered_model["version"]
+    runtime = SageMakerRuntime(scoring_server.url, "natality-old", region=aws_conn.region).start()
+    sagemaker_endpoint(aws_conn, "natality-old", {"AllTraffic": f"natality_weight/{version + 1}"})
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_ENDPOINT", json.dumps({
+        "conn_type": "aws", "login": "testing", "password": "testing",
+        "extra": {"endpoint_url": aws_conn.endpoint_url, "region_name": aws_conn.region,
+                  "service_config": {"sagemaker-runtime": {"endpoint_url": runtime.url}}}}))
+    try:
+        dagrun = run_dag(endpoint_dag(tmp_path, monkeypatch, {
+            "kind": "sagemaker", "endpoint_name": "natality-old", "region": aws_conn.region,
+            "aws_conn_id": "aws_endpoint"}, name="endpoint_mismatch", retries=1))
+    finally:
+        runtime.stop()
+    assert dagrun.state == "failed"
+    tries = {ti.task_id: (ti.state, ti.try_number) for ti in dagrun.get_task_instances()}
+    assert tries["predict"] == ("failed", 1) and tries["publish"][0] != "success"  # not retried
+    assert runtime.faults.requests == 0  # nothing was sent to be scored
+    assert not (tmp_path / "data" / "predictions" / "endpoint_mismatch" / f"ds={DATE}" / "_SUCCESS").exists()
+    logged = " ".join("".join(capfd.readouterr()).split())
+    assert (f"ServedVersionError: endpoint_mismatch: the sagemaker endpoint serves natality_weight v{version + 1}"
+            in logged and f"but the run pinned v{version} (alias 'champion'); nothing was scored" in logged)
+
+
+def test_an_endpoint_answering_503_for_a_while_still_commits_every_row(scoring_server, registered_model, partition,
+                                                                       airflow_db, tmp_path, monkeypatch):
+    """503 for the job's first requests (armed once the version probe, one request, has passed): the
+    job's retries absorb them and every valid row is committed."""
+    import json
+    import threading
+    import time
+
+    proxy = AuthCheckingProxy(scoring_server.url, "Bearer tok-123").start()
+    monkeypatch.setenv("AIRFLOW_CONN_ENDPOINT_HTTP", json.dumps({"conn_type": "http", "password": "tok-123"}))
+    armed = threading.Event()
+
+    def arm_after_probe():
+        while proxy.faults.requests < 1:
+            time.sleep(0.01)
+        proxy.faults.refuse(503, count=4)  # fewer than a request's retries (max_retries 5)
+        armed.set()
+
+    threading.Thread(target=arm_after_probe, daemon=True).start()
+    try:
+        dagrun = run_dag(endpoint_dag(tmp_path, monkeypatch, {
+            "kind": "mlflow", "url": proxy.url, "http_conn_id": "endpoint_http", "max_rows_per_request": 500},
+            name="endpoint_faults"))
+    finally:
+        proxy.stop()
+    assert armed.is_set() and dagrun.state == "success"
+    record, table = committed(tmp_path, "endpoint_faults")
+    assert record["rows_failed"] == 0 and record["rows_scored"] + record["rows_rejected"] == ROWS == len(table) \
+        + record["rows_rejected"]
+    predicted = {ti.task_id: ti.xcom_pull(task_ids=ti.task_id) for ti in dagrun.get_task_instances()}["predict"]
+    assert predicted["retries"] >= 4 and proxy.faults.requests >= 1 + 4 + ROWS // 500

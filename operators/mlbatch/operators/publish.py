@@ -18,7 +18,7 @@ from mlbatch.run.assets import event_extra, output_asset
 from mlbatch.run.commit import Partition, commit, new_attempt
 from mlbatch.run.paths import RunPaths, run_key
 from mlbatch.run.prediction_stats import prediction_stats
-from mlbatch.run.row_counts import count_rows
+from mlbatch.run.row_counts import ENDPOINT_FAILED_FILES, count_rows
 from mlbatch.run.staged_files import clean_up_after_commit, sweep_abandoned_runs
 from mlbatch.run.steps import PREDICT, PREP, QUALITY_GATE, RESOLVE_MODEL
 from mlbatch.spec.models import PipelineSpec
@@ -46,6 +46,7 @@ class PublishOperator(PipelineStepOperator):
             new_attempt(run_key(context["run_id"])),
             {**counts, "pipeline": spec.name, "run_id": context["run_id"],
              "model": model["uri"] if version == model["version"] else f"models:/{model['name']}/{version}",
+             **served_by(context),
              "model_version": version, "input": paths.input_pattern, "format": spec.output.format,
              **gate},
             sidecars=statistics,
@@ -80,8 +81,11 @@ class PublishOperator(PipelineStepOperator):
         within `prep.max_rejected_fraction`."""
         rows_in, files_in = count_rows(paths.input_pattern, spec.input.format, storage)
         rows_scored, _ = count_rows(output_staging, spec.output.format, storage)
-        rows_rejected, _ = count_rows(rejected_staging, "jsonl", storage)
+        rows_rejected, _ = count_rows(rejected_staging, "jsonl", storage)  # all dead letters
         counts = {"rows_in": rows_in, "rows_scored": rows_scored, "rows_rejected": rows_rejected}
+        if spec.predict.backend == "endpoint":  # in = scored + rejected (prep's rules) + failed (the endpoint's)
+            rows_failed, _ = count_rows(join(rejected_staging, ENDPOINT_FAILED_FILES), "jsonl", storage)
+            counts.update(rows_rejected=rows_rejected - rows_failed, rows_failed=rows_failed)
         self.log.info("Reconciliation over %d input files: %s", files_in, counts)
         missing = rows_in - rows_scored - rows_rejected
         if missing:
@@ -150,6 +154,12 @@ def airflow_run_state(dag_id: str, run_id: str) -> str | None:
         return None
     state = RuntimeTaskInstance.get_dagrun_state(dag_id, run_id)
     return str(getattr(state, "value", state))
+
+
+def served_by(context: Any) -> dict:
+    """Backend endpoint: how predict learnt the version the endpoint serves, for the commit record."""
+    predicted = context["ti"].xcom_pull(task_ids=PREDICT) or {}
+    return {"served_version": predicted["served_version"]} if predicted.get("served_version") else {}
 
 
 def produced_by(context: Any, model: dict) -> int:

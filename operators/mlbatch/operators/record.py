@@ -57,6 +57,8 @@ class RecordRunOperator(PipelineStepOperator):
             "dead_letter_uri": published["dead_letter_uri"],
             "logical_date": context["ds"],
         }
+        if predicted.get("served_version"):  # backend endpoint: how the served version was learnt
+            params["endpoint_served_version"] = predicted["served_version"]
         gate = {k: published[k] for k in ("quality", "approved_by", "approval_reason") if published.get(k) is not None}
         params.update({f"quality_gate.{k}": v for k, v in gate.items()})  # the gate's verdict and approver
         mlflow_run_id = _mlflow_run(client, experiment_id, context, spec, model, version, params, published)
@@ -110,15 +112,16 @@ def _mlflow_run(client: Any, experiment_id: str, context: Any, spec: PipelineSpe
 
 def _metrics(ti: Any, published: dict, predicted: dict) -> dict[str, float]:
     """Row counts, the prediction statistics, and each step's wall/CPU/peak memory."""
-    metrics = {k: published[k] for k in ("rows_in", "rows_scored", "rows_rejected")}
+    metrics = {k: published[k] for k in ("rows_in", "rows_scored", "rows_rejected", "rows_failed") if k in published}
     for key, value in published["stats"].items():
         if isinstance(value, (int, float)):
             metrics[f"prediction_{key}"] = value
     for step in MEASURED_STEPS:
         for key, value in (ti.xcom_pull(task_ids=step, key=RESOURCES_KEY) or {}).items():
             metrics[f"{step}.{key}"] = value
-    if "model_loads" in predicted:
-        metrics["predict.model_loads"] = predicted["model_loads"]
+    for key in ("model_loads", "requests", "retries"):  # the endpoint job counts its requests
+        if key in predicted:
+            metrics[f"predict.{key}"] = predicted[key]
     return metrics
 
 

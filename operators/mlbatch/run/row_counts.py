@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from mlbatch.storage.layer import Storage, nonblank_lines
 
+# mlbatch_beam.endpoint_score's dead letters for the rows the endpoint did not score (beside prep's rejected)
+ENDPOINT_FAILED_FILES = "endpoint-failed-*.jsonl"
+
 
 def count_rows(pattern: str, fmt: str, storage: Storage | None = None) -> tuple[int, int]:
     """Return (rows, files) over the data files matching `pattern` (a glob or a folder)."""
