@@ -517,3 +517,32 @@ def test_an_endpoint_answering_503_for_a_while_still_commits_every_row(scoring_s
         + record["rows_rejected"]
     predicted = {ti.task_id: ti.xcom_pull(task_ids=ti.task_id) for ti in dagrun.get_task_instances()}["predict"]
     assert predicted["retries"] >= 4 and proxy.faults.requests >= 1 + 4 + ROWS // 500
+
+
+def test_the_mlflow_probe_names_the_version_an_endpoint_answers_like(tmp_path, partition, session_dir):
+    """A scoring server of v1 while the alias pins v2: the 20-row probe's answers differ from v2's and
+    match v1's, so the error names both; a model of another name matches none of the versions."""
+    from mlflow import MlflowClient
+
+    from mlbatch.backends.served_version import check_served_version
+    from mlbatch.errors import ServedVersionError
+    from mlbatch.local.demo.natality import train_and_register
+    from mlbatch.storage.layer import Storage
+    from scoring_server import serve_model
+
+    first = train_and_register("endpoint_probe", rows=2_000, seed=1, pip_requirements=[])
+    second = train_and_register("endpoint_probe", rows=2_000, seed=2, pip_requirements=[])
+    other = train_and_register("endpoint_probe_other", rows=2_000, seed=3, pip_requirements=[])
+    client = MlflowClient()
+    pinned = {"name": "endpoint_probe", "version": second, "alias": "champion",
+              "artifact_uri": client.get_model_version_download_uri("endpoint_probe", second)}
+    pattern = str(tmp_path / "data" / "natality" / f"ds={DATE}" / "*.parquet")
+    for served, message in ((first, rf"the endpoint's answers match v{first}, not v{second}\) but the run pinned "
+                                    rf"v{second} \(alias 'champion'\)"),
+                            (None, rf"does not serve the pinned endpoint_probe v{second} .* on a probe of 20 rows "
+                                   r"its answers differ")):
+        uri = f"models:/endpoint_probe/{served}" if served else f"models:/endpoint_probe_other/{other}"
+        with serve_model(uri, session_dir / f"probe-{served}.log") as server:
+            spec = endpoint_spec(tmp_path, "mlflow", url=f"{server.url}/invocations")
+            with pytest.raises(ServedVersionError, match=message):
+                check_served_version(spec, pinned, None, Storage(), pattern)
