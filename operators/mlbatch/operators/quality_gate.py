@@ -73,8 +73,7 @@ class QualityGateOperator(PipelineStepOperator, HITLOperator):
         # this run's spec (a trigger param may override quality.*): what the request waits for and defaults to
         self.response_timeout = timedelta(minutes=spec.quality.timeout_minutes)
         self.defaults = [OPTION[spec.quality.on_timeout]]
-        self.body = "\n".join(["**What drifted (worst first)**", "", *(f"- `{line}`" for line in lines), "",
-                               f"Baseline: {verdict.baseline}",
+        self.body = "\n".join(["**What drifted (worst first)**", "", "```", *lines, "```", "",
                                f"No answer within {_minutes(spec.quality.timeout_minutes)}: "
                                f"**{OPTION[spec.quality.on_timeout]}** (quality.on_timeout)."])
         return HITLOperator.execute(self, context)  # writes the request, then parks the task (awaiting_input)

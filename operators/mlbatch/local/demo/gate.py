@@ -58,8 +58,7 @@ def main() -> int:
     try:
         entry = _gate_message(outbox, before, held)
     finally:
-        os.killpg(held.pid, signal.SIGTERM)  # the session we started for it: airflow and its task process
-        held.wait(30)
+        _stop(held)
     if entry is None:
         print(f"FAILED: no quality gate message in {outbox.path}; see {home / 'logs' / f'{PIPELINE}-{DRIFTED}.log'}")
         return 1
@@ -99,6 +98,17 @@ def _dags_test(env: dict[str, str], home: Path, ds: str, wait: bool):
     code = process.wait()
     print(f"   exit code {code} in {time.perf_counter() - started:.1f} s; full output: {log_file}", flush=True)
     return code
+
+
+def _stop(process) -> None:
+    """End the held `dags test` (it waits for an answer that cannot come): the session we started for
+    it, airflow and its task process; SIGKILL when it ignores SIGTERM (it sleeps in its wait loop)."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
 
 
 def _gate_message(outbox, before: int, process, timeout: float = 600):
