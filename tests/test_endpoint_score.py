@@ -197,6 +197,16 @@ def test_a_request_that_times_out_is_sent_again(data, mlflow_proxy, tmp_path):
     assert_scored_as_direct(run, data)
 
 
+def test_no_more_than_max_in_flight_requests_are_open_at_once(data, mlflow_proxy, tmp_path):
+    mlflow_proxy.faults.stall(seconds_each=0.4)  # every answer takes a while: requests overlap if they can
+    endpoint, env = endpoint_of("mlflow", mlflow_proxy, max_rows_per_request=10, max_in_flight=3)
+
+    run = run_job(data, tmp_path, endpoint, env)
+
+    assert run["result"]["rows_failed"] == 0
+    assert mlflow_proxy.faults.most_at_once == 3  # concurrent, and bounded
+
+
 def test_a_malformed_answer_sends_its_rows_to_the_dead_letters_and_the_rest_is_scored(data, vertex, tmp_path):
     vertex.faults.malformed(count=1)
     endpoint, env = endpoint_of("vertex", vertex, max_rows_per_request=30, max_in_flight=1)

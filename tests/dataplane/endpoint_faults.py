@@ -10,7 +10,8 @@ server the endpoint emulators (sagemaker_runtime.py, vertex_endpoint.py) and the
 - `malformed()`: a 200 whose body is not the service's answer (cut-off JSON);
 - `die_after(requests)`: after that many more requests the server stops listening (connections are
   refused from then on; the request that crossed the line is cut off without an answer).
-`requests` counts what the endpoint received (faulted or not), `bodies` the size of each request body.
+`requests` counts what the endpoint received (faulted or not), `bodies` the size of each request body,
+`most_at_once` the most requests it was answering at the same time.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class Faults:
     requests: int = 0
     bodies: list[int] = field(default_factory=list)
     die_at: int | None = None
+    at_once: int = 0
+    most_at_once: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _add(self, fault: _Fault) -> None:
@@ -76,7 +79,7 @@ class Faults:
     def clear(self) -> None:
         with self._lock:
             self.faults, self.die_at = [], None
-            self.requests, self.bodies = 0, []
+            self.requests, self.bodies, self.most_at_once = 0, [], 0
 
     def next(self, body_size: int) -> _Fault | None:
         """Count one request and take the fault it meets (None: answer normally)."""
@@ -86,6 +89,11 @@ class Faults:
             if self.die_at is not None and self.requests > self.die_at:
                 return _Fault("die")
             return next((fault for fault in self.faults if fault.take()), None)
+
+    def answering(self, change: int) -> None:
+        with self._lock:
+            self.at_once += change
+            self.most_at_once = max(self.most_at_once, self.at_once)
 
     def apply(self, orders: dict) -> None:
         """POST /__faults: {"refuse": {...}, "stall": {...}, "malformed": {...}, "die_after": {...}, "clear": {}}."""
@@ -166,6 +174,13 @@ class EndpointServer:
                     return self._answer(200, {"Content-Type": "application/json"}, b"{}")
                 if not server.route(method, self.path):
                     return self._answer(*server.error(404, f"no route {method} {self.path}"))
+                server.faults.answering(+1)
+                try:
+                    self._faulted(body)
+                finally:
+                    server.faults.answering(-1)
+
+            def _faulted(self, body: bytes):
                 fault = server.faults.next(len(body))
                 if fault is not None and fault.kind == "die":
                     server._die()

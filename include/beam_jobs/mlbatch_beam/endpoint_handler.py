@@ -333,7 +333,9 @@ class EndpointModelHandler(RemoteModelHandler[MicroBatch, PredictionResult, _Cli
         return CLIENTS[self.config.kind](self.config)
 
     def batch_elements_kwargs(self):
-        return {"min_batch_size": 1, "max_batch_size": self.config.max_in_flight}
+        # a fixed group of max_in_flight requests per call (BatchElements would start at its minimum and
+        # grow by timing); a bundle's last group may be smaller
+        return {"min_batch_size": self.config.max_in_flight, "max_batch_size": self.config.max_in_flight}
 
     def request(self, batch: Sequence[MicroBatch], model: _Client, inference_args=None):
         key = tuple((m.key, m.index) for m in batch)
