@@ -361,9 +361,14 @@ def endpoint_dag(tmp_path, monkeypatch, endpoint: dict, name: str = "endpoint_e2
 
 
 def run_dag(dag):
+    """dag.test() of one run; each test publishes under its own tmp_path, so the pipeline's asset URI
+    changes between tests (cloud_backends.pipeline_outputs_moved forgets the earlier one)."""
     from datetime import datetime, timezone
 
-    return dag.test(logical_date=datetime.fromisoformat(DATE).replace(tzinfo=timezone.utc))
+    from cloud_backends import pipeline_outputs_moved
+
+    with pipeline_outputs_moved():
+        return dag.test(logical_date=datetime.fromisoformat(DATE).replace(tzinfo=timezone.utc))
 
 
 def committed(tmp_path, name: str = "endpoint_e2e"):
