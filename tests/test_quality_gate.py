@@ -319,7 +319,7 @@ def test_the_prep_job_computes_the_feature_statistics_for_batch_prediction_backe
     args = baseline.edges_args(Storage(), spec, paths, 1)
     result = prep.run(["--input", paths.input_pattern, "--input-format", "parquet", "--schema-json",
                        schema_json(spec), "--output-dir", paths.prepared, "--output-format", "parquet",
-                       "--dead-letter-dir", paths.rejected_staging, "--result-file", f"{paths.work}/prep.json",
+                       "--dead-letter-dir", paths.rejected_staging, "--result-file", paths.result_file("prep"),
                        "--batch-rows", "700", "--runner=FnApiRunner", *args])
     job = baseline.read(Storage(), result["statistics_uri"])
     prepared = pq.read_table(paths.prepared)
@@ -333,4 +333,9 @@ def test_the_prep_job_computes_the_feature_statistics_for_batch_prediction_backe
     tomorrow = paths_for(tmp_path, "2026-11-02")
     verdict = gate.evaluate(spec, tomorrow, write_today(tomorrow, make_frame(ROWS, seed=8)) | {"rows_in": None})
     assert any("predictions not compared" in n for n in verdict.notes)
-    assert any("rejected fraction not compared" in n for n in verdict.notes)
+    assert any("rejected fraction not compared" in n for n in verdict.notes)  # tomorrow's prep never ran
+    Path(tomorrow.result_file("prep")).write_text(json.dumps({"rows_in": 1000, "rows_rejected": 100}))
+    verdict = gate.evaluate(spec, tomorrow, write_today(tomorrow, make_frame(ROWS, seed=8)) | {"rows_in": None})
+    rejected = [f for f in verdict.findings if f.measure == "rejected_fraction_delta"]
+    assert verdict.level == "block" and rejected[0].value == pytest.approx(
+        0.1 - result["rows_rejected"] / result["rows_in"])  # prep's counts, read from its result file

@@ -84,8 +84,8 @@ def thresholds(spec: Any) -> dict[str, measures.Default]:
 
 def evaluate(spec: Any, paths: Any, predict_result: dict) -> Verdict:
     """The verdict on today's run. `predict_result`: the predict step's XCom (its `statistics_uri`,
-    `model_version`, and `rows_in` / `rows_rejected` when prep ran in the same job; merge prep's in
-    otherwise)."""
+    `model_version`, and `rows_in` / `rows_rejected` when prep ran in the same job; else prep's job
+    result file in the run's folder gives them)."""
     if getattr(spec, "quality", None) is None:
         return Verdict("pass", [], "none", ["the spec has no quality: block: no gate"])
     today, base, notes = _sides(spec, paths, predict_result)
@@ -131,12 +131,24 @@ def _sides(spec: Any, paths: Any, predict_result: dict):
         f"no statistics for today's run at {uri} (the {spec.predict.backend} backend's job did not write "
         "them): nothing compared"]
     if today is not None:
-        today.rows_in, today.rows_rejected = predict_result.get("rows_in"), predict_result.get("rows_rejected")
+        counts = predict_result if predict_result.get("rows_in") is not None else _prep_counts(paths)
+        today.rows_in, today.rows_rejected = counts.get("rows_in"), counts.get("rows_rejected")
     base = baselines.load(storage, spec, paths.output, predict_result.get("model_version"))
     if base is None and spec.quality.baseline.model:
         notes.append(f"model {spec.model.name} v{predict_result.get('model_version')} has no logged statistics "
                      f"({baselines.MODEL_ARTIFACT}; mlbatch.quality.log_model_baseline)")
     return today, base, notes
+
+
+def _prep_counts(paths: Any) -> dict:
+    """Prep's rows in and rejected when it ran as its own step (its job's result file), else {}."""
+    import json
+
+    try:
+        with open(paths.result_file("prep")) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return {}
 
 
 def _roles(spec: Any) -> list[str]:
@@ -174,8 +186,8 @@ def _run_findings(spec, today, base, predict_result, limits, notes, table) -> li
         notes.append("baseline from training data: no row count comparison")
     rejected = None
     if today.rows_in is None or base.rows_in is None:
-        notes.append("rejected fraction not compared: " + ("the predict result has no rows_in/rows_rejected "
-                     "(prep ran as its own step: merge its counts in)" if today.rows_in is None else
+        notes.append("rejected fraction not compared: " + ("neither the predict result nor prep's result "
+                     "file has rows_in/rows_rejected" if today.rows_in is None else
                      "the baseline has no row counts"))
     else:
         rejected = measures.rejected_fraction_delta(base.rows_rejected, base.rows_in, today.rows_rejected,
