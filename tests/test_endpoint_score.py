@@ -207,19 +207,27 @@ def test_no_more_than_max_in_flight_requests_are_open_at_once(data, mlflow_proxy
     assert mlflow_proxy.faults.most_at_once == 3  # concurrent, and bounded
 
 
-def test_a_malformed_answer_sends_its_rows_to_the_dead_letters_and_the_rest_is_scored(data, vertex, tmp_path):
-    vertex.faults.malformed(count=1)
+@pytest.mark.parametrize("fault, rule, reason", [
+    ("malformed", "endpoint: malformed", "endpoint: malformed: the answer is not JSON"),
+    ("refuse_400", "endpoint: 400", "endpoint: 400: INVALID_ARGUMENT: injected fault: 400")])
+def test_an_answer_a_retry_cannot_fix_sends_its_rows_to_the_dead_letters_and_the_rest_is_scored(
+        fault, rule, reason, data, vertex, tmp_path):
+    """A cut-off answer, or a 4xx other than 429: the same request would get the same answer."""
+    if fault == "malformed":
+        vertex.faults.malformed(count=1)
+    else:
+        vertex.faults.refuse(400, count=1)
     endpoint, env = endpoint_of("vertex", vertex, max_rows_per_request=30, max_in_flight=1)
 
     run = run_job(data, tmp_path, endpoint, env)
 
     r = run["result"]
-    assert 0 < r["rows_failed"] <= 30 and r["retries"] == 0  # an answer that is not the service's: no retry
+    assert 0 < r["rows_failed"] <= 30 and r["retries"] == 0
     assert r["rows_scored"] == data["direct_result"]["rows_valid"] - r["rows_failed"]
     assert_nothing_lost(run)
     assert_scored_as_direct(run, data)
-    assert {d["rule"] for d in run["failed"]} == {"endpoint: malformed"}
-    assert all(d["reason"].startswith("endpoint: malformed: the answer is not JSON") for d in run["failed"])
+    assert {d["rule"] for d in run["failed"]} == {rule}
+    assert all(d["reason"].startswith(reason) for d in run["failed"])
     assert {d["source"] for d in run["failed"]} == {str(data["work"] / "in.parquet")}
     failed_ids = {d["row"]["id"] for d in run["failed"]}
     assert not failed_ids & set(run["predictions"].index)
@@ -238,6 +246,7 @@ def test_an_endpoint_that_dies_mid_run_leaves_its_unscored_rows_in_the_dead_lett
     assert r["retries"] > 0  # each remaining request was tried again before its rows were written off
     assert_nothing_lost(run)
     assert_scored_as_direct(run, data)
+    assert not list(tmp_path.glob("result.json.served-*"))  # the job's own scratch file is gone
     assert {d["rule"] for d in run["failed"]} == {"endpoint: connection"}
     # refused once the server stopped listening; closed unanswered on a connection it still held open
     reasons = {d["reason"] for d in run["failed"]}

@@ -184,7 +184,7 @@ def run(argv=None) -> dict:
               else PredictionOutput(column=args.prediction_column))
     options = pipeline_options(beam_args)  # also sets up the filesystems (S3 endpoint) for the match below
     match_paths(args.input)  # fail fast, before starting workers
-    served_file = FileSystems.join(args.dead_letter_dir, f"_endpoint_served-{uuid.uuid4().hex}.json")
+    served_file = f"{args.result_file}.served-{uuid.uuid4().hex}.json"  # read back and removed below
     edges = read_edges(args.statistics_edges)
     pipeline = beam.Pipeline(options=options)
     valid = read_and_validate(pipeline, args, schema)
