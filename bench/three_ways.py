@@ -338,8 +338,8 @@ def section(results: list[Figures], found, best: int, n_cross, cross_detail: str
     a, b, c = (by[(w, 1_000_000)] for w in WAYS)
     prep_steps = b.steps
     method = __doc__.split("\n\n", 1)[1].strip()
-    cross = ("endpoint crossover: 0 rows (the endpoint is slower than the direct model at every size measured: "
-             "its per-run fixed cost is not lower)" if n_cross == 0 else
+    cross = ("endpoint crossover: 0 rows (its fixed cost per run is not below the direct model's or the batch "
+             "path's, so it is slower from the first row)" if n_cross == 0 else
              "endpoint crossover: none (the endpoint is no slower at any size measured)" if n_cross is None else
              f"endpoint crossover: {_round(n_cross)} rows")
     per_row_a = fit([r for r in results if r.way == "direct"])[1]
