@@ -551,3 +551,40 @@ def test_the_mlflow_probe_names_the_version_an_endpoint_answers_like(tmp_path, p
             spec = endpoint_spec(tmp_path, "mlflow", url=f"{server.url}/invocations")
             with pytest.raises(ServedVersionError, match=message):
                 check_served_version(spec, pinned, None, Storage(), pattern)
+
+
+def test_an_endpoint_failing_on_a_batch_fails_publish_naming_the_failed_rows(scoring_server, registered_model,
+                                                                             partition, airflow_db, tmp_path,
+                                                                             monkeypatch, capfd):
+    """One micro-batch refused past its retries (503 six times, max_retries 5): its 500 rows are dead
+    letters with the service's reason, the counts still add up, and publish refuses the 16.7 % share."""
+    import json
+    import threading
+    import time
+
+    proxy = AuthCheckingProxy(scoring_server.url, "Bearer tok-123").start()
+    monkeypatch.setenv("AIRFLOW_CONN_ENDPOINT_HTTP", json.dumps({"conn_type": "http", "password": "tok-123"}))
+
+    def arm_after_probe():
+        while proxy.faults.requests < 1:
+            time.sleep(0.01)
+        proxy.faults.refuse(503, count=6)
+
+    threading.Thread(target=arm_after_probe, daemon=True).start()
+    try:
+        dagrun = run_dag(endpoint_dag(tmp_path, monkeypatch, {
+            "kind": "mlflow", "url": proxy.url, "http_conn_id": "endpoint_http", "max_rows_per_request": 500,
+            "max_in_flight": 1}, name="endpoint_failing"))
+    finally:
+        proxy.stop()
+    assert dagrun.state == "failed"
+    tries = {ti.task_id: (ti.state, ti.xcom_pull(task_ids=ti.task_id)) for ti in dagrun.get_task_instances()}
+    predicted = tries["predict"][1]
+    assert tries["publish"][0] == "failed" and predicted["rows_failed"] == 500
+    assert predicted["rows_in"] == predicted["rows_scored"] + predicted["rows_rejected"] + predicted["rows_failed"]
+    logged = " ".join("".join(capfd.readouterr()).split())
+    assert (f"TooManyRejectedError: endpoint_failing: {500 + predicted['rows_rejected']} of {ROWS} rows rejected "
+            "(500 of them failed at the endpoint)") in logged
+    work = tmp_path / "data" / "predictions" / "endpoint_failing" / "_work" / "endpoint_failing"
+    failed = [json.loads(line) for f in work.glob("*/rejected/endpoint-failed-*.jsonl") for line in f.open()]
+    assert len(failed) == 500 and all("503" in r["reason"] for r in failed)

@@ -206,7 +206,9 @@ def _success_facts(ti: Any):
     published = _safe("publish's result", lambda: ti.xcom_pull(task_ids=PUBLISH)) or {}
     if isinstance(published, dict) and "rows_in" in published:
         facts["Rows"] = (f"{published.get('rows_in', 0):,} in = {published.get('rows_scored', 0):,} scored"
-                         f" + {published.get('rows_rejected', 0):,} rejected")
+                         f" + {published.get('rows_rejected', 0):,} rejected"
+                         + (f" + {published['rows_failed']:,} failed at the endpoint" if published.get("rows_failed")
+                            else ""))
     if isinstance(published, dict) and published.get("output_uri"):
         facts["Output"] = str(published["output_uri"])
     model = _safe("the pinned model", lambda: ti.xcom_pull(task_ids=RESOLVE_MODEL)) or {}

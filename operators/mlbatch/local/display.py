@@ -192,7 +192,8 @@ class RunWatcher:
             scored = f"{r.get('rows_scored', 0):,} rows scored by model v{version} on backend {backend}"
             if "rows_valid" not in r:
                 return scored
-            return f"{r.get('rows_in', 0):,} rows in, {r.get('rows_rejected', 0):,} rejected; {scored}"
+            failed = f", {r['rows_failed']:,} failed at the endpoint" if r.get("rows_failed") else ""
+            return f"{r.get('rows_in', 0):,} rows in, {r.get('rows_rejected', 0):,} rejected{failed}; {scored}"
         if task_id == "publish" and "published" in f:
             _, scored, _, rejected = f["published"]
             return f"{int(scored):,} predictions published, {int(rejected):,} rows to dead letters"

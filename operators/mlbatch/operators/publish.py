@@ -86,6 +86,7 @@ class PublishOperator(PipelineStepOperator):
         if spec.predict.backend == "endpoint":  # in = scored + rejected (prep's rules) + failed (the endpoint's)
             rows_failed, _ = count_rows(join(rejected_staging, ENDPOINT_FAILED_FILES), "jsonl", storage)
             counts.update(rows_rejected=rows_rejected - rows_failed, rows_failed=rows_failed)
+        failed = f" ({counts['rows_failed']} of them failed at the endpoint)" if counts.get("rows_failed") else ""
         self.log.info("Reconciliation over %d input files: %s", files_in, counts)
         missing = rows_in - rows_scored - rows_rejected
         if missing:
@@ -96,7 +97,7 @@ class PublishOperator(PipelineStepOperator):
             )
         if rows_in and rows_rejected / rows_in > spec.prep.max_rejected_fraction:
             raise TooManyRejectedError(
-                f"{spec.name}: {rows_rejected} of {rows_in} rows rejected "
+                f"{spec.name}: {rows_rejected} of {rows_in} rows rejected{failed} "
                 f"({rows_rejected / rows_in:.2%}) > prep.max_rejected_fraction "
                 f"{spec.prep.max_rejected_fraction:.2%}; see {rejected_staging}; nothing was published"
             )
