@@ -227,6 +227,17 @@ def test_the_spec_thresholds_override_the_defaults_and_min_rows_skips_distributi
     assert verdict.level == "pass" and "distribution measures skipped" in " ".join(verdict.notes)
 
 
+def test_a_column_that_changed_kind_is_noted_not_compared(tmp_path):
+    spec = load_spec(spec_file(tmp_path))
+    committed_days(tmp_path, spec)
+    paths = paths_for(tmp_path, "2026-11-04")
+    frame = make_frame(ROWS, seed=9)
+    frame["plurality"] = frame["plurality"].map({0: "none", 1: "single", 2: "twins", 3: "triplets"})
+    verdict = gate.evaluate(spec, paths, write_today(paths, frame))
+    assert any(n.startswith("feature plurality: not compared (cannot merge the numeric summary") for n in verdict.notes)
+    assert "feature:plurality" not in verdict.measures and "feature:mother_age" in verdict.measures
+
+
 @pytest.mark.parametrize("quality, where, expected", [
     ({"thresholds": {"psy": {"warn": 1}}}, "quality", "unknown measures ['psy']"),
     ({"thresholds": {"psi": {"warn": 0.3, "block": 0.2}}}, "quality.thresholds.psi", "block must be at or above"),

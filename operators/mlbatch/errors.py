@@ -127,7 +127,8 @@ class WaitFailedError(RuntimeError):
 
 
 class StatisticsError(PermanentError, ValueError):
-    """Column statistics that cannot be built, merged or compared (`mlbatch.quality`): values of the
+    """Column statistics that cannot be read, merged or compared (`mlbatch.quality`; the jobs raise
+    `mlbatch_beam.quality.StatisticsError`, which the gate re-raises as this one): values of the
     wrong kind for the summary, summaries of different columns, kinds or bin edges, a stored summary
     that is not one. The message names the column and both sides."""
 
