@@ -117,7 +117,8 @@ def test_the_built_package_is_staged_with_its_pinned_worker_requirements(image_v
         requires = [line.split(": ", 1)[1] for line in tar.extractfile(info).read().decode().splitlines()
                     if line.startswith("Requires-Dist")]
     assert requires == pinned  # what every worker pip-installs beside the package
-    assert {f"{sdist.name[:-7]}/mlbatch_beam/{m}.py" for m in ("score", "prep", "model_handler")} <= set(names)
+    assert {f"{sdist.name[:-7]}/mlbatch_beam/{m}.py" for m in ("score", "prep", "model_handler", "quality/combine",
+                                                              "quality/statistics")} <= set(names)  # the gate's statistics
     assert not any("airflow" in n for n in names)
 
 
