@@ -127,18 +127,18 @@ class Scored:
     served_by: str | None = None            # what the endpoint said served it (JSON text), if it says
 
 
-class Transient(Exception):
+class RequestFailed(Exception):
+    def __init__(self, failure: Failure):
+        super().__init__(str(failure))
+        self.failure = failure
+
+
+class Transient(RequestFailed):
     """A failure worth retrying (throttled, unavailable, timed out, connection lost)."""
 
-    def __init__(self, failure: Failure):
-        super().__init__(str(failure))
-        self.failure = failure
 
-
-class Permanent(Exception):
-    def __init__(self, failure: Failure):
-        super().__init__(str(failure))
-        self.failure = failure
+class Permanent(RequestFailed):
+    """A failure the same request would meet again (a 4xx other than 429, an answer not the service's)."""
 
 
 def micro_batches(batch: pa.RecordBatch, key: str, features: list[str], max_rows: int,
