@@ -126,6 +126,9 @@ def test_an_http_connection_without_credentials_is_refused_naming_it(monkeypatch
     with pytest.raises(BackendConfigError, match=r"HTTP connection 'endpoint_http' \(predict.endpoint.http_conn_id\) "
                                                   "carries no credentials"):
         http_authorization("endpoint_http")
+    with pytest.raises(BackendConfigError, match=r"no Airflow connection 'endpoint_none' "
+                                                  r"\(predict.endpoint.http_conn_id\)"):
+        http_authorization("endpoint_none")
 
 
 def test_the_jobs_arguments_carry_no_secret(tmp_path):

@@ -64,8 +64,13 @@ def http_authorization(conn_id: str) -> str:
     import base64
 
     from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
 
-    conn = BaseHook.get_connection(conn_id)
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        raise BackendConfigError(f"there is no Airflow connection {conn_id!r} (predict.endpoint.http_conn_id): "
+                                 "add it, or set the field to a connection that exists") from None
     given = (conn.extra_dejson or {}).get("Authorization")
     if given:
         return given
