@@ -591,3 +591,26 @@ def test_an_endpoint_failing_on_a_batch_fails_publish_naming_the_failed_rows(sco
     work = tmp_path / "data" / "predictions" / "endpoint_failing" / "_work" / "endpoint_failing"
     failed = [json.loads(line) for f in work.glob("*/rejected/endpoint-failed-*.jsonl") for line in f.open()]
     assert len(failed) == 500 and all("503" in r["reason"] for r in failed)
+
+
+def test_the_mlflow_probe_is_retried_like_the_jobs_requests(scoring_server, registered_model, model, tmp_path,
+                                                            partition):
+    """429 then 503 on the probe: retried with backoff, then the probe matches; a 401 is not retried."""
+    from urllib.error import HTTPError
+
+    from dataplane.endpoint_faults import MLflowProxy
+
+    from mlbatch.backends.served_version import check_served_version
+    from mlbatch.storage.layer import Storage
+
+    pattern = str(tmp_path / "data" / "natality" / f"ds={DATE}" / "*.parquet")
+    with MLflowProxy(scoring_server.url) as proxy:
+        spec = endpoint_spec(tmp_path, "mlflow", url=proxy.url)
+        proxy.faults.refuse(429, count=1)
+        proxy.faults.refuse(503, count=1)
+        served = check_served_version(spec, model, None, Storage(), pattern)
+        assert served.version == model["version"] and proxy.faults.requests == 3
+        proxy.faults.refuse(401, count=1)
+        with pytest.raises(HTTPError, match="401"):
+            check_served_version(spec, model, None, Storage(), pattern)
+        assert proxy.faults.requests == 4

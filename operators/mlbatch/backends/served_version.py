@@ -193,13 +193,26 @@ def _head(storage: Any, uri: str, fmt: str, rows: int) -> Any:
 
 
 def post_invocations(cfg: Any, payload: dict, auth: str | None) -> list:
-    """POST the payload to the server's /invocations; its `predictions`."""
+    """POST the payload to the server's /invocations; its `predictions`. Retried as the job retries
+    (429, 5xx, no answer; `max_retries`, backoff 1, 2, 4... s up to 10 s)."""
+    import time
+    import urllib.error
     import urllib.request
 
     headers = {"Content-Type": "application/json", **({"Authorization": auth} if auth else {})}
     request = urllib.request.Request(invocations_url(cfg.url), json.dumps(payload).encode(), headers)
-    with urllib.request.urlopen(request, timeout=cfg.timeout_s) as answer:
-        return json.loads(answer.read())["predictions"]
+    for attempt in range(cfg.max_retries + 1):
+        try:
+            with urllib.request.urlopen(request, timeout=cfg.timeout_s) as answer:
+                return json.loads(answer.read())["predictions"]
+        except urllib.error.HTTPError as exc:
+            if (exc.code != 429 and exc.code < 500) or attempt == cfg.max_retries:
+                raise
+        except (urllib.error.URLError, TimeoutError):
+            if attempt == cfg.max_retries:
+                raise
+        time.sleep(min(2 ** attempt, 10))
+    raise AssertionError("unreachable")
 
 
 def invocations_url(url: str) -> str:
