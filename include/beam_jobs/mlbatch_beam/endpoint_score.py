@@ -37,8 +37,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
 
 from mlbatch_beam.arrow_io import (
-    INPUT_FORMATS, OUTPUT_FORMATS, DeadLetterWrite, WriteArrowBatches, match_paths, piece_of, source_of,
-    with_origin, write_bytes,
+    DeadLetterWrite, WriteArrowBatches, match_paths, piece_of, source_of, with_origin, write_bytes,
 )
 from mlbatch_beam.endpoint_handler import (
     EndpointConfig, EndpointModelHandler, Failure, micro_batches,
@@ -50,7 +49,9 @@ from mlbatch_beam.prep import read_and_validate
 from mlbatch_beam.quality.combine import RunStatistics, add_statistics_arguments, read_edges
 from mlbatch_beam.results import NAMESPACE, counter_totals, run_to_completion, write_result
 from mlbatch_beam.schema import FeatureSchema
+from mlbatch_beam.score import add_output_arguments, columns_and_output
 from mlbatch_beam.validate import _json_safe
+from mlbatch_beam.validate_and_score import add_raw_input_arguments
 
 FAILED, SERVED = "failed", "served"
 
@@ -151,23 +152,12 @@ class ScoreThroughEndpoint(beam.PTransform):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m mlbatch_beam.endpoint_score",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--input", required=True, nargs="+",
-                        help="file pattern(s) of the raw input (mlbatch_beam.shards passes files)")
-    parser.add_argument("--input-format", required=True, choices=INPUT_FORMATS)
-    parser.add_argument("--schema-json", required=True, help="FeatureSchema as JSON text")
-    parser.add_argument("--dead-letter-dir", required=True)
-    parser.add_argument("--id-column", required=True)
-    parser.add_argument("--feature-columns", required=True, help="comma-separated, in model order")
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--output-format", required=True, choices=OUTPUT_FORMATS)
-    parser.add_argument("--prediction-column", default="prediction")
-    parser.add_argument("--prediction-output", default=None,
-                        help="JSON of mlbatch_beam.outputs.PredictionOutput; default: one --prediction-column")
+    add_raw_input_arguments(parser)
+    add_output_arguments(parser)
     parser.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS,
                         help="rows per read batch (each is split into requests by the endpoint's limits)")
     parser.add_argument("--endpoint-json", required=True,
                         help="mlbatch_beam.endpoint_handler.EndpointConfig as JSON (no secrets)")
-    parser.add_argument("--result-file", required=True)
     add_statistics_arguments(parser)
     return parser.parse_known_args(argv)
 
@@ -177,11 +167,7 @@ def run(argv=None) -> dict:
     args, beam_args = parse_args(argv)
     schema = FeatureSchema.from_json(args.schema_json)
     config = EndpointConfig.from_json(args.endpoint_json)
-    features = [c.strip() for c in args.feature_columns.split(",") if c.strip()]
-    if not features:
-        raise ValueError("--feature-columns is empty")
-    output = (PredictionOutput.from_json(args.prediction_output) if args.prediction_output
-              else PredictionOutput(column=args.prediction_column))
+    features, output = columns_and_output(args)
     options = pipeline_options(beam_args)  # also sets up the filesystems (S3 endpoint) for the match below
     match_paths(args.input)  # fail fast, before starting workers
     served_file = f"{args.result_file}.served-{uuid.uuid4().hex}.json"  # read back and removed below

@@ -92,6 +92,17 @@ def parse_args(argv=None):
 def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     """The model, its columns and the output: shared with mlbatch_beam.validate_and_score."""
     parser.add_argument("--model-uri", required=True, help="models:/name/version or an artifact URI")
+    add_output_arguments(parser)
+    parser.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS,
+                        help="rows per model call (see mlbatch_beam.model_handler for the measurements)")
+    parser.add_argument("--large-model", action="store_true",
+                        help="load the model once per machine in a shared process, not once per worker process")
+    parser.add_argument("--model-copies", type=int, default=None,
+                        help="exactly this many model copies per machine, shared by its worker processes")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """The columns scored and the prediction files: every scoring job's (mlbatch_beam.endpoint_score too)."""
     parser.add_argument("--id-column", required=True)
     parser.add_argument("--feature-columns", required=True, help="comma-separated, in model order")
     parser.add_argument("--output-dir", required=True)
@@ -100,13 +111,17 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prediction-output", default=None,
                         help="JSON of mlbatch_beam.outputs.PredictionOutput (kind, classes, ...); "
                              "default: one --prediction-column")
-    parser.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS,
-                        help="rows per model call (see mlbatch_beam.model_handler for the measurements)")
-    parser.add_argument("--large-model", action="store_true",
-                        help="load the model once per machine in a shared process, not once per worker process")
-    parser.add_argument("--model-copies", type=int, default=None,
-                        help="exactly this many model copies per machine, shared by its worker processes")
     parser.add_argument("--result-file", required=True)
+
+
+def columns_and_output(args) -> tuple[list[str], PredictionOutput]:
+    """--feature-columns as a list, and which columns the model's answer becomes."""
+    features = [c.strip() for c in args.feature_columns.split(",") if c.strip()]
+    if not features:
+        raise ValueError("--feature-columns is empty")
+    output = (PredictionOutput.from_json(args.prediction_output) if args.prediction_output
+              else PredictionOutput(column=args.prediction_column))
+    return features, output
 
 
 def checked(parser: argparse.ArgumentParser, args, beam_args):
@@ -117,11 +132,7 @@ def checked(parser: argparse.ArgumentParser, args, beam_args):
 
 def model_handler_from_args(args) -> MLflowPyfuncModelHandler:
     """The ModelHandler the CLI arguments describe (model, columns, sharing across processes)."""
-    features = [c.strip() for c in args.feature_columns.split(",") if c.strip()]
-    if not features:
-        raise ValueError("--feature-columns is empty")
-    output = (PredictionOutput.from_json(args.prediction_output) if args.prediction_output
-              else PredictionOutput(column=args.prediction_column))
+    features, output = columns_and_output(args)
     return MLflowPyfuncModelHandler(
         args.model_uri, args.id_column, features, output=output,
         large_model=args.large_model, model_copies=args.model_copies)

@@ -29,14 +29,19 @@ from mlbatch_beam.schema import FeatureSchema
 from mlbatch_beam.score import ScoreBatches, add_scoring_arguments, checked, model_handler_from_args
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mlbatch_beam.validate_and_score",
-                                     description=__doc__.split("\n")[0])
+def add_raw_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """The raw input and how it is validated: shared with mlbatch_beam.endpoint_score."""
     parser.add_argument("--input", required=True, nargs="+",
                         help="file pattern(s) of the raw input (mlbatch_beam.shards passes files)")
     parser.add_argument("--input-format", required=True, choices=INPUT_FORMATS)
     parser.add_argument("--schema-json", required=True, help="FeatureSchema as JSON text")
     parser.add_argument("--dead-letter-dir", required=True)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m mlbatch_beam.validate_and_score",
+                                     description=__doc__.split("\n")[0])
+    add_raw_input_arguments(parser)
     add_scoring_arguments(parser)  # --batch-rows: rows per read batch and per model call
     add_statistics_arguments(parser)
     return checked(parser, *parser.parse_known_args(argv))
