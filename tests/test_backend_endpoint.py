@@ -614,3 +614,47 @@ def test_the_mlflow_probe_is_retried_like_the_jobs_requests(scoring_server, regi
         with pytest.raises(HTTPError, match="401"):
             check_served_version(spec, model, None, Storage(), pattern)
         assert proxy.faults.requests == 4
+
+
+def test_rows_answered_by_a_model_not_checked_before_scoring_fail_the_step(tmp_path):
+    """What the job says served the rows (SageMaker's variant header, Vertex's deployedModelId) must be
+    among what was checked before scoring: a deployment changed mid-run is refused."""
+    from mlbatch.backends.served_version import Served, check_answered
+    from mlbatch.errors import ServedVersionError
+
+    vertex = endpoint_spec(tmp_path, "vertex")
+    checked = Served(3, "deployed model d1: mlb-natality_weight-v3-0a1b2c3d", ("d1",))
+    check_answered(vertex, checked, {"deployedModelId": "d1", "model": "projects/p/.../models/5"})
+    check_answered(vertex, checked, None)  # the endpoint never said: nothing to compare
+    with pytest.raises(ServedVersionError, match=r"answered from d2, not among what served v3 before scoring "
+                                                 r"\(deployed model d1: .*\): its deployment changed during the run"):
+        check_answered(vertex, checked, [{"deployedModelId": "d1"}, {"deployedModelId": "d2"}])
+    sagemaker = endpoint_spec(tmp_path, "sagemaker")
+    check_answered(sagemaker, Served(3, "variant blue: model m", ("blue",)), "blue")
+    with pytest.raises(ServedVersionError, match="answered from green"):
+        check_answered(sagemaker, Served(3, "variant blue: model m", ("blue",)), ["blue", "green"])
+
+
+def test_a_vertex_endpoint_answering_from_another_deployed_model_publishes_nothing(
+        scoring_server, registered_model, partition, vertex_control_plane, airflow_db, tmp_path, monkeypatch,
+        capfd):
+    """The control plane says deployed model 111 (the pinned version) takes all traffic; the endpoint's
+    answers say 987654321 served them (redeployed between the check and the scoring)."""
+    import json
+
+    from dataplane.vertex_endpoint import VertexEndpoint
+
+    vertex_control_plane({"111": f"mlb-natality_weight-v{registered_model['version']}-0a1b2c3d"})
+    http, token_uri = token_server()
+    monkeypatch.setenv("AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT", json.dumps(
+        {"conn_type": "google_cloud_platform",
+         "extra": {"project": "p", "keyfile_dict": json.dumps(service_account_key(token_uri))}}))
+    with VertexEndpoint(scoring_server.url, "p", "europe-west4", "123", deployed_model_id="987654321") as endpoint:
+        dagrun = run_dag(endpoint_dag(tmp_path, monkeypatch, {**KINDS["vertex"], "api_endpoint": endpoint.api_endpoint},
+                                      name="endpoint_redeployed"))
+    http.shutdown()
+    assert dagrun.state == "failed" and endpoint.faults.requests > 0
+    assert {ti.task_id: ti.state for ti in dagrun.get_task_instances()}["predict"] == "failed"
+    assert not (tmp_path / "data" / "predictions" / "endpoint_redeployed" / f"ds={DATE}" / "_SUCCESS").exists()
+    logged = " ".join("".join(capfd.readouterr()).split())
+    assert "ServedVersionError: endpoint_redeployed: the vertex endpoint answered from 987654321" in logged

@@ -159,8 +159,13 @@ class EndpointBackend(LocalJobBackend):
         ]
 
     def result(self, request: JobRequest, handle: Handle, state: JobState) -> dict:
-        """The job's counts with the version the endpoint served (recorded by publish and record)."""
+        """The job's counts with the version the endpoint served (recorded by publish and record), once
+        what answered is known to be what was checked."""
+        from mlbatch.backends.served_version import check_answered
+
         served = self._served
+        if served:
+            check_answered(request.spec, served, (self._result or {}).get("endpoint_model"))
         return {**super().result(request, handle, state), "endpoint_kind": request.spec.predict.endpoint.kind,
                 "model_version": served.version if served else request.model["version"],
                 "served_version": served.how if served else None}

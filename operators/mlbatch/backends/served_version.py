@@ -35,6 +35,7 @@ _VERTEX_DISPLAY = re.compile(r"^mlb-(?P<name>.+)-v(?P<version>\d+)-[0-9a-f]+$")
 class Served:
     version: int
     how: str  # how it was learnt, for the log, the step result and the MLflow run
+    answers: tuple[str, ...] = ()  # what may say it served the rows (SageMaker variants, Vertex deployed models)
 
 
 def check_served_version(spec: Any, model: dict, auth: str | None = None, storage: Any = None,
@@ -62,8 +63,9 @@ def _pin(spec: Any, model: dict) -> str:
     return f"alias {alias!r}" if alias else "the spec's version"
 
 
-def _one(spec: Any, model: dict, found: dict[str, int | None]) -> Served:
-    """One version over the endpoint's models/variants ({what: version or None})."""
+def _one(spec: Any, model: dict, checked: dict[str, tuple[str, int | None]]) -> Served:
+    """One version over the endpoint's variants/deployed models ({id: (what, version or None)})."""
+    found = dict(checked.values())
     versions = {v for v in found.values() if v is not None}
     unknown = [what for what, v in found.items() if v is None]
     if unknown or len(versions) != 1:
@@ -73,7 +75,23 @@ def _one(spec: Any, model: dict, found: dict[str, int | None]) -> Served:
                 f"{what}: {'v' + str(v) if v is not None else f'no {TAG} version'}" for what, v in found.items())
             + f". Each served model must be one version of {model['name']} ({_how_to_mark(spec)})")
     version = versions.pop()
-    return Served(version, ", ".join(found))
+    return Served(version, ", ".join(found), tuple(checked))
+
+
+def check_answered(spec: Any, served: Served, endpoint_model: Any) -> None:
+    """After the job: what the endpoint said served the rows (the job's `endpoint_model`: SageMaker's
+    production variant, Vertex's deployedModelId) must be among what was checked before scoring; a
+    deployment changed during the run fails the step (`ServedVersionError`), so nothing is published."""
+    if not served.answers or endpoint_model is None:
+        return  # MLflow's server never says; nothing to compare
+    said = endpoint_model if isinstance(endpoint_model, list) else [endpoint_model]
+    ids = {str(s.get("deployedModelId")) if isinstance(s, dict) else str(s) for s in said}
+    unknown = sorted(ids - set(served.answers))
+    if unknown:
+        raise ServedVersionError(
+            f"{spec.name}: the {spec.predict.endpoint.kind} endpoint answered from {', '.join(unknown)}, not "
+            f"among what served v{served.version} before scoring ({served.how}): its deployment changed "
+            "during the run; nothing is published. Run again once the endpoint is stable")
 
 
 def _how_to_mark(spec: Any) -> str:
@@ -82,8 +100,8 @@ def _how_to_mark(spec: Any) -> str:
     return "Vertex Model display name mlb-<name>-v<version>-<hash>, as backend vertex names the Models it uploads"
 
 
-def sagemaker_versions(cfg: Any, name: str) -> dict[str, int | None]:
-    """{'variant <v>: model <m>': version} over the endpoint config's production variants."""
+def sagemaker_versions(cfg: Any, name: str) -> dict[str, tuple[str, int | None]]:
+    """{variant: ('variant <v>: model <m>', version)} over the endpoint config's production variants."""
     from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 
     client = SageMakerHook(aws_conn_id=cfg.aws_conn_id, region_name=cfg.region).conn
@@ -93,7 +111,8 @@ def sagemaker_versions(cfg: Any, name: str) -> dict[str, int | None]:
     for variant in config["ProductionVariants"]:
         described = client.describe_model(ModelName=variant["ModelName"])
         tags = {t["Key"]: t["Value"] for t in client.list_tags(ResourceArn=described["ModelArn"]).get("Tags", [])}
-        found[f"variant {variant['VariantName']}: model {variant['ModelName']}"] = _tagged(tags.get(TAG), name)
+        found[variant["VariantName"]] = (f"variant {variant['VariantName']}: model {variant['ModelName']}",
+                                         _tagged(tags.get(TAG), name))
     return found
 
 
@@ -102,8 +121,8 @@ def _tagged(value: str | None, name: str) -> int | None:
     return int(version) if model == name and version.isdigit() else None
 
 
-def vertex_versions(cfg: Any, name: str) -> dict[str, int | None]:
-    """{'deployed model <id>: <display name>': version} over the models that take traffic."""
+def vertex_versions(cfg: Any, name: str) -> dict[str, tuple[str, int | None]]:
+    """{deployed model id: ('deployed model <id>: <display name>', version)} over those taking traffic."""
     from airflow.providers.google.cloud.hooks.vertex_ai.endpoint_service import EndpointServiceHook
     from airflow.providers.google.cloud.hooks.vertex_ai.model_service import ModelServiceHook
 
@@ -119,9 +138,9 @@ def vertex_versions(cfg: Any, name: str) -> dict[str, int | None]:
         display = models.get_model(project_id=cfg.project, region=cfg.region, model_id=model_id).display_name
         match = _VERTEX_DISPLAY.match(display)
         same = match and name.startswith(match["name"])  # long names are cut to fit Vertex's limit
-        found[f"deployed model {deployed.id}: {display}"] = int(match["version"]) if same else None
+        found[deployed.id] = (f"deployed model {deployed.id}: {display}", int(match["version"]) if same else None)
     if not found:
-        found[f"endpoint {cfg.endpoint_id}"] = None
+        found[""] = (f"endpoint {cfg.endpoint_id}: no deployed model takes traffic", None)
     return found
 
 
