@@ -153,6 +153,7 @@ class EndpointBackend(LocalJobBackend):
             "--dead-letter-dir", paths.rejected_staging,
             "--output-format", spec.output.format,
             *prediction_output_args(spec),
+            "--batch-rows", str(spec.predict.compute.batch_rows),  # read batches; requests are smaller
             "--endpoint-json", endpoint_json(spec.predict.endpoint, self._runtime_url),
             *local_runner_args(spec),
             *edges_args(Storage.for_spec(spec), spec, paths, request.model["version"]),  # the quality gate's
