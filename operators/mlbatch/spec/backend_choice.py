@@ -30,9 +30,10 @@ if TYPE_CHECKING:
     from mlbatch.spec.models import PipelineSpec
 
 MANAGED_BY_SCHEME = {"s3": "sagemaker", "gs": "vertex"}
-# Rows up to which the endpoint is faster end to end than the direct model: the crossover of `make bench`'s
-# "three ways" section (bench/results.md).
-ENDPOINT_MAX_ROWS = 100_000
+# Rows up to which a live endpoint is no slower end to end than the direct model and batch prediction:
+# "endpoint crossover: 73,000 rows" of `make bench`'s "three ways" (bench/results.md; fits of wall time:
+# direct 3.6 s + 3.5 s per 1M rows, endpoint 2.1 s + 24.2 s per 1M rows, the endpoint being up).
+ENDPOINT_MAX_ROWS = 73_000
 
 
 def choose_backend(input_uri: str, input_format: str, predict: Any,
