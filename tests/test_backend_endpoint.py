@@ -658,3 +658,27 @@ def test_a_vertex_endpoint_answering_from_another_deployed_model_publishes_nothi
     assert not (tmp_path / "data" / "predictions" / "endpoint_redeployed" / f"ds={DATE}" / "_SUCCESS").exists()
     logged = " ".join("".join(capfd.readouterr()).split())
     assert "ServedVersionError: endpoint_redeployed: the vertex endpoint answered from 987654321" in logged
+
+
+@pytest.mark.parametrize("backend", ["endpoint", "sagemaker", "vertex", "dataflow", "local"])
+def test_mlbatch_new_writes_a_spec_valid_in_dev_and_with_its_prod_block_uncommented(tmp_path, backend):
+    """`mlbatch new --backend <b>`: dev runs without the cloud (endpoint: the direct model), and the
+    commented prod block, once uncommented, is a valid spec on that backend (its trigger form offers it)."""
+    from mlbatch.local.infer import Column
+    from mlbatch.local.scaffold import render
+
+    base = "dataflow" if backend in ("dataflow", "endpoint") else "local"
+    text = render({"name": "p_new", "today": "2026-12-01", "start_date": "2025-01-01", "model_text": "m@champion",
+                   "model_name": "m", "alias": "champion", "version": None, "sample_rows": 10,
+                   "sample_file": "/in/x.parquet", "path": "p_new.yaml", "date": None, "notes": [],
+                   "pattern": "/in/*.parquet", "uri": "/in/*.parquet", "marker": None, "format": "parquet",
+                   "id_column": "id", "columns": [Column("a", "float")], "backend": backend, "base_backend": base,
+                   "output": "/out", "predictions": {"kind": "value"}})
+    prod = (text.replace("# environments:", "environments:").replace("\n#   prod:", "\n  prod:")
+            .replace("\n#     ", "\n    "))
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "p_new.yaml").write_text(text)
+    (tmp_path / "prod").mkdir()
+    (tmp_path / "prod" / "p_new.yaml").write_text(prod)
+    assert load_spec(tmp_path / "dev" / "p_new.yaml", "dev").predict.backend == base
+    assert load_spec(tmp_path / "prod" / "p_new.yaml", "prod").predict.backend == backend

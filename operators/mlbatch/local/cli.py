@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("name", help="pipeline name (lower case, digits, _): the DAG id and file name")
     new.add_argument("--model", required=True, help="MODEL@ALIAS or MODEL/VERSION in the MLflow registry")
     new.add_argument("--input", required=True, help="a file, folder or glob (parquet, CSV or JSON Lines)")
-    new.add_argument("--backend", default="dataflow", choices=["dataflow", "local", "sagemaker", "vertex"])
+    new.add_argument("--backend", default="dataflow", choices=["dataflow", "local", "sagemaker", "vertex", "endpoint"])
     new.add_argument("--id-column", help="row id column (default: inferred from the sample)")
     new.add_argument("--output", help="output partition URI (default: under the data root, per date)")
     new.add_argument("--home", type=Path, default=DEFAULT_HOME, help="embedded defaults folder (.demo)")

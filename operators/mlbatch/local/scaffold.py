@@ -192,8 +192,8 @@ def _trigger_and_wait(ctx: dict[str, Any]) -> list[str]:
     lines = ["trigger_params:             # what `mlbatch run --set` and the Airflow trigger form may change"]
     if ctx["alias"]:
         lines += ["  model_alias: {field: model.alias, description: MLflow alias to score with.}"]
+    # the dev spec offers only what runs without the cloud; the prod block adds its backend to the enum
     choices = [ctx["base_backend"], "local" if ctx["base_backend"] == "dataflow" else "dataflow"]
-    choices += [backend] if backend not in choices else []  # prod's cloud backend stays a valid default
     return lines + [
         f"  backend: {{field: predict.backend, enum: [{', '.join(choices)}]}}",
         "  date: {field: ds, format: date, description: Score this day's data instead of the run's date.}",
@@ -215,6 +215,11 @@ def environments_block(backend: str) -> list[str]:
                       "    # `mlflow models build-docker -m models:/<name>/<version>`",
                       "    image_uri: 123456789012.dkr.ecr.eu-west-1.amazonaws.com/mlflow-{model_name}:v{model_version}",
                       "    s3_staging_uri: s3://my-bucket/mlbatch"],
+        "endpoint": ["predict:", "  backend: endpoint", "  endpoint:              # a live model endpoint (docs/endpoint.md)",
+                     "    kind: mlflow         # mlflow | sagemaker | vertex",
+                     "    url: https://scoring.example.com   # the server's /invocations is called",
+                     "    http_conn_id: scoring_http          # Airflow HTTP connection: token or login/password",
+                     "    max_rows_per_request: 1000"],
         "vertex": ["predict:", "  backend: vertex", "  vertex:", "    project: my-project",
                    "    region: europe-west1",
                    "    # the MLflow image serves the model baked into it: one image per version,",
@@ -224,6 +229,8 @@ def environments_block(backend: str) -> list[str]:
     }
     if backend not in blocks:
         return []
+    if backend != "dataflow":  # the form's default (the spec's backend) must be one of its choices
+        blocks[backend] += ["trigger_params:", f"  backend: {{field: predict.backend, enum: [{backend}, dataflow]}}"]
     return ["", "# Production (MLBATCH_ENV=prod): uncomment, fill in, check with `mlbatch validate FILE --env prod`.",
             "# environments:", "#   prod:"] + [f"#     {line}" for line in blocks[backend]]
 
@@ -246,7 +253,7 @@ def new_pipeline(name: str, model: str, input_uri: str, *, backend: str = "dataf
     uri, date = templated(pattern)
     marker = templated(marker_of(files[0]) or "")[0] or None
     notes += _input_notes(marker, date, backend)
-    base_backend = "dataflow" if backend == "dataflow" else "local"
+    base_backend = "dataflow" if backend in ("dataflow", "endpoint") else "local"
     text = render({
         "name": name, "today": dt.date.today().isoformat(), "start_date": _start_date(date), "model_text": model,
         "model_name": model_name, "alias": alias, "version": version, "sample_rows": sample.num_rows,
@@ -286,6 +293,9 @@ def _input_notes(marker: str | None, date: str | None, backend: str) -> list[str
     if backend in ("sagemaker", "vertex"):
         notes.append(f"backend {backend}: dev runs the {backend} contract on this machine (backend local); "
                      "fill in the commented prod environment at the end for the real service")
+    if backend == "endpoint":
+        notes.append("backend endpoint: dev scores with the direct model (backend dataflow); fill in the "
+                     "commented prod environment at the end with your endpoint")
     return notes
 
 
