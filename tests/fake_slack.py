@@ -3,8 +3,8 @@ connection's `extra.base_url`) at `FakeSlack.api_url`.
 
 It records every call, checks the token, enforces Slack's message limits the way Slack answers them
 (`msg_blocks_too_long`, `invalid_blocks`), implements the external file-upload flow
-(files.getUploadURLExternal -> POST to the upload URL -> files.completeUploadExternal) and an incoming
-webhook, and can be told to answer 429 with Retry-After, 500, an error, or to be slow -- for the next
+(files.getUploadURLExternal -> POST to the upload URL -> files.completeUploadExternal), chat.update
+and an incoming webhook, and can be told to answer 429 with Retry-After, 500, an error, or to be slow -- for the next
 calls (`fail_next`) or for as long as an outage lasts (`set_outage`, on a clock the test may simulate) --
 or to hang (`hold`: every request waits unanswered until `release`), so that a test can show a caller
 gave up on Slack by an event (it returned while its request was still held) instead of by a stopwatch.
@@ -172,6 +172,8 @@ class FakeSlack:
             return 200, {"ok": True, "team": "fake", "user": "mlbatch"}
         if method == "chat.postMessage":
             return 200, self._post_message(args)
+        if method == "chat.update":
+            return 200, self._update_message(args)
         if method == "files.getUploadURLExternal":
             file_id = f"F{len(self.files) + 1:08d}"
             self.files[file_id] = {"filename": args.get("filename"), "length": int(args.get("length", 0))}
@@ -192,10 +194,7 @@ class FakeSlack:
         channel_id = CHANNELS.get(channel, channel if channel in CHANNELS.values() else None)
         if channel_id is None:
             return {"ok": False, "error": "channel_not_found"}
-        blocks = args.get("blocks") or []
-        if isinstance(blocks, str):
-            blocks = json.loads(blocks)
-        problem = block_problem(blocks)
+        blocks, problem = _blocks(args)
         if problem:
             return {"ok": False, "error": problem}
         if not args.get("text") and not blocks:
@@ -205,6 +204,18 @@ class FakeSlack:
             ts = f"{self._ts:.6f}"
         self.messages.append({**args, "blocks": blocks, "ts": ts, "channel_id": channel_id})
         return {"ok": True, "channel": channel_id, "ts": ts, "message": {"text": args.get("text"), "ts": ts}}
+
+    def _update_message(self, args: dict) -> dict:
+        """chat.update: the message of `channel` (an id, as Slack requires) and `ts`, its text and blocks
+        replaced in `messages` (the earlier versions stay in `calls`)."""
+        found = [m for m in self.messages if m["channel_id"] == args.get("channel") and m["ts"] == args.get("ts")]
+        if not found:
+            return {"ok": False, "error": "message_not_found"}
+        blocks, problem = _blocks(args)
+        if problem:
+            return {"ok": False, "error": problem}
+        found[0].update(text=args.get("text", found[0].get("text")), blocks=blocks, edited=True)
+        return {"ok": True, "channel": args["channel"], "ts": args["ts"], "text": found[0]["text"]}
 
     def _upload(self, req, file_id: str, raw: bytes, headers: dict) -> None:
         if file_id not in self.files:
@@ -227,6 +238,14 @@ class FakeSlack:
             req.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
             pass
+
+
+def _blocks(args: dict) -> tuple[list, str | None]:
+    """A message's blocks (JSON text in form posts) and Slack's objection to them, if any."""
+    blocks = args.get("blocks") or []
+    if isinstance(blocks, str):
+        blocks = json.loads(blocks)
+    return blocks, block_problem(blocks)
 
 
 def block_problem(blocks: list) -> str | None:

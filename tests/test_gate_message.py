@@ -10,8 +10,7 @@ from fake_slack import block_problem
 from mlbatch.alerts.gate_message import GateNotice, as_plain_text, payload
 from mlbatch.alerts.message import Link
 from mlbatch.approval_buttons import (APPROVE_ACTION_ID, GATE_ACTIONS_BLOCK, REJECT_ACTION_ID, GateTarget,
-                                      decode_gate_value, encode_gate_value)
-from mlbatch.slack_commands.bolt_app import decided_blocks
+                                      decided_blocks, decode_gate_value, encode_gate_value)
 from mlbatch.slack_commands.commands import CommandError, parse_command
 from mlbatch.slack_commands.policy import Actor, Policy
 from mlbatch.slack_commands.router import Decision
@@ -49,7 +48,7 @@ def test_a_warning_has_no_buttons_and_a_long_summary_stays_within_slack_limits()
 def test_the_decision_replaces_the_buttons_and_the_how_to_line():
     blocks = payload(notice())["blocks"]
     decided = decided_blocks(blocks, Decision(TARGET.dag_id, TARGET.run_id, TARGET.task_id, "reject", "U0ALICE",
-                                              "feed switched to days"))
+                                              "feed switched to days").line())
     assert not [b for b in decided if b.get("type") == "actions" or "/mlops approve" in str(b)]
     assert decided[-1] == {"type": "section", "block_id": GATE_ACTIONS_BLOCK, "text": {
         "type": "mrkdwn", "text": "🚫 Rejected by <@U0ALICE>: feed switched to days"}}

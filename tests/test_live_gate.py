@@ -240,6 +240,9 @@ def test_a_shifted_feature_parks_the_run_at_the_gate_without_a_worker_slot(live)
         assert not detail["response_received"] and "gestation_weeks" in detail["body"]
         message = live.gate_message(run_id)
         assert message["channel_id"] == "C0MLALERTS" and "gestation_weeks" in json.dumps(message["blocks"])
+        links = json.dumps(message["blocks"])
+        assert f"{live.url}/dags/{GATE}/runs/{run_id}|Airflow run" in links and "required_actions" in links
+        assert f"{live.stack.mlflow_url}/#/models/natality_weight/versions/" in links
         actions = [e["action_id"] for b in message["blocks"] if b.get("type") == "actions" for e in b["elements"]]
         assert actions == ["mlbatch_gate_approve", "mlbatch_gate_reject"]
         charts = [f for f in live.web.files.values() if f.get("thread_ts") == message["ts"]]
@@ -311,6 +314,7 @@ def test_reject_by_command_publishes_nothing_and_fails_the_run_with_who_and_why(
                                            in log), log[-3000:]
     updates = wait_until("the gate message updated", lambda: [c for c in live.web.api_calls("chat.update")
                                                               if c.args.get("ts") == message["ts"]], timeout=30)
+    assert updates[0].response["ok"], updates[0].response
     blocks = updates[0].args["blocks"]
     blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
     assert blocks[-1]["text"]["text"] == f"🚫 Rejected by <@{ALICE}>: gestation feed switched to days"
@@ -327,6 +331,7 @@ def test_nobody_answering_applies_the_spec_default_at_the_timeout(live):
     assert detail["chosen_options"] == ["Reject"] and detail["responded_by_user"] is None
     assert f"by nobody within {TIMEOUT_MINUTES:g} min (quality.on_timeout: reject)" in live.log(run_id)
     assert live.committed(ds) is None
+    assert _decision_shown(live, run_id) == f"🚫 Rejected by nobody within {TIMEOUT_MINUTES:g} min (quality.on_timeout: reject)"
 
 
 def test_the_same_decision_in_the_airflow_ui_publishes(live):
@@ -355,3 +360,15 @@ def test_the_same_decision_in_the_airflow_ui_publishes(live):
     TIMINGS["Required Actions in Chromium -> published"] = time.monotonic() - started
     record = live.committed(ds)
     assert (record["run_id"], record["approved_by"]) == (run_id, f"{user} in Airflow")
+    assert _decision_shown(live, run_id) == f"✅ Approved by {user} in Airflow"
+
+
+def _decision_shown(live: Live, run_id: str) -> str:
+    """What the gate message of a run says once decided outside Slack (the gate task's chat.update)."""
+    ts = live.gate_message(run_id)["ts"]
+    update = wait_until("the gate message updated", lambda: next(
+        (c for c in live.web.api_calls("chat.update") if c.args.get("ts") == ts), None), timeout=30)
+    assert update.response["ok"], update.response
+    blocks = json.loads(update.args["blocks"]) if isinstance(update.args["blocks"], str) else update.args["blocks"]
+    assert not [b for b in blocks if b.get("type") == "actions"]
+    return blocks[-1]["text"]["text"]

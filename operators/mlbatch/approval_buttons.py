@@ -29,3 +29,10 @@ def encode_gate_value(target: GateTarget) -> str:
 
 def decode_gate_value(value: str) -> GateTarget:
     return decode_retry_value(value, what="gate button")
+
+
+def decided_blocks(blocks: list[dict], line: str) -> list[dict]:
+    """The gate's message once answered: its buttons (and the line on how to answer) replaced by `line`,
+    who decided what ("✅ Approved by <@U0ALICE>")."""
+    kept = [b for b in blocks if b.get("block_id") not in (GATE_ACTIONS_BLOCK, GATE_HOW_BLOCK)]
+    return [*kept, {"type": "section", "block_id": GATE_ACTIONS_BLOCK, "text": {"type": "mrkdwn", "text": line[:3000]}}]

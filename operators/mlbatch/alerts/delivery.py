@@ -194,7 +194,7 @@ class SlackDelivery:
             return done.results[entry_id]
         entry = self.outbox.get(entry_id)
         if entry.status == "sent":  # a flusher (or an earlier alert's round) sent it
-            return SendResult("sent", "sent by another process", ts=entry.ts)
+            return SendResult("sent", "sent by another process", ts=entry.ts, channel_id=entry.channel_id)
         if not rounds:
             why = f"not sent within the {budget_s:.1f} s budget"
             self.outbox.mark_failed(entry_id, why, reason="Slack did not answer in time")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from mlbatch.alerts.message import Link, _cut, _escape, _mention_markup, _mrkdwn, _section, as_text
 from mlbatch.approval_buttons import (APPROVE_ACTION_ID, GATE_ACTIONS_BLOCK, GATE_HOW_BLOCK, REJECT_ACTION_ID,
-                                      GateTarget, encode_gate_value)
+                                      GateTarget, decided_blocks, encode_gate_value)
 
 MAX_SUMMARY_CHARS = 2500
 
@@ -79,6 +79,17 @@ def blocks(notice: GateNotice) -> list[dict]:
             f"Or `{notice.command_name} approve {run}` / `{notice.command_name} reject {run} [reason]`, "
             "or the run's Required Actions in Airflow.")]})
     return out
+
+
+def update_decided(slack_conn_id: str, sent: dict, line: str, timeout_s: float = 10.0) -> None:
+    """Replace the sent message's buttons with `line` (chat.update through the pipeline's Slack
+    connection): for decisions made outside Slack (the Airflow UI, REST, the timeout's default); the
+    Slack app updates the message itself for its own. Raises what Slack raises; callers log it."""
+    from airflow.providers.slack.hooks.slack import SlackHook
+
+    client = SlackHook(slack_conn_id=slack_conn_id, timeout=int(timeout_s)).client
+    client.chat_update(channel=sent["channel_id"], ts=sent["ts"], text=sent.get("text") or line,
+                       blocks=decided_blocks(sent.get("blocks") or [], line))
 
 
 def as_plain_text(message: dict) -> str:

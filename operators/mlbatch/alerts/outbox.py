@@ -95,6 +95,7 @@ class OutboxEntry:
     first_error: str | None = None  # why it was not sent at once, in words (the delayed note says it)
     next_try: float | None = None  # an alert Slack refused by itself waits until then
     sent: float | None = None
+    channel_id: str | None = None  # where Slack put it (with `ts`: the message, for chat.update)
 
 
 @dataclass
@@ -284,7 +285,7 @@ class Outbox:
 
 
 _COLUMNS = ("id, created, kind, thread_key, channel, payload, attachment, attachment_name, status, attempts,"
-            " last_error, ts, conn_id, webhook_conn_id, first_error, next_try, sent")
+            " last_error, ts, conn_id, webhook_conn_id, first_error, next_try, sent, channel_id")
 
 
 def _entry(row: tuple) -> OutboxEntry:

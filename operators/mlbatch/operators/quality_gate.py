@@ -88,7 +88,11 @@ class QualityGateOperator(PipelineStepOperator, HITLOperator):
             who = f"nobody within {_minutes(quality.timeout_minutes)} (quality.on_timeout: {quality.on_timeout})"
         else:
             who = decided_by(answer.get("responded_by_user"), params.get(SLACK_USER_PARAM))
-        if answer["chosen_options"] == [REJECT]:
+        rejected = answer["chosen_options"] == [REJECT]
+        if not params.get(SLACK_USER_PARAM):  # decided outside Slack: the message still shows its buttons
+            self._mark_message(context, f"{'🚫 Rejected' if rejected else '✅ Approved'} by {who}"
+                                        + (f": {reason}" if reason else ""))
+        if rejected:
             raise GateRejectedError(
                 f"{self.spec.name}: run {context['run_id']} rejected at the quality gate by {who}"
                 f"{': ' + reason if reason else ' (no reason given)'}; nothing was published")
@@ -129,6 +133,19 @@ class QualityGateOperator(PipelineStepOperator, HITLOperator):
             ti.xcom_push(key=GATE_MESSAGE_XCOM, value={"channel_id": sent.get("channel_id"), "ts": sent["ts"],
                                                         "text": message["text"], "blocks": message["blocks"]})
         return sent
+
+    def _mark_message(self, context: Any, line: str) -> None:
+        """The gate's Slack message, when one was sent, with its buttons replaced by the decision."""
+        sent = context["ti"].xcom_pull(task_ids=self.task_id, key=GATE_MESSAGE_XCOM)
+        if not isinstance(sent, dict) or not sent.get("ts"):
+            return
+        from mlbatch.alerts.gate_message import update_decided
+
+        try:
+            update_decided(self.spec.alerts.slack_conn_id, sent, line)
+        except Exception as exc:  # the decision stands; the message keeps its buttons (a press says "decided")
+            self.log.warning("Slack message %s not updated with the decision: %s: %s", sent["ts"],
+                             type(exc).__name__, exc)
 
     def _links(self, context: Any) -> list:
         """The run in Airflow and its Required Actions page (Airflow's `api.base_url`)."""

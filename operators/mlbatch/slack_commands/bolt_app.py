@@ -33,7 +33,7 @@ from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
-from mlbatch.approval_buttons import DECISIONS, GATE_ACTIONS_BLOCK, GATE_HOW_BLOCK, GATE_MESSAGE_XCOM, decode_gate_value
+from mlbatch.approval_buttons import DECISIONS, GATE_MESSAGE_XCOM, decided_blocks, decode_gate_value
 from mlbatch.retry_button import RETRY_ACTION_ID, decode_retry_value
 from mlbatch.slack_commands.assembly import build_router
 from mlbatch.slack_commands.audit import audit
@@ -173,7 +173,7 @@ class SlackCommandsApp:
         try:
             if original is not None:
                 await respond(text=original.get("text") or decision.line(), replace_original=True,
-                              blocks=decided_blocks(original.get("blocks") or [], decision))
+                              blocks=decided_blocks(original.get("blocks") or [], decision.line()))
                 return
             sent = await self.router.airflow.xcom(decision.dag_id, decision.run_id, decision.task_id,
                                                   GATE_MESSAGE_XCOM)
@@ -185,8 +185,9 @@ class SlackCommandsApp:
                 log.info("Gate message of %s/%s not updated: no message was recorded", decision.dag_id,
                          decision.run_id)
                 return
-            await self.app.client.chat_update(channel=sent["channel_id"], ts=sent["ts"], text=sent.get("text", ""),
-                                              blocks=decided_blocks(sent.get("blocks") or [], decision))
+            await self.app.client.chat_update(token=self.settings.bot_token, channel=sent["channel_id"], ts=sent["ts"],
+                                              text=sent.get("text", ""),
+                                              blocks=decided_blocks(sent.get("blocks") or [], decision.line()))
         except Exception as exc:
             log.error("Gate message of %s/%s not updated with %s: %s", decision.dag_id, decision.run_id,
                       decision.line(), exc)
@@ -292,14 +293,6 @@ def _button_actor(body) -> Actor:
     user, team = body.get("user") or {}, body.get("team") or {}
     return Actor(user_id=user.get("id", ""), user_name=user.get("username") or user.get("name", ""),
                  team_id=team.get("id", ""))
-
-
-def decided_blocks(blocks: list[dict], decision: Decision) -> list[dict]:
-    """The gate's message once answered: its buttons (and the line on how to answer) replaced by who
-    decided what."""
-    kept = [b for b in blocks if b.get("block_id") not in (GATE_ACTIONS_BLOCK, GATE_HOW_BLOCK)]
-    return [*kept, {"type": "section", "block_id": GATE_ACTIONS_BLOCK,
-                    "text": {"type": "mrkdwn", "text": decision.line()[:3000]}}]
 
 
 def _source(req) -> str:

@@ -16,7 +16,7 @@ class Settings:
     policy_path: str = "include/slack_policy.yaml"
     signing_secret: str | None = None  # HTTP front door
     app_token: str | None = None  # Socket Mode front door (xapp-...)
-    bot_token: str | None = None  # user-group lookups (usergroups:read)
+    bot_token: str | None = None  # user-group lookups (usergroups:read); the gate message after `/mlops approve|reject`
     slack_api_url: str | None = None  # None: https://slack.com/api/
     response_url_prefix: str = "https://hooks.slack.com/"
     replay_redis_url: str | None = None
