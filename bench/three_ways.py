@@ -497,6 +497,8 @@ def main(argv=None) -> None:
     parser.add_argument("--readme", default=str(REPO / "README.md"))
     args = parser.parse_args(argv)
     sizes = sorted(SIZES[x.strip()] for x in args.sizes.split(",") if x.strip())
+    if 1_000_000 not in sizes or len([n for n in sizes if n <= 1_000_000]) < 2:
+        parser.error(f"--sizes {args.sizes}: needs 1m (the three-ways line) and a smaller size (the crossover's fit)")
     started = time.perf_counter()
     results, found, best = measure(sizes, args.in_flight)
     n_cross, detail = crossover(results)
