@@ -31,9 +31,10 @@ if TYPE_CHECKING:
 
 MANAGED_BY_SCHEME = {"s3": "sagemaker", "gs": "vertex"}
 # Rows up to which a live endpoint is no slower end to end than the direct model and batch prediction:
-# "endpoint crossover: 73,000 rows" of `make bench`'s "three ways" (bench/results.md; fits of wall time:
-# direct 3.6 s + 3.5 s per 1M rows, endpoint 2.1 s + 24.2 s per 1M rows, the endpoint being up).
-ENDPOINT_MAX_ROWS = 73_000
+# "endpoint crossover: 75,000 rows" of `make bench`'s "three ways" (bench/results.md; fits of wall time:
+# direct 4.1 s + 3.1 s per 1M rows, endpoint 2.6 s + 23.5 s per 1M rows, the endpoint being up, 10,000
+# rows per request; at the default 1,000 a row costs more and the true crossover is lower).
+ENDPOINT_MAX_ROWS = 75_000
 
 
 def choose_backend(input_uri: str, input_format: str, predict: Any,
