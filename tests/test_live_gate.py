@@ -85,6 +85,12 @@ class Live:
             tasks = self.api("GET", f"/api/v2/dags/{GATE}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
             raise AssertionError(f"{exc}; tasks: {[(t['task_id'], t['state']) for t in tasks]}") from None
 
+    def failures(self, run_ids: list[str]) -> str:
+        """Each failed task of these runs with the end of its log: what a failed assertion should say."""
+        failed = [(r, t["task_id"], t["try_number"]) for r in run_ids for t in self.api(
+            "GET", f"/api/v2/dags/{GATE}/dagRuns/{r}/taskInstances").json()["task_instances"] if t["state"] == "failed"]
+        return "\n".join(f"{r} {task}: {self.log(r, task, attempt)[-1500:]}" for r, task, attempt in failed)
+
     def gate_result(self, run_id: str) -> dict:
         body = self.api("GET", f"/api/v2/dags/{GATE}/dagRuns/{run_id}/taskInstances/quality_gate/xcomEntries/"
                                "return_value").json()
@@ -212,7 +218,7 @@ def test_three_normal_days_pass_the_gate_and_publish(live):
     runs = [live.trigger({"date": ds}) for ds in NORMAL]
     finals = [live.finished(r) for r in runs]
     TIMINGS["three normal days"] = time.monotonic() - started
-    assert [f["state"] for f in finals] == ["success"] * 3
+    assert [f["state"] for f in finals] == ["success"] * 3, live.failures(runs)
     for ds, run_id in zip(NORMAL, runs):
         assert live.gate_result(run_id)["level"] == "pass"
         record = live.committed(ds)
