@@ -5,6 +5,8 @@ BeamHook for the launch) and waited for with the google provider's DataflowJobSt
 `DataflowBackend` implements `mlbatch.backends.base.Backend`; the request says which job it runs
 (`JobRequest.kind`, "prep" or "predict"), and the handle keeps the kind so that `result` knows it
 after deferral. (On the local runner the direct-model job is `mlbatch.backends.local.DirectModelBackend`.)
+The endpoint job (`backend: endpoint` on `runner: dataflow`) runs the same way through a subclass,
+`mlbatch.backends.endpoint_dataflow`.
 
 What this module adds around the providers, and why:
 - **Idempotent names** (`job_names`): BeamRunPythonPipelineOperator appends a random suffix to the job
@@ -243,6 +245,7 @@ class DataflowBackend(Backend):
 
     name = BACKEND
     job_label = "Dataflow job"
+    output_may_be_empty = False  # a model job that wrote nothing failed, whatever its state says
 
     def submit(self, request: JobRequest) -> Submission:
         spec, paths, kind = request.spec, request.paths, request.kind
@@ -334,7 +337,7 @@ class DataflowBackend(Backend):
         if handle.get("kind", "predict") == "prep":
             return _prep_result(request.spec, handle)
         files = gcs_storage(request.spec).files(handle["output_uri"])
-        if not files:
+        if not files and not self.output_may_be_empty:
             raise RemoteJobError(f"{request.spec.name}: Dataflow job {handle['job_id']} succeeded but wrote "
                                  f"nothing under {handle['output_uri']}")
         statistics = join(parent(handle["output_uri"]), STATISTICS_FILE) if request.spec.quality else None

@@ -43,6 +43,7 @@ class EndpointDataflowBackend(DataflowBackend):
 
     name = BACKEND
     job_label = "Dataflow endpoint scoring job"
+    output_may_be_empty = True  # every row may be a dead letter (an endpoint down): publish's counts decide
 
     def submit(self, request: JobRequest) -> Submission:
         from mlbatch.backends.served_version import check_served_version
