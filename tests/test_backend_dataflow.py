@@ -523,7 +523,8 @@ def vertex_endpoint(monkeypatch):
     endpoints, models = {}, {}
     monkeypatch.setattr(EndpointServiceHook, "get_endpoint_service_client",
                         lambda self, region=None: FakeEndpointService(endpoints))
-    monkeypatch.setattr(ModelServiceHook, "get_model_service_client", lambda self, region=None: FakeModelService(models))
+    monkeypatch.setattr(ModelServiceHook, "get_model_service_client",
+                        lambda self, region=None: FakeModelService(models))
 
     def deploy(display: str) -> None:
         models[f"{base}/models/500"] = Model(name=f"{base}/models/500", display_name=display)

@@ -699,7 +699,8 @@ def dataflow_spec_file(folder: Path, endpoint: dict, dataflow: dict = ON_DATAFLO
     return path
 
 
-@pytest.mark.parametrize("endpoint", [KINDS["vertex"], KINDS["mlflow"], {**KINDS["mlflow"], "authorization_secret": SECRET}])
+@pytest.mark.parametrize("endpoint", [KINDS["vertex"], KINDS["mlflow"],
+                                      {**KINDS["mlflow"], "authorization_secret": SECRET}])
 def test_vertex_and_mlflow_without_a_connections_secret_run_on_dataflow(tmp_path, endpoint):
     from mlbatch.backends.base import backend_for
 

@@ -58,7 +58,8 @@ class EndpointDataflowBackend(DataflowBackend):
                                       request.paths.input_pattern)
         submission = super().submit(request)
         staging = parent(submission.handle["output_uri"])
-        submission.handle.update(rejected_uri=join(staging, "rejected"), served={**dataclasses.asdict(served), "answers": list(served.answers)})
+        submission.handle.update(rejected_uri=join(staging, "rejected"),
+                                 served={**dataclasses.asdict(served), "answers": list(served.answers)})
         return submission
 
     def identity(self, request: JobRequest) -> str:

@@ -139,8 +139,8 @@ class EndpointBackend(SpecModel):
     http_conn_id: str | None = Field(default=None, description=(
         "mlflow: Airflow HTTP connection for auth: extra {\"Authorization\": ...} is sent as it is; else "
         "login + password -> Basic; else the password alone -> Bearer token."))
-    authorization_secret: str | None = Field(default=None, pattern=r"^projects/[^/]+/secrets/[^/]+/versions/[^/]+$",
-                                             description=(
+    authorization_secret: str | None = Field(
+        default=None, pattern=r"^projects/[^/]+/secrets/[^/]+/versions/[^/]+$", description=(
         "mlflow: a Secret Manager secret version (projects/<p>/secrets/<name>/versions/<v>) holding the "
         "Authorization header; the job reads it itself (on Dataflow, with the workers' service account), so "
         "no secret travels in the pipeline options. Instead of http_conn_id; the task reads it with "

@@ -126,7 +126,8 @@ def _endpoint(spec: PipelineSpec) -> list[SpecProblem]:
                                     "no GPU on backend endpoint (the endpoint's own machines score)"))
     if cfg.authorization_secret and cfg.kind != "mlflow":
         problems.append(SpecProblem("predict.endpoint.authorization_secret", cfg.authorization_secret,
-                                    f"no value with kind {cfg.kind} (it holds an mlflow endpoint's Authorization header)"))
+                                    f"no value with kind {cfg.kind} (it holds an mlflow endpoint's "
+                                    "Authorization header)"))
     if cfg.authorization_secret and cfg.http_conn_id:
         problems.append(SpecProblem("predict.endpoint.http_conn_id", cfg.http_conn_id,
                                     "no value with authorization_secret (one source of the Authorization header)"))
