@@ -381,11 +381,15 @@ def prep_spec(spec, tmp_path):
 
 
 def submit_prep(spec, context):
-    from airflow.sdk.exceptions import TaskDeferred
-
     from mlbatch.operators.prep import BeamPrepOperator
 
-    op = BeamPrepOperator(task_id="prep", spec=spec)
+    return deferred_by(BeamPrepOperator(task_id="prep", spec=spec), context)
+
+
+def deferred_by(op, context):
+    """Execute a step that submits a job and defers: the operator and its TaskDeferred."""
+    from airflow.sdk.exceptions import TaskDeferred
+
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(context)
     return op, deferred.value
@@ -548,14 +552,9 @@ def endpoint_spec(prep_spec):
 
 
 def submit_endpoint(spec, context):
-    from airflow.sdk.exceptions import TaskDeferred
-
     from mlbatch.operators.predict import PredictOperator
 
-    op = PredictOperator(task_id="predict", spec=spec)
-    with pytest.raises(TaskDeferred) as deferred:
-        op.execute(context)
-    return op, deferred.value
+    return deferred_by(PredictOperator(task_id="predict", spec=spec), context)
 
 
 def test_the_endpoint_job_is_launched_on_dataflow_like_the_direct_model_job(dataflow, vertex_endpoint,

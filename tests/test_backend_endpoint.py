@@ -295,9 +295,9 @@ class AuthCheckingProxy:
         return Proxy(scoring_url)
 
 
-def token_server():
-    """An OAuth token endpoint on loopback for a service-account key whose token_uri points here: the
-    google provider's hook gets a real access token through google-auth without the internet."""
+def json_server(body: bytes, seen: list | None = None):
+    """An HTTP server on loopback answering every POST with `body` (JSON); notes each request's
+    (path, Authorization header) in `seen`. Returns the server and its base URL."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -309,7 +309,8 @@ def token_server():
 
         def do_POST(self):
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            body = b'{"access_token": "ya29.endpoint-test", "expires_in": 3600, "token_type": "Bearer"}'
+            if seen is not None:
+                seen.append((self.path, self.headers.get("Authorization")))
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -319,7 +320,14 @@ def token_server():
     port = free_port()
     http = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     threading.Thread(target=http.serve_forever, daemon=True).start()
-    return http, f"http://127.0.0.1:{port}/token"
+    return http, f"http://127.0.0.1:{port}"
+
+
+def token_server():
+    """An OAuth token endpoint on loopback for a service-account key whose token_uri points here: the
+    google provider's hook gets a real access token through google-auth without the internet."""
+    http, url = json_server(b'{"access_token": "ya29.endpoint-test", "expires_in": 3600, "token_type": "Bearer"}')
+    return http, f"{url}/token"
 
 
 def service_account_key(token_uri: str) -> dict:
@@ -783,38 +791,17 @@ def test_the_workers_read_authorization_secret_themselves_and_send_it(monkeypatc
     """The job's mlflow client (what each Dataflow worker runs) with `authorization_secret` in
     --endpoint-json: the header read from Secret Manager once, sent on each request to a real HTTP server."""
     import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from emulators import free_port
     from google.cloud import secretmanager
     from mlbatch_beam.endpoint_handler import CLIENTS, EndpointConfig
 
     seen = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            seen.append((self.path, self.headers.get("Authorization")))
-            body = b'{"predictions": [7.5]}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    port = free_port()
-    http = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    threading.Thread(target=http.serve_forever, daemon=True).start()
+    http, url = json_server(b'{"predictions": [7.5]}', seen)  # an MLflow server's answer to one row
     fake = FakeSecretManager(SECRET, b"Token worker-read\n")
     monkeypatch.setattr(secretmanager, "SecretManagerServiceClient", lambda *a, **k: fake)
     monkeypatch.delenv("MLBATCH_ENDPOINT_AUTHORIZATION", raising=False)
     try:
-        config = EndpointConfig.from_json(json.dumps({"kind": "mlflow", "url": f"http://127.0.0.1:{port}",
-                                                      "authorization_secret": SECRET}))
+        config = EndpointConfig.from_json(json.dumps({"kind": "mlflow", "url": url, "authorization_secret": SECRET}))
         client = CLIENTS["mlflow"](config)
         assert client.call(b'{"instances": [{"a": 1}]}') == ([7.5], None)
         assert client.call(b'{"instances": [{"a": 2}]}') == ([7.5], None)
