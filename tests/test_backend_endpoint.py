@@ -757,6 +757,12 @@ class FakeSecretManager:
     def __init__(self, name: str, value: bytes):
         self.name, self.value, self.asked = name, value, []
 
+    @staticmethod
+    def secret_version_path(project, secret, version):
+        from google.cloud.secretmanager_v1 import SecretManagerServiceClient
+
+        return SecretManagerServiceClient.secret_version_path(project, secret, version)
+
     def access_secret_version(self, request=None, *, name=None, retry=None, timeout=None, metadata=()):
         from google.cloud.secretmanager_v1.types import (
             AccessSecretVersionRequest, AccessSecretVersionResponse, SecretPayload)
