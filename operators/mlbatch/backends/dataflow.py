@@ -240,7 +240,7 @@ class DataflowBackend(Backend):
     """Dataflow jobs, prep or predict (see the module docstring). Handle: kind, job_id, job_name,
     project, region, gcp_conn_id, attempt, console_url, and the job's output prefixes (`output_uri`
     for predict; `prepared_uri` and `rejected_uri` for prep). A subclass runs another Beam program
-    the same way (mlbatch.backends.endpoint_dataflow): it says which (`launch_args`) and what its
+    the same way (mlbatch.backends.endpoint_dataflow): it says which (`_launch_args`) and what its
     result depends on (`identity`)."""
 
     name = BACKEND
@@ -284,7 +284,7 @@ class DataflowBackend(Backend):
     def _launch(self, request: JobRequest, hook: DataflowJobsHook, name: str, staging: str) -> dict:
         """Launch the job's Beam program on DataflowRunner; the job as far as it is known."""
         spec, cfg = request.spec, request.spec.predict.dataflow
-        module, variables = self.launch_args(request, name, staging)
+        module, variables = self._launch_args(request, name, staging)
         job_id = hook.launch(module, variables)
         log.info("Launched Dataflow job %s: %s", name, job_id or "(id not seen in the launcher log)")
         if job_id is not None:
@@ -295,7 +295,7 @@ class DataflowBackend(Backend):
                                  "submitting a job; see the task log")
         return job
 
-    def launch_args(self, request: JobRequest, name: str, staging: str) -> tuple[str, dict]:
+    def _launch_args(self, request: JobRequest, name: str, staging: str) -> tuple[str, dict]:
         """The Beam program (`python -m <module>`) and BeamHook's variables for this request's job."""
         spec, paths = request.spec, request.paths
         result_file = paths.result_file(request.task_id)

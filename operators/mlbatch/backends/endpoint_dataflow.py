@@ -69,7 +69,7 @@ class EndpointDataflowBackend(DataflowBackend):
         return result_identity(request.model, input_listing(gcs_storage(spec), request.paths.input_pattern),
                                [settings, spec.input.model_dump(mode="json"), spec.output.model_dump(mode="json")])
 
-    def launch_args(self, request: JobRequest, name: str, staging: str) -> tuple[str, dict]:
+    def _launch_args(self, request: JobRequest, name: str, staging: str) -> tuple[str, dict]:
         """`python -m mlbatch_beam.endpoint_score` with the local job's arguments, gs:// folders, and the
         endpoint's `--endpoint-json` (where it is, how to batch, a secret's name at most)."""
         spec, paths = request.spec, request.paths
