@@ -6,8 +6,8 @@ Dataflow service has no emulator, so it is faked at its boundaries:
   bodies as `google.cloud.dataflow_v1beta3` types (unknown fields fail) and answers with jobs
   serialized from those types;
 - the async API behind the provider's trigger: a fake JobsV1Beta3AsyncClient taking real GetJobRequests;
-- the launcher process BeamHook starts (`python -m mlbatch_beam.score` or `mlbatch_beam.prep`, which
-  would call Google):
+- the launcher process BeamHook starts (`python -m mlbatch_beam.score`, `mlbatch_beam.prep` or
+  `mlbatch_beam.endpoint_score`, which would call Google):
   `run_beam_command` is replaced by a fake that parses the command line with the job's own parser and
   Beam's PipelineOptions, registers the job the way Dataflow would and logs Beam's "Created job" line.
 """
@@ -104,7 +104,7 @@ class FakeDataflowService:
         import importlib
 
         self.launches.append(cmd)
-        assert cmd[1] == "-m" and cmd[2] in ("mlbatch_beam.score", "mlbatch_beam.prep")
+        assert cmd[1] == "-m" and cmd[2] in ("mlbatch_beam.score", "mlbatch_beam.prep", "mlbatch_beam.endpoint_score")
         args, beam_args = importlib.import_module(cmd[2]).parse_args(cmd[3:])  # the job's own parser accepts every argument
         options = PipelineOptions(beam_args)
         gcp = options.view_as(GoogleCloudOptions)
@@ -381,11 +381,15 @@ def prep_spec(spec, tmp_path):
 
 
 def submit_prep(spec, context):
-    from airflow.sdk.exceptions import TaskDeferred
-
     from mlbatch.operators.prep import BeamPrepOperator
 
-    op = BeamPrepOperator(task_id="prep", spec=spec)
+    return deferred_by(BeamPrepOperator(task_id="prep", spec=spec), context)
+
+
+def deferred_by(op, context):
+    """Execute a step that submits a job and defers: the operator and its TaskDeferred."""
+    from airflow.sdk.exceptions import TaskDeferred
+
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(context)
     return op, deferred.value
@@ -506,3 +510,157 @@ def test_prep_workers_get_no_gpus(spec):
     assert "worker_accelerator" in predict.get("dataflow_service_options", "")
     assert "worker_accelerator" not in prep.get("dataflow_service_options", "")
     assert prep["job_name"] == "p-prep-a1" and prep["project"] == "example-ml-prod"
+
+
+# --- backend endpoint on runner dataflow: the endpoint job launched the same way ----------------------------
+
+@pytest.fixture
+def vertex_endpoint(monkeypatch):
+    """The Vertex control plane behind the served-version check (tests/test_backend_endpoint's fakes on
+    real protos): endpoint 123 in project p serving the model's deployed model `d1`."""
+    from airflow.providers.google.cloud.hooks.vertex_ai.endpoint_service import EndpointServiceHook
+    from airflow.providers.google.cloud.hooks.vertex_ai.model_service import ModelServiceHook
+    from google.cloud.aiplatform_v1.types import DeployedModel, Endpoint, Model
+    from test_backend_endpoint import FakeEndpointService, FakeModelService
+
+    base = "projects/p/locations/europe-west4"
+    endpoints, models = {}, {}
+    monkeypatch.setattr(EndpointServiceHook, "get_endpoint_service_client",
+                        lambda self, region=None: FakeEndpointService(endpoints))
+    monkeypatch.setattr(ModelServiceHook, "get_model_service_client",
+                        lambda self, region=None: FakeModelService(models))
+
+    def deploy(display: str) -> None:
+        models[f"{base}/models/500"] = Model(name=f"{base}/models/500", display_name=display)
+        endpoints[f"{base}/endpoints/123"] = Endpoint(name=f"{base}/endpoints/123", deployed_models=[
+            DeployedModel(id="d1", model=f"{base}/models/500@1")])
+
+    return deploy
+
+
+@pytest.fixture
+def endpoint_spec(prep_spec):
+    from mlbatch.spec.loader import with_overrides
+
+    return with_overrides(prep_spec, {
+        "predict.backend": "endpoint",
+        "predict.endpoint": {"kind": "vertex", "endpoint_id": "123", "project": "p", "region": "europe-west4",
+                             "max_rows_per_request": 500},
+        "predict.dataflow.sdk_container_image": None,  # the workers install the job package and its requirements
+        "trigger_params.backend.enum": ["dataflow", "endpoint"],
+    })
+
+
+def submit_endpoint(spec, context):
+    from mlbatch.operators.predict import PredictOperator
+
+    return deferred_by(PredictOperator(task_id="predict", spec=spec), context)
+
+
+def test_the_endpoint_job_is_launched_on_dataflow_like_the_direct_model_job(dataflow, vertex_endpoint,
+                                                                           endpoint_spec, model):
+    from mlbatch.backends.base import backend_for
+    from mlbatch.backends.dataflow import DataflowJobTrigger
+    from mlbatch.spec.prep_contract import schema_json
+
+    service, gcs = dataflow
+    vertex_endpoint(f"mlb-{model['name']}-v{model['version']}-0a1b2c3d")
+    assert backend_for(endpoint_spec).remote
+    run_id = "manual__endpoint_on_dataflow"
+    context = task_context(run_id, DS, model)
+    _, deferred = submit_endpoint(endpoint_spec, context)
+    [cmd] = service.launches
+    [job] = service.jobs.values()
+    assert cmd[1:3] == ["-m", "mlbatch_beam.endpoint_score"]
+    assert cmd.count("--runner=DataflowRunner") == 1 and f"--job_name={job.name}" in cmd
+    assert re.fullmatch(r"natality-daily-predict-[0-9a-f]{10}-a1", job.name)
+    args = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in cmd if "=" in a}
+    staging = f"gs://{BUCKET}/tmp/mlbatch/natality_daily/{run_id}/{job.name}"
+    assert args["--input"] == f"{staging}/input/*.parquet"  # the raw input: the job validates it itself
+    assert json.loads(args["--schema-json"]) == json.loads(schema_json(endpoint_spec, model))
+    assert args["--output-dir"] == f"{staging}/output" and args["--dead-letter-dir"] == f"{staging}/rejected"
+    assert args["--result-file"] == f"{staging}/result.json"
+    assert "--model-uri" not in args  # the endpoint holds the model
+    assert json.loads(args["--endpoint-json"]) == {
+        "kind": "vertex", "endpoint_id": "123", "project": "p", "region": "europe-west4", "max_rows_per_request": 500,
+        "max_bytes_per_request": 1_572_864, "max_in_flight": 4, "timeout_s": 60.0, "max_retries": 5}
+    assert not any("token" in a.lower() or "authorization" in a.lower() for a in cmd)  # no secret travels
+    uploaded = {b.name for b in gcs.client().list_blobs(BUCKET)}
+    assert f"tmp/mlbatch/natality_daily/{run_id}/{job.name}/input/part-0.parquet" in uploaded
+
+    # the workers install the job package and what it imports (requests; Secret Manager for mlflow's header)
+    setup = Path(args["--setup_file"])
+    assert setup == REPO / "include" / "beam_jobs" / "setup.py"
+    pinned = {line.split("==")[0] for line in (setup.parent / "worker-requirements.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    assert {"requests", "google-cloud-secret-manager"} <= pinned
+
+    remote = context["ti"].pushed["remote_job"]
+    assert {k: remote[k] for k in ("backend", "job_id", "job_name", "rejected_uri", "output_uri")} == {
+        "backend": "endpoint-dataflow", "job_id": job.id, "job_name": job.name,
+        "rejected_uri": f"{staging}/rejected", "output_uri": f"{staging}/output"}
+    assert remote["served"]["version"] == model["version"] and remote["served"]["answers"] == ["d1"]
+    assert remote["console_url"].endswith(f"/dataflow/jobs/europe-west1/{job.id}?project=example-ml-prod")
+    assert isinstance(deferred.trigger, DataflowJobTrigger) and deferred.trigger.job_id == job.id
+
+
+def test_an_endpoint_job_on_dataflow_reattaches_on_retry_and_is_cancelled_on_kill(dataflow, vertex_endpoint,
+                                                                                  endpoint_spec, model):
+    service, _ = dataflow
+    vertex_endpoint(f"mlb-{model['name']}-v{model['version']}-0a1b2c3d")
+    run_id = "scheduled__endpoint_on_dataflow_retry"
+    _, first = submit_endpoint(endpoint_spec, task_context(run_id, DS, model))
+    service.finish(first.trigger.job_id, "JOB_STATE_RUNNING")
+    op, again = submit_endpoint(endpoint_spec, task_context(run_id, DS, model))
+    assert again.trigger.job_id == first.trigger.job_id and len(service.launches) == 1
+
+    op.on_kill()  # the task killed while the job runs: the job is cancelled, not left running
+    assert service.cancel_requests == [first.trigger.job_id]
+    service.finish(first.trigger.job_id, "JOB_STATE_CANCELLED")
+    _, third = submit_endpoint(endpoint_spec, task_context(run_id, DS, model))
+    assert third.trigger.job_id != first.trigger.job_id
+    assert service.jobs[third.trigger.job_id].name.endswith("-a2")
+
+
+def test_an_endpoint_served_another_version_launches_nothing(dataflow, vertex_endpoint, endpoint_spec, model):
+    from mlbatch.errors import ServedVersionError
+
+    service, _ = dataflow
+    vertex_endpoint(f"mlb-{model['name']}-v{model['version'] + 1}-0a1b2c3d")
+    with pytest.raises(ServedVersionError, match=rf"serves {model['name']} v{model['version'] + 1}"):
+        submit_endpoint(endpoint_spec, task_context("manual__endpoint_other_version", DS, model))
+    assert not service.launches
+
+
+def test_an_endpoint_job_on_dataflow_completes_with_its_dead_letters_and_what_answered(dataflow, vertex_endpoint,
+                                                                                      endpoint_spec, model):
+    from mlbatch.backends.base import load_backend
+    from mlbatch.errors import ServedVersionError
+    from mlbatch.operators.predict import PredictOperator
+
+    service, gcs = dataflow
+    vertex_endpoint(f"mlb-{model['name']}-v{model['version']}-0a1b2c3d")
+    run_id = "manual__endpoint_on_dataflow_complete"
+    context = task_context(run_id, DS, model)
+    _, deferred = submit_endpoint(endpoint_spec, context)
+    job_id = deferred.trigger.job_id
+    remote = context["ti"].pushed["remote_job"]
+    assert type(load_backend(remote["backend"])).__name__ == "EndpointDataflowBackend"  # after deferral
+    service.finish(job_id, "JOB_STATE_DONE")
+    bucket = gcs.client().bucket(BUCKET)
+    prefix = service.output_dirs[job_id].removeprefix(f"gs://{BUCKET}/").removesuffix("/output")
+    bucket.blob(f"{prefix}/output/predictions-00000-of-00001.parquet").upload_from_string(b"x")
+    # the workers' record of what answered, which the launcher had not read yet when the task resumed
+    bucket.blob(f"{prefix}/result.json.served-0a1b.json").upload_from_string(json.dumps(
+        [json.dumps({"deployedModelId": "d1", "model": "projects/p/locations/europe-west4/models/500"})]))
+    op = PredictOperator(task_id="predict", spec=endpoint_spec)
+    result = op.execute_complete(context, {"status": "success"})
+    assert result["backend"] == "endpoint" and result["runner"] == "dataflow" and result["job_id"] == job_id
+    assert result["output_uri"] == service.output_dirs[job_id]
+    assert result["rejected_uri"] == service.dead_letter_dirs[job_id]  # publish reads the dead letters there
+    assert result["model_version"] == model["version"] and "deployed model d1" in result["served_version"]
+
+    # the launcher's result file, once written, is what says; an answer from another deployed model fails
+    bucket.blob(f"{prefix}/result.json").upload_from_string(json.dumps({"endpoint_model": {"deployedModelId": "d9"}}))
+    with pytest.raises(ServedVersionError, match="answered from d9, not among what served"):
+        op.execute_complete(context, {"status": "success"})

@@ -295,9 +295,9 @@ class AuthCheckingProxy:
         return Proxy(scoring_url)
 
 
-def token_server():
-    """An OAuth token endpoint on loopback for a service-account key whose token_uri points here: the
-    google provider's hook gets a real access token through google-auth without the internet."""
+def json_server(body: bytes, seen: list | None = None):
+    """An HTTP server on loopback answering every POST with `body` (JSON); notes each request's
+    (path, Authorization header) in `seen`. Returns the server and its base URL."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -309,7 +309,8 @@ def token_server():
 
         def do_POST(self):
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            body = b'{"access_token": "ya29.endpoint-test", "expires_in": 3600, "token_type": "Bearer"}'
+            if seen is not None:
+                seen.append((self.path, self.headers.get("Authorization")))
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -319,7 +320,14 @@ def token_server():
     port = free_port()
     http = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     threading.Thread(target=http.serve_forever, daemon=True).start()
-    return http, f"http://127.0.0.1:{port}/token"
+    return http, f"http://127.0.0.1:{port}"
+
+
+def token_server():
+    """An OAuth token endpoint on loopback for a service-account key whose token_uri points here: the
+    google provider's hook gets a real access token through google-auth without the internet."""
+    http, url = json_server(b'{"access_token": "ya29.endpoint-test", "expires_in": 3600, "token_type": "Bearer"}')
+    return http, f"{url}/token"
 
 
 def service_account_key(token_uri: str) -> dict:
@@ -682,3 +690,131 @@ def test_mlbatch_new_writes_a_spec_valid_in_dev_and_with_its_prod_block_uncommen
     (tmp_path / "prod" / "p_new.yaml").write_text(prod)
     assert load_spec(tmp_path / "dev" / "p_new.yaml", "dev").predict.backend == base
     assert load_spec(tmp_path / "prod" / "p_new.yaml", "prod").predict.backend == backend
+
+
+# --- on Dataflow (predict.dataflow.runner: dataflow): no secret in the pipeline options ------------------------
+# The launch itself, re-attach, cancel and completion: tests/test_backend_dataflow.py (the faked Dataflow boundary).
+
+ON_DATAFLOW = {"runner": "dataflow", "project": "p", "region": "europe-west1", "temp_location": "gs://b/tmp"}
+SECRET = "projects/p/secrets/scoring-auth/versions/3"
+
+
+def dataflow_spec_file(folder: Path, endpoint: dict, dataflow: dict = ON_DATAFLOW) -> Path:
+    path = spec_file(folder, endpoint)
+    doc = yaml.safe_load(path.read_text())
+    doc["predict"]["dataflow"] = dict(dataflow)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("endpoint", [KINDS["vertex"], KINDS["mlflow"],
+                                      {**KINDS["mlflow"], "authorization_secret": SECRET}])
+def test_vertex_and_mlflow_without_a_connections_secret_run_on_dataflow(tmp_path, endpoint):
+    from mlbatch.backends.base import backend_for
+
+    spec = load_spec(dataflow_spec_file(tmp_path, endpoint))
+    backend = backend_for(spec)
+    assert type(backend).__name__ == "EndpointDataflowBackend" and backend.remote
+
+
+def test_a_sagemaker_endpoint_on_dataflow_is_refused_saying_why(tmp_path, capsys):
+    err = refused(capsys, dataflow_spec_file(tmp_path, KINDS["sagemaker"]))
+    assert ("predict.endpoint.kind = 'sagemaker': expected 'mlflow' or 'vertex' with predict.dataflow.runner "
+            "'dataflow', or runner 'local': a SageMaker endpoint needs AWS credentials") in err
+    assert "pipeline options (visible in the console)" in err
+    load_spec(spec_file(tmp_path, KINDS["sagemaker"]))  # on the local runner it runs
+
+
+def test_an_mlflow_http_connection_on_dataflow_is_refused_naming_the_way_that_works(tmp_path, capsys):
+    err = refused(capsys, dataflow_spec_file(tmp_path, {**KINDS["mlflow"], "http_conn_id": "scoring_http"}))
+    assert ("predict.endpoint.http_conn_id = 'scoring_http': expected no value with predict.dataflow.runner "
+            "'dataflow' (the connection's secret would travel in the pipeline options") in err
+    assert "predict.endpoint.authorization_secret" in err
+
+
+def test_the_dataflow_runners_own_fields_are_required_for_the_endpoint_job(tmp_path, capsys):
+    err = refused(capsys, dataflow_spec_file(tmp_path, KINDS["vertex"], {"runner": "dataflow",
+                                                                        "temp_location": "/tmp/x"}))
+    for field in ("project", "region"):
+        assert f"predict.dataflow.{field}: expected a value: backend endpoint (runner dataflow) needs it" in err
+    assert "predict.dataflow.temp_location = '/tmp/x': expected a gs:// URI" in err
+
+
+def test_authorization_secret_is_refused_off_mlflow_beside_a_connection_or_malformed(tmp_path, capsys):
+    err = refused(capsys, spec_file(tmp_path, {**KINDS["vertex"], "authorization_secret": SECRET}))
+    assert f"predict.endpoint.authorization_secret = '{SECRET}': expected no value with kind vertex" in err
+    err = refused(capsys, spec_file(tmp_path, {**KINDS["mlflow"], "authorization_secret": SECRET,
+                                               "http_conn_id": "scoring_http"}))
+    assert "predict.endpoint.http_conn_id = 'scoring_http': expected no value with authorization_secret" in err
+    err = refused(capsys, spec_file(tmp_path, {**KINDS["mlflow"], "authorization_secret": "scoring-auth"}))
+    assert "predict.endpoint.authorization_secret" in err and "projects/" in err
+
+
+class FakeSecretManager:
+    """SecretManagerServiceClient's AccessSecretVersion on the real request and response types (no
+    emulator exists): one secret version, and the names asked for."""
+
+    def __init__(self, name: str, value: bytes):
+        self.name, self.value, self.asked = name, value, []
+
+    @staticmethod
+    def secret_version_path(project, secret, version):
+        from google.cloud.secretmanager_v1 import SecretManagerServiceClient
+
+        return SecretManagerServiceClient.secret_version_path(project, secret, version)
+
+    def access_secret_version(self, request=None, *, name=None, retry=None, timeout=None, metadata=()):
+        from google.cloud.secretmanager_v1.types import (
+            AccessSecretVersionRequest, AccessSecretVersionResponse, SecretPayload)
+
+        request = AccessSecretVersionRequest(request) if request is not None else AccessSecretVersionRequest(name=name)
+        self.asked.append(request.name)
+        if request.name != self.name:
+            from google.api_core.exceptions import NotFound
+
+            raise NotFound(f"Secret Version [{request.name}] not found.")
+        return AccessSecretVersionResponse(name=request.name, payload=SecretPayload(data=self.value))
+
+
+def test_the_task_reads_authorization_secret_through_the_google_providers_hook(monkeypatch, tmp_path):
+    import json
+
+    from airflow.providers.google.cloud.hooks.secret_manager import GoogleCloudSecretManagerHook
+
+    from mlbatch.backends.endpoint import mlflow_authorization
+
+    monkeypatch.setenv("AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT", json.dumps(
+        {"conn_type": "google_cloud_platform", "extra": {"project": "p", "is_anonymous": True}}))
+    fake = FakeSecretManager(SECRET, b"Bearer from-secret-manager\n")
+    monkeypatch.setattr(GoogleCloudSecretManagerHook, "client", property(lambda self: fake))
+    cfg = load_spec(spec_file(tmp_path, {**KINDS["mlflow"], "authorization_secret": SECRET})).predict.endpoint
+    assert mlflow_authorization(cfg) == "Bearer from-secret-manager"  # the probe's; a local job's variable
+    assert fake.asked == [SECRET]
+    assert mlflow_authorization(load_spec(spec_file(tmp_path, KINDS["mlflow"])).predict.endpoint) is None
+
+
+def test_the_workers_read_authorization_secret_themselves_and_send_it(monkeypatch):
+    """The job's mlflow client (what each Dataflow worker runs) with `authorization_secret` in
+    --endpoint-json: the header read from Secret Manager once, sent on each request to a real HTTP server."""
+    import json
+
+    from google.cloud import secretmanager
+    from mlbatch_beam.endpoint_handler import CLIENTS, EndpointConfig
+
+    seen = []
+    http, url = json_server(b'{"predictions": [7.5]}', seen)  # an MLflow server's answer to one row
+    fake = FakeSecretManager(SECRET, b"Token worker-read\n")
+    monkeypatch.setattr(secretmanager, "SecretManagerServiceClient", lambda *a, **k: fake)
+    monkeypatch.delenv("MLBATCH_ENDPOINT_AUTHORIZATION", raising=False)
+    try:
+        config = EndpointConfig.from_json(json.dumps({"kind": "mlflow", "url": url, "authorization_secret": SECRET}))
+        client = CLIENTS["mlflow"](config)
+        assert client.call(b'{"instances": [{"a": 1}]}') == ([7.5], None)
+        assert client.call(b'{"instances": [{"a": 2}]}') == ([7.5], None)
+        assert seen == [("/invocations", "Token worker-read")] * 2 and fake.asked == [SECRET]  # read once
+
+        monkeypatch.setenv("MLBATCH_ENDPOINT_AUTHORIZATION", "Basic from-the-task")  # a local job's: it wins
+        CLIENTS["mlflow"](config).call(b'{"instances": [{"a": 3}]}')
+        assert seen[-1] == ("/invocations", "Basic from-the-task") and fake.asked == [SECRET]
+    finally:
+        http.shutdown()

@@ -24,6 +24,7 @@ BACKEND_CLASSES = {
     "sagemaker": "mlbatch.backends.sagemaker.SageMakerBackend",
     "vertex": "mlbatch.backends.vertex.VertexBackend",
     "endpoint": "mlbatch.backends.endpoint.EndpointBackend",
+    "endpoint-dataflow": "mlbatch.backends.endpoint_dataflow.EndpointDataflowBackend",  # runner dataflow
 }
 
 

@@ -60,6 +60,7 @@ class EndpointConfig:
 
     kind: str
     url: str | None = None                  # mlflow: base URL (POST {url}/invocations)
+    authorization_secret: str | None = None  # mlflow: Secret Manager version holding the Authorization header
     endpoint_name: str | None = None        # sagemaker
     region: str | None = None               # sagemaker, vertex
     endpoint_url: str | None = None         # sagemaker: runtime endpoint override (an emulator)
@@ -242,11 +243,28 @@ def _json_answer(content: bytes) -> dict:
 
 
 class _MLflowClient(_Client):
+    def __init__(self, config: EndpointConfig):
+        super().__init__(config)
+        self.auth = os.environ.get("MLBATCH_ENDPOINT_AUTHORIZATION")
+        if not self.auth and config.authorization_secret:  # read once per worker, when the model "loads"
+            self.auth = read_secret(config.authorization_secret)
+
     def call(self, body):
-        auth = os.environ.get("MLBATCH_ENDPOINT_AUTHORIZATION")
         answer = self.post_json(self.config.url.rstrip("/") + "/invocations", body,
-                                {"Authorization": auth} if auth else {})
+                                {"Authorization": self.auth} if self.auth else {})
         return answer["predictions"], None
+
+
+def read_secret(name: str) -> str:
+    """A Secret Manager secret version's text, read with the process's own Google credentials (on
+    Dataflow the workers' service account: nothing secret is in the pipeline options)."""
+    try:
+        from google.cloud import secretmanager
+    except ImportError:
+        raise RuntimeError(f"authorization_secret {name}: google-cloud-secret-manager is not installed where "
+                           "the job runs (worker-requirements.txt lists it)") from None
+    response = secretmanager.SecretManagerServiceClient().access_secret_version(name=name)
+    return response.payload.data.decode().strip()
 
 
 class _VertexClient(_Client):

@@ -190,10 +190,13 @@ def load_backend(classpath_or_name: str) -> Backend:
 
 def backend_for(spec: PipelineSpec, kind: str = "predict") -> Backend:
     """The backend a step of this spec runs on: `predict.backend`, where `dataflow` on the local runner
-    is the direct-model Beam job in a child process (prep then runs inside it)."""
+    is the direct-model Beam job in a child process (prep then runs inside it), and `endpoint` on the
+    Dataflow runner is the endpoint job on Dataflow."""
     name = spec.predict.backend
     if name == "dataflow" and spec.predict.dataflow.runner != "dataflow":
         if kind != "predict":
             raise ValueError(f"{spec.name}: {kind} runs inside predict's job on the local runner")
         return load_backend(LOCAL_RUNNER_BACKEND)
+    if name == "endpoint" and spec.predict.dataflow.runner == "dataflow":
+        return load_backend("endpoint-dataflow")
     return load_backend(name)

@@ -5,6 +5,8 @@ BeamHook for the launch) and waited for with the google provider's DataflowJobSt
 `DataflowBackend` implements `mlbatch.backends.base.Backend`; the request says which job it runs
 (`JobRequest.kind`, "prep" or "predict"), and the handle keeps the kind so that `result` knows it
 after deferral. (On the local runner the direct-model job is `mlbatch.backends.local.DirectModelBackend`.)
+The endpoint job (`backend: endpoint` on `runner: dataflow`) runs the same way through a subclass,
+`mlbatch.backends.endpoint_dataflow`.
 
 What this module adds around the providers, and why:
 - **Idempotent names** (`job_names`): BeamRunPythonPipelineOperator appends a random suffix to the job
@@ -126,7 +128,7 @@ def launch_variables(spec: PipelineSpec, name: str, *, input_uri: str, model_uri
                   *prediction_output_args(spec),
                   "--batch-rows", str(compute.batch_rows), *model_sharing_args(spec),
                   "--result-file", result_file, *statistics_args]
-    return _variables(spec, name, score_args, model_workers=True)
+    return beam_variables(spec, name, score_args, model_workers=True)
 
 
 def prep_launch_variables(spec: PipelineSpec, name: str, *, input_pattern: str, prepared_uri: str,
@@ -140,10 +142,12 @@ def prep_launch_variables(spec: PipelineSpec, name: str, *, input_pattern: str, 
                  "--schema-json", schema_json(spec, model), "--output-dir", prepared_uri,
                  "--output-format", prepared_format(spec), "--dead-letter-dir", rejected_uri,
                  "--batch-rows", str(spec.prep.batch_rows), "--result-file", result_file]
-    return _variables(spec, name, prep_args, model_workers=False)
+    return beam_variables(spec, name, prep_args, model_workers=False)
 
 
-def _variables(spec: PipelineSpec, name: str, job_args: list[str], *, model_workers: bool) -> dict:
+def beam_variables(spec: PipelineSpec, name: str, job_args: list[str], *, model_workers: bool) -> dict:
+    """BeamHook `variables`: a job's own arguments (`--flag value` or `--flag`), then the DataflowRunner
+    flags of `dataflow_pipeline_args` (BeamHook adds `--runner` itself)."""
     variables: dict[str, Any] = {}
     i = 0
     while i < len(job_args):
@@ -203,22 +207,26 @@ def job_identity(request: JobRequest) -> str:
     settings = spec.predict.model_dump(exclude={"labels"}, mode="json")
     storage = gcs_storage(spec)
     if request.kind == "prep":
-        listing = []
-        for uri in storage.files(paths.input_pattern):
-            fs, path = storage.fs(uri)
-            info = fs.info(path)
-            stamp = next((info[k] for k in ("mtime", "ETag", "etag", "updated", "LastModified") if info.get(k)),
-                         None)
-            listing.append((uri, info.get("size"), str(stamp)))
         column_types = (request.model or {}).get("input_types")  # what prep writes: the model's types
-        return result_identity({}, short_hash(listing), [settings, spec.input.model_dump(mode="json"),
-                                                         spec.prep.model_dump(mode="json")]
+        return result_identity({}, input_listing(storage, paths.input_pattern),
+                               [settings, spec.input.model_dump(mode="json"), spec.prep.model_dump(mode="json")]
                                + ([column_types] if column_types else []))
     if prepared_on_gcs(request.prep):
         fingerprint = short_hash(request.prep.get("job_id"), request.prep.get("prepared_uri"))
     else:
         fingerprint = files_fingerprint(storage, storage.files(paths.prepared))
     return result_identity(request.model, fingerprint, [settings, spec.output.model_dump(mode="json")])
+
+
+def input_listing(storage: Storage, pattern: str) -> str:
+    """A hash of the input files' names, sizes and modification times or etags (any store)."""
+    listing = []
+    for uri in storage.files(pattern):
+        fs, path = storage.fs(uri)
+        info = fs.info(path)
+        stamp = next((info[k] for k in ("mtime", "ETag", "etag", "updated", "LastModified") if info.get(k)), None)
+        listing.append((uri, info.get("size"), str(stamp)))
+    return short_hash(listing)
 
 
 def prepared_on_gcs(prep: dict | None) -> str | None:
@@ -231,10 +239,13 @@ def prepared_on_gcs(prep: dict | None) -> str | None:
 class DataflowBackend(Backend):
     """Dataflow jobs, prep or predict (see the module docstring). Handle: kind, job_id, job_name,
     project, region, gcp_conn_id, attempt, console_url, and the job's output prefixes (`output_uri`
-    for predict; `prepared_uri` and `rejected_uri` for prep)."""
+    for predict; `prepared_uri` and `rejected_uri` for prep). A subclass runs another Beam program
+    the same way (mlbatch.backends.endpoint_dataflow): it says which (`_launch_args`) and what its
+    result depends on (`identity`)."""
 
     name = BACKEND
     job_label = "Dataflow job"
+    output_may_be_empty = False  # a model job that wrote nothing failed, whatever its state says
 
     def submit(self, request: JobRequest) -> Submission:
         spec, paths, kind = request.spec, request.paths, request.kind
@@ -243,7 +254,7 @@ class DataflowBackend(Backend):
             raise ValueError(f"{request.task_id}: unknown Dataflow job kind {kind!r}")
         cfg = spec.predict.dataflow
         hook = DataflowJobsHook(cfg.gcp_conn_id)
-        identity = job_identity(request)
+        identity = self.identity(request)
         attempt = find_attempt(lambda n: job_name(spec.name, request.run_id, request.task_id, n,
                                                   identity=identity, max_len=MAX_NAME),
                                lambda name: hook.job_verdict(cfg.project, cfg.region, name))
@@ -251,7 +262,7 @@ class DataflowBackend(Backend):
         job = attempt.job
         if attempt.verdict == "absent":
             job = self._launch(request, hook, attempt.name, staging)
-        handle = {"backend": BACKEND, "kind": kind, "job_id": job["id"], "job_name": attempt.name,
+        handle = {"backend": self.name, "kind": kind, "job_id": job["id"], "job_name": attempt.name,
                   "project": cfg.project, "region": cfg.region, "gcp_conn_id": cfg.gcp_conn_id,
                   "attempt": attempt.number, "console_url": console_url(job["id"], cfg.project, cfg.region)}
         if kind == "prep":
@@ -266,10 +277,27 @@ class DataflowBackend(Backend):
             return Submission(handle, "running")
         return Submission(handle, "submitted")
 
+    def identity(self, request: JobRequest) -> str:
+        """What determines the job's result (`job_identity`), hashed into its name."""
+        return job_identity(request)
+
     def _launch(self, request: JobRequest, hook: DataflowJobsHook, name: str, staging: str) -> dict:
         """Launch the job's Beam program on DataflowRunner; the job as far as it is known."""
+        spec, cfg = request.spec, request.spec.predict.dataflow
+        module, variables = self._launch_args(request, name, staging)
+        job_id = hook.launch(module, variables)
+        log.info("Launched Dataflow job %s: %s", name, job_id or "(id not seen in the launcher log)")
+        if job_id is not None:
+            return {"id": job_id, "name": name}
+        _, job = hook.job_verdict(cfg.project, cfg.region, name)  # no id logged: ask the service by name
+        if job is None:
+            raise RemoteJobError(f"{spec.name}: the Dataflow launcher for {name} ended without "
+                                 "submitting a job; see the task log")
+        return job
+
+    def _launch_args(self, request: JobRequest, name: str, staging: str) -> tuple[str, dict]:
+        """The Beam program (`python -m <module>`) and BeamHook's variables for this request's job."""
         spec, paths = request.spec, request.paths
-        cfg = spec.predict.dataflow
         result_file = paths.result_file(request.task_id)
         if request.kind == "prep":
             variables = prep_launch_variables(spec, name, input_pattern=staged_input(spec, paths, staging),
@@ -290,15 +318,7 @@ class DataflowBackend(Backend):
                                          model_uri=staged_model_uri(spec, request.model),
                                          output_uri=join(staging, "output"), result_file=result_file,
                                          statistics_args=statistics)
-        job_id = hook.launch(MODULES[request.kind], variables)
-        log.info("Launched Dataflow job %s: %s", name, job_id or "(id not seen in the launcher log)")
-        if job_id is not None:
-            return {"id": job_id, "name": name}
-        _, job = hook.job_verdict(cfg.project, cfg.region, name)  # no id logged: ask the service by name
-        if job is None:
-            raise RemoteJobError(f"{spec.name}: the Dataflow launcher for {name} ended without "
-                                 "submitting a job; see the task log")
-        return job
+        return MODULES[request.kind], variables
 
     def trigger(self, handle: Handle) -> DataflowJobTrigger:
         return DataflowJobTrigger(job_id=handle["job_id"], expected_statuses={"JOB_STATE_DONE"},
@@ -317,7 +337,7 @@ class DataflowBackend(Backend):
         if handle.get("kind", "predict") == "prep":
             return _prep_result(request.spec, handle)
         files = gcs_storage(request.spec).files(handle["output_uri"])
-        if not files:
+        if not files and not self.output_may_be_empty:
             raise RemoteJobError(f"{request.spec.name}: Dataflow job {handle['job_id']} succeeded but wrote "
                                  f"nothing under {handle['output_uri']}")
         statistics = join(parent(handle["output_uri"]), STATISTICS_FILE) if request.spec.quality else None

@@ -5,7 +5,8 @@ The job is `mlbatch_beam.endpoint_score`: the direct-model job's one pass (read,
 rules, dead letters, write predictions) with the model call replaced by micro-batched requests to the
 endpoint, so prep runs inside it (mlbatch.spec.prep_contract.prep_runs_in_predict) and publish reads its
 output as the direct model's. It runs on this machine as a child process, like `DirectModelBackend`
-(`predict.dataflow.runner: local`). Rows a request could not score after its retries are dead letters
+(`predict.dataflow.runner: local`); on `runner: dataflow` it is a Dataflow job
+(mlbatch.backends.endpoint_dataflow). Rows a request could not score after its retries are dead letters
 with the service's reason, beside prep's rejected rows: rows in = scored + rejected + failed.
 
 Before scoring, the endpoint's served version is checked against the run's pinned version
@@ -14,7 +15,8 @@ Before scoring, the endpoint's served version is checked against the run's pinne
 What travels to the job: where the endpoint is and how to batch (`--endpoint-json`, no secret), and the
 credentials as environment variables, resolved here from the spec's Airflow connections:
 - mlflow, `http_conn_id`: the connection's extra {"Authorization": "..."} as it is; else login and
-  password as Basic; else the password alone as a Bearer token -> MLBATCH_ENDPOINT_AUTHORIZATION.
+  password as Basic; else the password alone as a Bearer token -> MLBATCH_ENDPOINT_AUTHORIZATION;
+  or `authorization_secret`, a Secret Manager version read here with `gcp_conn_id` -> the same variable.
 - sagemaker, `aws_conn_id`: the amazon provider's frozen credentials -> the standard AWS variables (as
   Storage.job_env does for s3://); the runtime's endpoint URL from the connection (service_config
   `sagemaker-runtime`, else its endpoint_url), for a VPC endpoint or an emulator.
@@ -50,6 +52,8 @@ def endpoint_json(cfg: Any, runtime_url: str | None = None) -> str:
              "vertex": {"endpoint_id": cfg.endpoint_id, "project": cfg.project, "region": cfg.region}}[cfg.kind]
     if cfg.kind == "mlflow":
         where["url"] = cfg.url.rstrip("/").removesuffix("/invocations")  # the job adds the route
+        if cfg.authorization_secret:  # the secret's name, not its value: the job reads it itself
+            where["authorization_secret"] = cfg.authorization_secret
     if cfg.kind == "sagemaker" and runtime_url:
         where["endpoint_url"] = runtime_url
     if cfg.kind == "vertex" and cfg.api_endpoint:
@@ -81,6 +85,24 @@ def http_authorization(conn_id: str) -> str:
     raise BackendConfigError(f"HTTP connection {conn_id!r} (predict.endpoint.http_conn_id) carries no credentials: "
                              "set extra {\"Authorization\": ...}, login and password (Basic), or a password "
                              "alone (Bearer token)")
+
+
+def secret_authorization(cfg: Any) -> str:
+    """The Authorization header in the Secret Manager version `authorization_secret`, read through the
+    google provider's hook with `gcp_conn_id` (the served-version probe's, and a local job's)."""
+    from airflow.providers.google.cloud.hooks.secret_manager import GoogleCloudSecretManagerHook
+
+    _, project, _, secret, _, version = cfg.authorization_secret.split("/")
+    answer = GoogleCloudSecretManagerHook(gcp_conn_id=cfg.gcp_conn_id).access_secret(
+        project_id=project, secret_id=secret, secret_version=version)
+    return answer.payload.data.decode().strip()
+
+
+def mlflow_authorization(cfg: Any) -> str | None:
+    """The Authorization header for an mlflow endpoint: from `http_conn_id`, else `authorization_secret`."""
+    if cfg.http_conn_id:
+        return http_authorization(cfg.http_conn_id)
+    return secret_authorization(cfg) if cfg.authorization_secret else None
 
 
 def aws_env(cfg: Any) -> tuple[dict[str, str], str | None]:
@@ -125,7 +147,8 @@ class EndpointBackend(LocalJobBackend):
         require_runnable(spec, BACKEND)
         cfg = spec.predict.endpoint
         if cfg.kind == "mlflow":
-            self._secrets = {AUTHORIZATION_ENV: http_authorization(cfg.http_conn_id)} if cfg.http_conn_id else {}
+            auth = mlflow_authorization(cfg)
+            self._secrets = {AUTHORIZATION_ENV: auth} if auth else {}
         elif cfg.kind == "sagemaker":
             self._secrets, self._runtime_url = aws_env(cfg)
         else:

@@ -69,7 +69,8 @@ class PublishOperator(PipelineStepOperator):
         prep = ti.xcom_pull(task_ids=PREP) or {}
         predicted = ti.xcom_pull(task_ids=PREDICT) or {}
         output_staging = predicted.get("output_uri") or paths.output_staging
-        rejected_staging = prep.get("rejected_uri") or paths.rejected_staging
+        # the dead letters of a Dataflow job: prep's, or the endpoint job's (prep runs inside it)
+        rejected_staging = prep.get("rejected_uri") or predicted.get("rejected_uri") or paths.rejected_staging
         if spec.predict.backend not in ("dataflow", "endpoint"):  # their jobs write the output format
             output_staging = self._convert_batch_predictions(
                 storage, spec, predicted.get("raw_predictions_uri") or paths.raw_predictions, paths)

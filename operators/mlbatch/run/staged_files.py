@@ -29,7 +29,8 @@ def staged_prefixes(spec: PipelineSpec, run_id: str) -> list[str]:
     key = run_key(run_id)
     predict = spec.predict
     prefixes = []
-    if predict.backend == "dataflow" and predict.dataflow.runner == "dataflow" and predict.dataflow.temp_location:
+    on_dataflow = predict.backend in ("dataflow", "endpoint") and predict.dataflow.runner == "dataflow"
+    if on_dataflow and predict.dataflow.temp_location:
         prefixes.append(join(predict.dataflow.temp_location, "mlbatch", spec.name, key))
     if predict.backend == "sagemaker" and predict.sagemaker.s3_staging_uri:
         prefixes.append(join(predict.sagemaker.s3_staging_uri, spec.name, key))

@@ -96,7 +96,7 @@ def needed_connections(spec: Any) -> list[Need]:
 
 def _backend_needs(spec: Any, add) -> None:
     backend = spec.predict.backend
-    if backend == "dataflow" and spec.predict.dataflow.runner == "dataflow":
+    if backend in ("dataflow", "endpoint") and spec.predict.dataflow.runner == "dataflow":
         cfg = spec.predict.dataflow
         add(cfg.temp_location or "gs://", "predict.dataflow.temp_location", "predict.dataflow")
         add(cfg.staging_location, "predict.dataflow.staging_location", "predict.dataflow")

@@ -139,6 +139,12 @@ class EndpointBackend(SpecModel):
     http_conn_id: str | None = Field(default=None, description=(
         "mlflow: Airflow HTTP connection for auth: extra {\"Authorization\": ...} is sent as it is; else "
         "login + password -> Basic; else the password alone -> Bearer token."))
+    authorization_secret: str | None = Field(
+        default=None, pattern=r"^projects/[^/]+/secrets/[^/]+/versions/[^/]+$", description=(
+        "mlflow: a Secret Manager secret version (projects/<p>/secrets/<name>/versions/<v>) holding the "
+        "Authorization header; the job reads it itself (on Dataflow, with the workers' service account), so "
+        "no secret travels in the pipeline options. Instead of http_conn_id; the task reads it with "
+        "gcp_conn_id for the served-version probe."))
     endpoint_name: str | None = Field(default=None, description="sagemaker: the endpoint's name.")
     endpoint_id: str | None = Field(default=None, description="vertex: the endpoint's id (a number).")
     project: str | None = Field(default=None, description="vertex: the endpoint's project.")
@@ -149,7 +155,7 @@ class EndpointBackend(SpecModel):
         "(service_config sagemaker-runtime endpoint_url)."))
     aws_conn_id: str = Field(default="aws_default", description="sagemaker; default: `storage.aws_conn_id`.")
     gcp_conn_id: str = Field(default="google_cloud_default",
-                             description="vertex; default: `storage.gcp_conn_id`.")
+                             description="vertex, and mlflow's authorization_secret; default: `storage.gcp_conn_id`.")
     max_rows_per_request: int = Field(default=1000, ge=1, description=(
         "Rows per request (micro-batch); bench/results.md 'three ways' has the sweep."))
     max_bytes_per_request: int | None = Field(default=None, ge=1, description=(

@@ -94,12 +94,16 @@ def _vertex(spec: PipelineSpec) -> list[SpecProblem]:
 
 
 def _dataflow(spec: PipelineSpec) -> list[SpecProblem]:
+    return _dataflow_runner(spec, "dataflow") + _gpu_on("dataflow", spec)
+
+
+def _dataflow_runner(spec: PipelineSpec, backend: str) -> list[SpecProblem]:
+    """What `predict.dataflow.runner: dataflow` needs, for the backends whose job runs there."""
     cfg = spec.predict.dataflow
-    problems = []
-    if cfg.runner == "dataflow":
-        problems += _missing("dataflow", cfg, ("project", "region", "temp_location"), "dataflow (runner dataflow)")
-        problems += _scheme("predict.dataflow.temp_location", cfg.temp_location, "gs://", "dataflow")
-    return problems + _gpu_on("dataflow", spec)
+    if cfg.runner != "dataflow":
+        return []
+    return (_missing("dataflow", cfg, ("project", "region", "temp_location"), f"{backend} (runner dataflow)")
+            + _scheme("predict.dataflow.temp_location", cfg.temp_location, "gs://", backend))
 
 
 ENDPOINT_FIELDS = {"mlflow": ("url",), "sagemaker": ("endpoint_name", "region"),
@@ -108,7 +112,8 @@ ENDPOINT_FIELDS = {"mlflow": ("url",), "sagemaker": ("endpoint_name", "region"),
 
 def _endpoint(spec: PipelineSpec) -> list[SpecProblem]:
     """The endpoint's kind and the fields that kind needs; the job runs like the direct-model job
-    (`predict.dataflow.runner`), so the runner's own needs apply too."""
+    (`predict.dataflow.runner`), so the runner's own needs apply too, and on Dataflow how the workers
+    authenticate."""
     cfg = spec.predict.endpoint
     if cfg is None or cfg.kind is None:
         return [SpecProblem("predict.endpoint.kind", None,
@@ -119,11 +124,33 @@ def _endpoint(spec: PipelineSpec) -> list[SpecProblem]:
     if spec.predict.compute.accelerator_count:
         problems.append(SpecProblem("predict.compute.accelerator_type", spec.predict.compute.accelerator_type,
                                     "no GPU on backend endpoint (the endpoint's own machines score)"))
-    if spec.predict.dataflow.runner == "dataflow":
-        problems.append(SpecProblem("predict.dataflow.runner", "dataflow", (
-            "'local' with backend endpoint: its job runs on this machine, its credentials passed as "
-            "environment variables of a child process (docs/endpoint.md; Dataflow workers would need their own)")))
-    return problems
+    if cfg.authorization_secret and cfg.kind != "mlflow":
+        problems.append(SpecProblem("predict.endpoint.authorization_secret", cfg.authorization_secret,
+                                    f"no value with kind {cfg.kind} (it holds an mlflow endpoint's "
+                                    "Authorization header)"))
+    if cfg.authorization_secret and cfg.http_conn_id:
+        problems.append(SpecProblem("predict.endpoint.http_conn_id", cfg.http_conn_id,
+                                    "no value with authorization_secret (one source of the Authorization header)"))
+    return problems + _dataflow_runner(spec, "endpoint") + _endpoint_on_dataflow(spec)
+
+
+def _endpoint_on_dataflow(spec: PipelineSpec) -> list[SpecProblem]:
+    """On Dataflow no secret may travel in the pipeline options (the console shows them): the workers
+    authenticate themselves (docs/endpoint.md "On Dataflow")."""
+    cfg = spec.predict.endpoint
+    if spec.predict.dataflow.runner != "dataflow":
+        return []
+    if cfg.kind == "sagemaker":
+        return [SpecProblem("predict.endpoint.kind", "sagemaker", (
+            "'mlflow' or 'vertex' with predict.dataflow.runner 'dataflow', or runner 'local': a SageMaker "
+            "endpoint needs AWS credentials, which would have to travel to the Dataflow workers in the "
+            "pipeline options (visible in the console)"))]
+    if cfg.kind == "mlflow" and cfg.http_conn_id:
+        return [SpecProblem("predict.endpoint.http_conn_id", cfg.http_conn_id, (
+            "no value with predict.dataflow.runner 'dataflow' (the connection's secret would travel in the "
+            "pipeline options, visible in the console): put the Authorization header in Secret Manager and "
+            "name its version in predict.endpoint.authorization_secret, which the workers read themselves"))]
+    return []
 
 
 def _gpu_on(backend: str, spec: PipelineSpec) -> list[SpecProblem]:
