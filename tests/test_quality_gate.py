@@ -381,8 +381,9 @@ def test_the_endpoint_job_computes_the_statistics_of_the_direct_model_job(tmp_pa
 
 def test_the_prep_job_computes_the_feature_statistics_for_batch_prediction_backends(tmp_path):
     """Backends whose service scores later (local, sagemaker, vertex) get the features' statistics from
-    prep's pass (mlbatch_beam.prep), equal to those of the rows it prepared; the gate says predictions
-    were not compared."""
+    prep's pass (mlbatch_beam.prep), equal to those of the rows it prepared; a document without the
+    predictions' (the end of predict adds them: the local backend's test) makes the gate say
+    predictions were not compared."""
     from mlbatch_beam import prep
 
     from mlbatch.spec.prep_contract import schema_json

@@ -44,11 +44,11 @@ def stage_batch_predictions(spec: Any, paths: Any, raw: str, model_version: int 
     gated = statistics and getattr(spec, "quality", None) is not None
     edges = job_edges(storage, spec, paths, model_version) if gated else {}
     summaries: dict = {}
-    rows = files = 0
-    for files, table in enumerate(tables, start=1):
-        write_table(storage, table, join(staging, f"part-{files - 1:05d}.{spec.output.format}"), spec.output.format)
-        rows += table.num_rows
-        if gated:
+    files = rows = 0
+    for table in tables:
+        write_table(storage, table, join(staging, f"part-{files:05d}.{spec.output.format}"), spec.output.format)
+        files, rows = files + 1, rows + table.num_rows
+        if gated:  # the published columns, as the Beam jobs summarise their scored batches
             for batch in table.to_batches():
                 add_columns(summaries, batch, [c for c in table.column_names if c != id_column], edges)
     out = {"output_uri": staging, "staged_files": files, "rows_staged": rows}

@@ -111,9 +111,8 @@ class LocalBackend(LocalJobBackend):
         read, as for the cloud services (`batch_predictions`)."""
         from mlbatch.backends.batch_predictions import stage_batch_predictions
 
-        result = super().result(request, handle, state)
-        raw = result.get("raw_predictions_uri") or request.paths.raw_predictions
-        return {**result, "raw_predictions_uri": raw,
+        raw = request.paths.raw_predictions  # where the job wrote them (`output_folders`)
+        return {**super().result(request, handle, state), "raw_predictions_uri": raw,
                 **stage_batch_predictions(request.spec, request.paths, raw, request.model["version"])}
 
     def output_folders(self, request: JobRequest) -> list[str]:
