@@ -134,7 +134,10 @@ def _sides(spec: Any, paths: Any, predict_result: dict):
         f"no statistics for today's run at {uri} (the {spec.predict.backend} backend's job did not write "
         "them): nothing compared"]
     if today is not None:
-        counts = predict_result if predict_result.get("rows_in") is not None else _prep_counts(paths)
+        # the predict job's counts when it validated the input (prep inside it); a batch service's job
+        # counts only the prepared rows it scored (the local backend's `rows_in`): prep's then
+        fused = all(predict_result.get(k) is not None for k in ("rows_in", "rows_rejected"))
+        counts = predict_result if fused else _prep_counts(paths)
         today.rows_in, today.rows_rejected = counts.get("rows_in"), counts.get("rows_rejected")
     base = baselines.load(storage, spec, paths.output, predict_result.get("model_version"))
     if base is None and spec.quality.baseline.model:
