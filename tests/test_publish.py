@@ -43,11 +43,21 @@ def staged_run(tmp_path: Path, rows_in: int, rows_out: int, rows_rejected: int) 
     return paths
 
 
-def publish(spec, paths, outlet_events=None):
+class Predicted(XComOnly):
+    """Predict's result as a batch-prediction backend returns it."""
+
+    def __init__(self, result: dict):
+        self.result = result
+
+    def xcom_pull(self, task_ids: str, key: str = "return_value"):
+        return self.result if task_ids == "predict" else super().xcom_pull(task_ids, key)
+
+
+def publish(spec, paths, outlet_events=None, ti=None):
     from airflow.sdk.execution_time.context import OutletEventAccessors
 
     op = PublishOperator(task_id="publish", spec=spec)
-    context = {"ti": XComOnly(), "run_id": "run1", "params": {}, "ds": "2026-11-20",
+    context = {"ti": ti or XComOnly(), "run_id": "run1", "params": {}, "ds": "2026-11-20",
                "outlet_events": OutletEventAccessors() if outlet_events is None else outlet_events}
     return op.run(context, spec, paths)
 
@@ -95,3 +105,39 @@ def test_balanced_counts_commit_output_and_dead_letters(tmp_path):
     assert [Path(f).name for f in manifest["dead_letter"]["files"]] == ["dead.jsonl"]
     assert json.loads((Path(paths.dead_letter) / "_SUCCESS").read_text())["attempt"] == result["attempt"]
     assert not Path(paths.work).exists()  # the work folder goes once the partition is committed
+
+
+def test_a_batch_backend_commits_what_predict_staged_without_reading_the_services_files(tmp_path):
+    """backend local (or sagemaker, vertex): predict joined the service's files to their ids and staged
+    them (`output_uri`); publish reconciles and commits those, reading no service files (there are none)."""
+    spec = with_overrides(load_spec(EXAMPLE), {"predict.backend": "local"})
+    paths = staged_run(tmp_path, rows_in=100, rows_out=97, rows_rejected=3)
+    assert not Path(paths.raw_predictions).exists()
+    result = publish(spec, paths, ti=Predicted({"output_uri": paths.output_staging, "model_version": 3}))
+    assert (result["rows_scored"], result["rows_rejected"]) == (97, 3)
+    manifest = json.loads((Path(paths.output) / "_SUCCESS").read_text())
+    assert pd.read_parquet(manifest["files"][0]).shape == (97, 2)
+
+
+def test_a_batch_backend_result_that_staged_nothing_is_joined_at_publish(tmp_path):
+    """A predict result without `output_uri` (its step ran before predict staged): publish joins the
+    service's files itself, and still refuses partial output."""
+    spec = with_overrides(load_spec(EXAMPLE), {"predict.backend": "local", "predict.local.flavor": "vertex"})
+    paths = staged_run(tmp_path, rows_in=100, rows_out=0, rows_rejected=3)
+    raw = Path(paths.raw_predictions)
+    raw.mkdir(parents=True)
+    (raw / "prediction.results-00000-of-00001").write_text(
+        "".join(json.dumps({"key": i, "prediction": 7.0 + i / 100}) + "\n" for i in range(97)))
+    (raw / "prediction.errors_stats-00000-of-00001").write_text("")
+    result = publish(spec, paths, ti=Predicted({"model_version": 3}))
+    manifest = json.loads((Path(paths.output) / "_SUCCESS").read_text())
+    frame = pd.concat(pd.read_parquet(f) for f in manifest["files"])
+    assert result["rows_scored"] == 97 and sorted(frame.id) == list(range(97))
+    assert frame.set_index("id").predicted_weight_pounds[5] == pytest.approx(7.05)
+
+    paths = staged_run(tmp_path / "partial", rows_in=100, rows_out=0, rows_rejected=3)
+    Path(paths.raw_predictions).mkdir(parents=True)
+    (Path(paths.raw_predictions) / "prediction.results-00000-of-00001").write_text(
+        "".join(json.dumps({"key": i, "prediction": 7.0}) + "\n" for i in range(90)))
+    with pytest.raises(CountMismatchError, match="7 rows missing"):
+        publish(spec, paths, ti=Predicted({"model_version": 3}))

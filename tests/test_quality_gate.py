@@ -1,7 +1,8 @@
 """The quality gate's statistics and verdict (issue 25, docs/quality.md): the direct-model Beam job
 computes in its scoring pass exactly the statistics computed directly on the same rows; three normal
 days committed with their statistics, then a day with one shifted feature blocks on that feature;
-half a partition blocks on the row count; the first run passes with a note; the spec's thresholds
+on the `local` backend (both services' files) the predictions' statistics are taken where predict
+reads the service's output, and a shifted prediction blocks on it; half a partition blocks on the row count; the first run passes with a note; the spec's thresholds
 override the defaults; a baseline logged with the model version in a real MLflow registry."""
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from mlbatch_beam.quality.statistics import summary
 ROWS = 5000
 
 
-def spec_file(tmp_path: Path, quality: dict | None = None, name: str = "gated") -> Path:
+def spec_file(tmp_path: Path, quality: dict | None = None, name: str = "gated", predict: dict | None = None) -> Path:
     doc = {
         "name": name, "model": {"name": "natality_weight", "alias": "champion"},
         "input": {"uri": f"{tmp_path}/in/ds={{{{ ds }}}}/*.parquet", "format": "parquet", "id_column": "id",
@@ -37,7 +38,7 @@ def spec_file(tmp_path: Path, quality: dict | None = None, name: str = "gated") 
                                {"name": "mother_age", "type": "float", "min": 10, "max": 60},
                                {"name": "plurality", "type": "int", "min": 1, "max": 5},
                                {"name": "gestation_weeks", "type": "float", "min": 18, "max": 46}]},
-        "predict": {"backend": "dataflow"},
+        "predict": predict or {"backend": "dataflow"},
         "output": {"uri": f"{tmp_path}/out/ds={{{{ ds }}}}", "format": "parquet"},
         "quality": {} if quality is None else quality,
     }
@@ -156,6 +157,68 @@ def test_three_normal_days_then_one_shifted_feature_blocks_on_it(tmp_path, model
     assert gate.Verdict.from_json(json.loads(json.dumps(verdict.to_json()))) == verdict
     png = gate.chart_png(verdict, spec, paths, result)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) < 50_000
+
+
+def prep_and_predict(spec, paths: RunPaths, model: dict, flavor: str) -> dict:
+    """The `local` backend's run of one day as its steps run it: prep (the features' statistics, on
+    the baseline's edges), the service-shaped job (mlbatch_beam.local_predict), then the end of predict
+    (`stage_batch_predictions`: the files joined to their ids and staged, the predictions' statistics
+    taken in that read). Returns predict's result with prep's counts."""
+    from mlbatch_beam import local_predict, prep
+    from mlbatch_beam.predictions import INPUT_FORMAT
+
+    from mlbatch.backends.batch_predictions import stage_batch_predictions
+    from mlbatch.spec.prep_contract import schema_json
+
+    prepped = prep.run(["--input", paths.input_pattern, "--input-format", "parquet", "--schema-json",
+                        schema_json(spec), "--output-dir", paths.prepared, "--output-format", INPUT_FORMAT[flavor],
+                        "--dead-letter-dir", paths.rejected_staging, "--result-file", paths.result_file("prep"),
+                        "--batch-rows", "1000", "--runner=FnApiRunner",
+                        *baseline.edges_args(Storage(), spec, paths, model["version"])])
+    local_predict.run(["--input", f"{paths.prepared}/*", "--model-uri", model["artifact_uri"], "--id-column", "id",
+                       "--feature-columns", ",".join(FEATURES), "--output-dir", paths.raw_predictions,
+                       "--flavor", flavor, "--chunk-rows", "700", "--result-file", paths.result_file("predict")])
+    staged = stage_batch_predictions(spec, paths, paths.raw_predictions, model["version"])
+    return {**staged, "rows_in": prepped["rows_in"], "rows_rejected": prepped["rows_rejected"],
+            "model_version": model["version"]}
+
+
+@pytest.mark.parametrize("flavor", ["vertex", "sagemaker"])
+def test_the_local_backend_takes_prediction_statistics_where_it_reads_the_services_files(tmp_path, model, flavor):
+    """`local` (the Vertex and the SageMaker files): the end of predict reads the service's output once,
+    stages it and adds the predictions' statistics to prep's document, equal to those computed directly
+    on the committed predictions; three normal days, then a day whose predictions moved (its gestation
+    weeks shifted, a feature the spec does not compare) blocks on the prediction."""
+    spec = load_spec(spec_file(tmp_path, {"features": ["is_male", "plurality"]},
+                               predict={"backend": "local", "local": {"flavor": flavor}}))
+    verdicts = []
+    for i, ds in enumerate(["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"]):
+        day(tmp_path, ds, seed=40 + i, shift=2.2 if i == 3 else 0.0)
+        paths = paths_for(tmp_path, ds)
+        result = prep_and_predict(spec, paths, model, flavor)
+        assert result["output_uri"] == paths.output_staging and result["staged_files"] >= 1
+        assert result["statistics_uri"] == f"{paths.work}/{baseline.STATISTICS_FILE}"
+        verdicts.append(gate.evaluate(spec, paths, result))
+        record = publish(spec, paths, result, ds)
+        committed = pq.read_table(record["files"], partitioning=None).column("prediction")
+        assert len(committed) == result["rows_staged"] == result["rows_in"] - result["rows_rejected"]
+        doc = json.loads(Path(record["statistics"]).read_text())
+        assert set(doc["features"]) == set(FEATURES) and set(doc["predictions"]) == {"prediction"}
+        stored = doc["predictions"]["prediction"]
+        edges = json.loads(Path(paths.work, baseline.EDGES_FILE).read_text()).get("prediction")
+        assert (edges is None) == (i == 0) and stored["edges"] == edges  # day 1: a sketch; then the baseline's bins
+        expected = direct(committed, edges, "prediction").to_json()
+        for key in ("count", "nulls", "non_finite", "counts", "below", "above", "min", "max", "sketch", "edges"):
+            assert stored[key] == expected[key], (ds, key)
+        for key in ("mean", "m2", "sums"):
+            assert np.allclose(stored[key], expected[key], rtol=1e-9), (ds, key)
+    assert [v.level for v in verdicts[:3]] == ["pass", "pass", "pass"], [v.summary_lines() for v in verdicts]
+    assert not [n for v in verdicts for n in v.notes if "not compared" in n]
+    shifted = verdicts[3]
+    moved = {f.measure: f.level for f in shifted.findings if f.role == "prediction" and f.column == "prediction"}
+    assert shifted.level == "block" and moved.get("wasserstein") == "block", shifted.summary_lines()
+    assert not [f for f in shifted.findings if f.role == "feature"]  # the features it compares did not move
+    assert shifted.measures["prediction:prediction"]["psi"] > verdicts[2].measures["prediction:prediction"]["psi"]
 
 
 def write_today(paths: RunPaths, frame, edges: dict | None = None) -> dict:
@@ -318,8 +381,9 @@ def test_the_endpoint_job_computes_the_statistics_of_the_direct_model_job(tmp_pa
 
 def test_the_prep_job_computes_the_feature_statistics_for_batch_prediction_backends(tmp_path):
     """Backends whose service scores later (local, sagemaker, vertex) get the features' statistics from
-    prep's pass (mlbatch_beam.prep), equal to those of the rows it prepared; the gate says predictions
-    were not compared."""
+    prep's pass (mlbatch_beam.prep), equal to those of the rows it prepared; a document without the
+    predictions' (the end of predict adds them: the local backend's test) makes the gate say
+    predictions were not compared."""
     from mlbatch_beam import prep
 
     from mlbatch.spec.prep_contract import schema_json

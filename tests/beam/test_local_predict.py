@@ -116,9 +116,10 @@ def test_parsers_refuse_what_the_services_write_for_failures(tmp_path, mlflow_mo
                                     input_dir=str(tmp_path / "prepared")))
 
 
-def test_publish_reads_both_services_files_without_apache_beam(tmp_path, mlflow_model, prepared):
-    """Publish runs on the Airflow side for every backend: the reader and the publish step import no
-    Beam (a process where `import apache_beam` fails reads both services' files)."""
+def test_predict_and_publish_read_both_services_files_without_apache_beam(tmp_path, mlflow_model, prepared):
+    """The end of predict and publish run on the Airflow side for every backend: the reader, the
+    quality summaries taken as it reads and both steps' modules import no Beam (a process where
+    `import apache_beam` fails reads and summarises both services' files)."""
     import subprocess
     import sys
 
@@ -127,12 +128,19 @@ def test_publish_reads_both_services_files_without_apache_beam(tmp_path, mlflow_
     script = f"""
 import os, sys
 sys.modules["apache_beam"] = None  # any import of Beam now raises ImportError
+import mlbatch.backends.batch_predictions
 import mlbatch.operators.publish
 from mlbatch.storage.layer import Storage
 from mlbatch_beam.predictions import read_batch_predictions
+from mlbatch_beam.quality.statistics import add_columns
 for flavor in ("vertex", "sagemaker"):
     tables = list(read_batch_predictions(Storage(), {str(tmp_path)!r} + "/" + flavor, flavor, id_column="id",
                                          input_dir={str(tmp_path / "prepared")!r}))
+    summaries = {{}}
+    for table in tables:
+        for batch in table.to_batches():
+            add_columns(summaries, batch, ["prediction"], {{}})
+    assert summaries["prediction"].count == sum(t.num_rows for t in tables)
     print("rows", flavor, sum(t.num_rows for t in tables))
 assert not [m for m in sys.modules if m.startswith("apache_beam.")]
 sys.stdout.flush()

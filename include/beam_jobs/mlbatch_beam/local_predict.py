@@ -2,7 +2,8 @@
 
 It reads the prepared files a cloud job would read and writes exactly the files the service writes
 when it serves the MLflow model (mlflow.pyfunc.scoring_server answers ``{"predictions": [...]}``),
-so publish cannot tell the backends apart and tests exercise the real contract:
+so the reader (mlbatch_beam.predictions, at the end of predict) cannot tell the backends apart and
+tests exercise the real contract:
 
 * ``vertex`` (JSON Lines in, ``instance_config.key_field`` = the id column):
   ``prediction.results-NNNNN-of-MMMMM`` per input file, lines ``{"key": <id>, "prediction": <value>}``
@@ -196,7 +197,7 @@ def predict_files(input_pattern: str, model_uri: str, id_column: str, feature_co
     if flavor == "vertex" and not output_dir.startswith("s3://"):
         # Beam's S3 filesystem cannot write an empty object (a multipart upload of zero parts, which S3
         # refuses with MalformedXML: apache_beam/io/aws/s3io.py S3Uploader.finish); Vertex itself writes
-        # to GCS only, and publish reads a missing errors file as no errors.
+        # to GCS only, and the reader (predictions.py) takes a missing errors file as no errors.
         write_bytes(FileSystems.join(output_dir, f"{VERTEX_ERRORS}00000-of-00001"), b"")
     return {"rows_in": rows, "rows_scored": rows}
 

@@ -13,9 +13,10 @@ Each row's prediction (a value, a list of class probabilities, or {column: value
 returns a DataFrame) becomes the spec's published columns through mlbatch_beam.outputs, as in the
 direct-model job.
 
-No Beam here (publish runs it on the Airflow side for every backend): files are listed and opened
-through `store`, anything with `files(glob) -> sorted URIs` and `open(uri) -> binary file` (publish
-passes mlbatch.storage.layer.Storage, bound to the pipeline's connections).
+No Beam here (the end of the predict step runs it on the Airflow side: mlbatch.backends.batch_predictions):
+files are listed and opened through `store`, anything with `files(glob) -> sorted URIs` and
+`open(uri) -> binary file` (predict passes mlbatch.storage.layer.Storage, bound to the pipeline's
+connections).
 """
 from __future__ import annotations
 

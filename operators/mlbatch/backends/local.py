@@ -106,6 +106,15 @@ class LocalJobBackend(Backend):
 class LocalBackend(LocalJobBackend):
     name = "local"
 
+    def result(self, request: JobRequest, handle: Handle, state: JobState) -> dict:
+        """The job's files joined to their ids and staged, with the predictions' statistics taken in that
+        read, as for the cloud services (`batch_predictions`)."""
+        from mlbatch.backends.batch_predictions import stage_batch_predictions
+
+        raw = request.paths.raw_predictions  # where the job wrote them (`output_folders`)
+        return {**super().result(request, handle, state), "raw_predictions_uri": raw,
+                **stage_batch_predictions(request.spec, request.paths, raw, request.model["version"])}
+
     def output_folders(self, request: JobRequest) -> list[str]:
         return [request.paths.raw_predictions]
 

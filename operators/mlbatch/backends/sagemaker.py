@@ -315,15 +315,19 @@ class SageMakerBackend(Backend):
         return super().complete(request, handle, event)
 
     def result(self, request: JobRequest, handle: Handle, state: JobState) -> dict:
-        """The output stays where the job wrote it: publish reads it from there. The model version is
-        the one of the job's own SageMaker Model, not the one assumed."""
+        """The job's `.out` answers joined to the prepared files' ids and staged for publish, with the
+        predictions' statistics taken in that read (`batch_predictions`). The model version is the one
+        of the job's own SageMaker Model, not the one assumed."""
+        from mlbatch.backends.batch_predictions import stage_batch_predictions
+
         files = s3_storage(request.spec).files(handle["output_uri"])
         if not files:
             raise RemoteJobError(f"{request.spec.name}: transform job {handle['job_name']} completed but wrote "
                                  f"nothing under {handle['output_uri']}")
         version = hook_for(handle).job_model_version(state.job, request.model["name"])
         return {"backend": BACKEND, "model_version": version, "job_name": handle["job_name"],
-                "raw_predictions_uri": handle["output_uri"], "output_files": len(files)}
+                "raw_predictions_uri": handle["output_uri"], "output_files": len(files),
+                **stage_batch_predictions(request.spec, request.paths, handle["output_uri"], version)}
 
     def cancel(self, handle: Handle) -> None:
         hook_for(handle).stop_job(handle["job_name"])

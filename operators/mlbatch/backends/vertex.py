@@ -221,7 +221,10 @@ class VertexBackend(Backend):
         return JobState(phase, f"{state} ({job.error.message})", job)
 
     def result(self, request: JobRequest, handle: Handle, state: JobState) -> dict:
-        """The results stay where the job wrote them: publish reads them from there."""
+        """The job's result lines (keyed by id) staged for publish, with the predictions' statistics
+        taken in that read (`batch_predictions`)."""
+        from mlbatch.backends.batch_predictions import stage_batch_predictions
+
         job = state.job
         output = job.output_info.gcs_output_directory
         files = gcs_storage(request.spec).files(output)
@@ -229,7 +232,8 @@ class VertexBackend(Backend):
             raise RemoteJobError(f"{request.spec.name}: Vertex job {job.name} succeeded but wrote nothing "
                                  f"under {output}")
         return {"backend": BACKEND, "model_version": request.model["version"], "job_id": job.name,
-                "raw_predictions_uri": output, "output_files": len(files)}
+                "raw_predictions_uri": output, "output_files": len(files),
+                **stage_batch_predictions(request.spec, request.paths, output, request.model["version"])}
 
     def cancel(self, handle: Handle) -> None:
         hook_for(handle).cancel_job(handle["project"], handle["region"], handle["job_id"])

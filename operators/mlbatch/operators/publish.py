@@ -2,7 +2,8 @@
 
 Rows in (counted in the input files) must equal rows scored (counted in the output) plus rows rejected
 (counted in the dead letters); otherwise the task fails, says by how much, and publishes nothing.
-For batch-prediction backends it first turns their result files into the spec's output format.
+Every backend's predict step leaves its rows staged in the spec's output format (the batch-prediction
+services' files are joined to their ids at the end of predict: mlbatch.backends.batch_predictions).
 Everything goes through the storage layer: input, staging and output may be local, gs:// or s3://.
 The commit protocol (mlbatch.run.commit, docs/storage.md) makes the run visible in one write.
 """
@@ -22,7 +23,7 @@ from mlbatch.run.row_counts import ENDPOINT_FAILED_FILES, count_rows
 from mlbatch.run.staged_files import clean_up_after_commit, sweep_abandoned_runs
 from mlbatch.run.steps import PREDICT, PREP, QUALITY_GATE, RESOLVE_MODEL
 from mlbatch.spec.models import PipelineSpec
-from mlbatch.storage.layer import Storage, join, write_table
+from mlbatch.storage.layer import Storage, join
 
 
 class PublishOperator(PipelineStepOperator):
@@ -71,7 +72,8 @@ class PublishOperator(PipelineStepOperator):
         output_staging = predicted.get("output_uri") or paths.output_staging
         # the dead letters of a Dataflow job: prep's, or the endpoint job's (prep runs inside it)
         rejected_staging = prep.get("rejected_uri") or predicted.get("rejected_uri") or paths.rejected_staging
-        if spec.predict.backend not in ("dataflow", "endpoint"):  # their jobs write the output format
+        if spec.predict.backend not in ("dataflow", "endpoint") and not predicted.get("output_uri"):
+            # a batch service's files that predict did not stage (a predict step from before it did)
             output_staging = self._convert_batch_predictions(
                 storage, spec, predicted.get("raw_predictions_uri") or paths.raw_predictions, paths)
         return output_staging, rejected_staging
@@ -122,21 +124,13 @@ class PublishOperator(PipelineStepOperator):
 
     def _convert_batch_predictions(self, storage: Storage, spec: PipelineSpec, raw: str,
                                    paths: RunPaths) -> str:
-        """Batch-prediction results (Vertex/SageMaker files) -> the spec's output format, table by table
-        into the run's output staging folder; returns that folder. The services' files are parsed by
-        mlbatch_beam.predictions (the backends' contract; no Beam inside) through the storage layer."""
-        from mlbatch_beam.outputs import PredictionOutput
-        from mlbatch_beam.predictions import read_batch_predictions
+        """Batch-prediction results (Vertex/SageMaker files) -> the spec's output format in the run's
+        output staging folder, as predict stages them (`mlbatch.backends.batch_predictions`); no
+        statistics: the gate has already run. Returns that folder."""
+        from mlbatch.backends.batch_predictions import stage_batch_predictions
 
-        staging = paths.output_staging
-        storage.rm(staging)  # a retry starts clean
-        flavor = spec.predict.local.flavor if spec.predict.backend == "local" else spec.predict.backend
-        tables = read_batch_predictions(storage, raw, flavor, id_column=spec.input.id_column,
-                                        input_dir=paths.prepared,
-                                        output=PredictionOutput.from_json(spec.output.prediction_output()))
-        for i, table in enumerate(tables):
-            write_table(storage, table, join(staging, f"part-{i:05d}.{spec.output.format}"), spec.output.format)
-        return staging
+        self.log.info("Predict staged no output: joining the batch predictions under %s now", raw)
+        return stage_batch_predictions(spec, paths, raw, None, statistics=False, storage=storage)["output_uri"]
 
 
 def published_stats(storage: Storage, spec: PipelineSpec, staging: str) -> dict:

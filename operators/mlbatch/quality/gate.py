@@ -1,7 +1,9 @@
-"""The quality gate's verdict on one run: today's statistics (written by the predict job in its scoring
-pass) against the baseline the spec's `quality:` block names, measure by measure, on the spec's
-thresholds over `measures.DEFAULTS` (docs/quality.md). The gate step (the approval between predict and
-publish) acts on it: pass -> publish, warn -> publish and tell Slack, block -> hold for a decision.
+"""The quality gate's verdict on one run: today's statistics (written in the pass that reads the rows:
+the predict job's; for a batch-prediction service, prep's for the features and predict's reading of
+the service's files for the predictions) against the baseline the spec's `quality:` block names,
+measure by measure, on the spec's thresholds over `measures.DEFAULTS` (docs/quality.md). The gate
+step (the approval between predict and publish) acts on it: pass -> publish, warn -> publish and tell
+Slack, block -> hold for a decision.
 
 Light to import: numpy and MLflow load inside the functions, matplotlib only in `chart_png`.
 """
@@ -113,9 +115,10 @@ def evaluate(spec: Any, paths: Any, predict_result: dict) -> Verdict:
             table[f"{ROLE[role]}:{column}"] = values
             notes += [f"{ROLE[role]} {column}: {n}" for n in comparison.notes if "rows" not in n]
             findings += [_finding(column, ROLE[role], k, v, limits) for k, v in values.items()]
-    if spec.quality.predictions and not today.predictions:
-        notes.append(f"predictions not compared: the {spec.predict.backend} backend's predictions are read only "
-                     "at publish; today's statistics (prep's pass) hold the features")
+    for role in _roles(spec):
+        if not today.role(role):  # e.g. a predict step from before its backend took prediction statistics
+            notes.append(f"{role} not compared: today's statistics ({baselines.today_uri(paths, predict_result)}) "
+                         f"hold none for the {spec.predict.backend} backend's run")
     findings += _run_findings(spec, today, base, predict_result, limits, notes, table)
     kept = sorted((f for f in findings if f.level != "pass"), key=_severity, reverse=True)
     level = max((f.level for f in kept), key=LEVELS.index, default="pass")
@@ -131,7 +134,10 @@ def _sides(spec: Any, paths: Any, predict_result: dict):
         f"no statistics for today's run at {uri} (the {spec.predict.backend} backend's job did not write "
         "them): nothing compared"]
     if today is not None:
-        counts = predict_result if predict_result.get("rows_in") is not None else _prep_counts(paths)
+        # the predict job's counts when it validated the input (prep inside it); a batch service's job
+        # counts only the prepared rows it scored (the local backend's `rows_in`): prep's then
+        fused = all(predict_result.get(k) is not None for k in ("rows_in", "rows_rejected"))
+        counts = predict_result if fused else _prep_counts(paths)
         today.rows_in, today.rows_rejected = counts.get("rows_in"), counts.get("rows_rejected")
     base = baselines.load(storage, spec, paths.output, predict_result.get("model_version"))
     if base is None and spec.quality.baseline.model:

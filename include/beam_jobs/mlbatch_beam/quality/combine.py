@@ -17,15 +17,12 @@ import apache_beam as beam
 import pyarrow as pa
 
 from mlbatch_beam.arrow_io import write_bytes
-from mlbatch_beam.quality import StatisticsError, batches, statistics
+from mlbatch_beam.quality import StatisticsError, batches
+from mlbatch_beam.quality.statistics import add_columns, kind_of
+
+__all__ = ["ColumnStatistics", "RunStatistics", "document_bytes", "kind_of", "read_edges"]
 
 DOCUMENT_VERSION = batches.VERSION
-
-
-def kind_of(arrow_type: pa.DataType) -> str:
-    numeric = (pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type)) and not pa.types.is_boolean(
-        arrow_type)
-    return "numeric" if numeric else "categorical"
 
 
 class ColumnStatistics(beam.CombineFn):
@@ -40,12 +37,7 @@ class ColumnStatistics(beam.CombineFn):
     def add_input(self, accumulator: dict, batch: pa.RecordBatch) -> dict:
         names = self._columns if self._columns is not None else [
             n for n in batch.schema.names if n not in self._skip]
-        for name in names:
-            column = batch.column(name)
-            if name not in accumulator:
-                accumulator[name] = statistics.summary(name, kind_of(column.type), self._edges.get(name))
-            accumulator[name] = accumulator[name].add_batch(column)
-        return accumulator
+        return add_columns(accumulator, batch, names, self._edges)
 
     def merge_accumulators(self, accumulators) -> dict:
         out: dict = {}

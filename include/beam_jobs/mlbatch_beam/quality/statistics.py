@@ -12,7 +12,8 @@ and an `other` count.
 
 A Beam CombineFn wraps this without Beam here: create_accumulator -> `summary(column, kind, edges)`,
 add_input -> `add_batch` (a RecordBatch column or a numpy array), merge_accumulators -> `merge`,
-extract_output -> `to_json`. Shards merge with `merge` (runs unchanged); the last N runs pool into a
+extract_output -> `to_json`; `add_columns` is that add_input, shared with the readers of the
+batch-prediction services' files (mlbatch.run.batch_predictions), which have no Beam. Shards merge with `merge` (runs unchanged); the last N runs pool into a
 baseline with `pool` (runs summed, so row counts compare per run).
 """
 
@@ -75,6 +76,26 @@ def summary(column: str, kind: str, edges: list[float] | None = None) -> Summary
     if kind == "categorical":
         return CategoricalSummary(column)
     return NumericSummary(column, edges)
+
+
+def kind_of(arrow_type) -> str:
+    """A column's kind from its Arrow type: integers and floats numeric, anything else categorical."""
+    import pyarrow as pa
+
+    numeric = (pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type)) and not pa.types.is_boolean(
+        arrow_type)
+    return "numeric" if numeric else "categorical"
+
+
+def add_columns(summaries: dict[str, Summary], batch, columns: list[str], edges: dict[str, list[float]]) -> dict:
+    """`summaries` ({column: summary}) with one RecordBatch's `columns` added: a column seen first gets
+    the summary of its Arrow type's kind, binned on its `edges` if any."""
+    for name in columns:
+        column = batch.column(name)
+        if name not in summaries:
+            summaries[name] = summary(name, kind_of(column.type), edges.get(name))
+        summaries[name] = summaries[name].add_batch(column)
+    return summaries
 
 
 def from_json(doc: dict) -> Summary:
