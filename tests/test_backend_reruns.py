@@ -27,10 +27,12 @@ def second_version(model: dict) -> dict:
 
 
 def fake_output(aws_conn, remote: dict) -> None:
-    """What the finished job leaves in S3 (moto computes nothing)."""
+    """What the finished job leaves in S3 (moto computes nothing): one answer per prepared file (`prepare`
+    writes two of three rows), as predict's result now joins every file's answers to its ids."""
     bucket, key = remote["output_uri"][len("s3://"):].split("/", 1)
-    aws_conn.client("s3").put_object(Bucket=bucket, Key=f"{key}/part-00000.parquet.out",
-                                     Body=b'{"predictions": [7.1, 7.2, 7.3]}')
+    for part in range(2):
+        aws_conn.client("s3").put_object(Bucket=bucket, Key=f"{key}/part-{part:05d}.parquet.out",
+                                         Body=b'{"predictions": [7.1, 7.2, 7.3]}')
 
 
 def job_model_tag(aws_conn, job_name: str) -> str:
